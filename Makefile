@@ -1,0 +1,35 @@
+# make setup   create .venv and install lorakit with its test extras
+# make test    run the test suite (sets up first when needed)
+# make demo    run the pipeline (examples/pipeline.mk) on the bundled sample into demo-out/
+# make bench   print the curate benchmarks
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Without an NVIDIA GPU, torch's CPU wheel goes in first: pip then finds torch satisfied and
+# does not pull several GB of CUDA packages. torchvision is never installed (see DESIGN.md).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
+		RAW=examples/sample/raw OUT=demo-out
+
+bench: setup
+	$(PY) bench/curate.py
+	$(PY) bench/clean.py
+
+clean:
+	rm -rf demo-out

@@ -1,0 +1,1 @@
+"""The `curate` stage: everything done to raw images before tagging."""

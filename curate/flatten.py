@@ -1,0 +1,67 @@
+"""`curate flatten`: composite transparency onto solid backgrounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from curate.colors import Color, background_tag
+from lorakit.engine import Result, Stage, Task, with_params
+from lorakit.fsio import copy_file
+from lorakit.images import ImageError, load_image, natural_format, natural_output_name, read_header, save_image
+from lorakit.report import COPIED
+
+
+def flatten(img: Image.Image, color: Color) -> Image.Image:
+    """RGBA over a solid colour -> RGB; images without alpha are returned as they are."""
+    if img.mode != "RGBA":
+        return img
+    background = Image.new("RGBA", img.size, (*color, 255))
+    return Image.alpha_composite(background, img).convert("RGB")
+
+
+def _has_alpha(path: Path, max_pixels: int) -> bool:
+    try:
+        return read_header(path, max_pixels).has_alpha
+    except (ImageError, OSError):
+        return False  # the error is reported when the image itself is processed
+
+
+@dataclass
+class FlattenStage(Stage):
+    colors: list[Color] = field(default_factory=lambda: [(255, 255, 255)])
+    tag_background: bool = False
+    name = "flatten"
+
+    def output_name(self, rel: Path) -> Path:
+        return natural_output_name(rel)
+
+    def assign(self, tasks: list[Task]) -> list[Task]:
+        """With several colours, transparent images take them in turn, in sorted path order, so
+        every run gives each image the same colour. Only transparent images take a turn (read
+        from the header, without decoding), so the colours stay balanced."""
+        if len(self.colors) == 1:
+            return [with_params(t, self.colors[0]) for t in tasks]
+        assigned, turn = [], 0
+        for task in tasks:
+            color = None
+            if _has_alpha(task.src, self.max_pixels):
+                color = self.colors[turn % len(self.colors)]
+                turn += 1
+            assigned.append(with_params(task, color or self.colors[0]))
+        return assigned
+
+    def process(self, task: Task) -> Result:
+        img = load_image(task.src, self.max_pixels)
+        if img.mode != "RGBA":
+            if task.dst.suffix == task.src.suffix:
+                copy_file(task.src, task.dst)  # opaque: the file passes through byte for byte
+            else:
+                save_image(img, task.dst, natural_format(task.dst))
+            return Result(status=COPIED, message="opaque")
+        save_image(flatten(img, task.params), task.dst, natural_format(task.dst))
+        tag = background_tag(task.params)
+        return Result(details={"background": tag},
+                      caption_tags=(tag,) if self.tag_background else ())

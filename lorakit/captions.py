@@ -1,0 +1,51 @@
+"""The caption-file and `N_name` folder conventions (DESIGN.md, "The folder contract").
+
+A caption is a UTF-8 text file beside its image, with the image's stem and the suffix `.txt`
+(`.caption` is read too), one line of tags separated by ", ".
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lorakit.fsio import write_text
+
+CAPTION_SUFFIXES = (".txt", ".caption")
+SEPARATOR = ", "
+_REPEATS_FOLDER = re.compile(r"^(\d+)_(.+)$")
+
+
+def caption_files(image: Path) -> list[Path]:
+    """The caption files that belong to `image`, in preference order."""
+    return [p for p in (image.with_suffix(s) for s in CAPTION_SUFFIXES) if p.is_file()]
+
+
+def parse_tags(text: str) -> list[str]:
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return [t.strip() for t in first_line.split(",") if t.strip()]
+
+
+def read_tags(caption: Path) -> list[str]:
+    return parse_tags(caption.read_text(encoding="utf-8-sig", errors="replace"))
+
+
+def format_tags(tags: list[str]) -> str:
+    return SEPARATOR.join(tags) + "\n"
+
+
+def copy_with_tags(src: Path, dst: Path, extra: list[str]) -> None:
+    """Copy a caption file, appending tags it does not already have."""
+    tags = read_tags(src)
+    tags += [t for t in extra if t not in tags]
+    write_text(dst, format_tags(tags))
+
+
+def write_new_caption(dst: Path, tags: list[str]) -> None:
+    write_text(dst, format_tags(tags))
+
+
+def parse_repeats_folder(name: str) -> tuple[int, str] | None:
+    """`10_mizutsune` -> (10, "mizutsune"), kohya's convention; None for other names."""
+    match = _REPEATS_FOLDER.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None

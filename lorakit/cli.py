@@ -1,0 +1,22 @@
+"""`lorakit curate|tag|train …`: the umbrella command over the three stage programs.
+
+The stage CLIs are found by module name, so this package imports none of them until asked.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+STAGE_CLIS = {
+    "curate": ("curate.cli", "Prepare raw images: convert, flatten, resize, upscale, clean, scan, dedupe, inspect."),
+    "tag": ("tagging.cli", "Autotag, prune implied tags, edit captions, balance folder repeats."),
+    "train": ("train.cli", "Train a LoRA / LyCORIS / embedding."),
+}
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="lorakit: from a folder of raw images to a trained LoRA.")
+
+for _name, (_module, _help) in STAGE_CLIS.items():
+    app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)

@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary file beside the target, then a rename.
+
+An interrupted run therefore leaves either the old file or the new one, never half of one. The
+temporary name starts with a dot so discovery (which skips hidden files) never picks it up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(dst: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `dst`, on error it is removed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(dst: Path, text: str) -> None:
+    with atomic_path(dst) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Byte-for-byte copy (no re-encoding), atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Move without ever overwriting an existing file."""
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(os.fspath(src), os.fspath(dst))
