@@ -39,7 +39,6 @@ class Upscaler:
     tile_pad: int = 10
     pre_pad: int = 0
 
-    @torch.inference_mode()
     def _forward(self, img: torch.Tensor) -> torch.Tensor:
         """[1,3,H,W] in 0..1 -> [1,3,H*s,W*s]; tiled when `tile` > 0."""
         _, _, height, width = img.shape
@@ -59,6 +58,7 @@ class Upscaler:
                     result[:, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
         return out
 
+    @torch.inference_mode()
     def run(self, rgb: np.ndarray) -> np.ndarray:
         """float32 HxWx3 in 0..1 -> float32 (H*s)x(W*s)x3, clamped to 0..1."""
         height, width = rgb.shape[:2]
