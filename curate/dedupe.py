@@ -23,6 +23,11 @@ from lorakit.images import ImageError, load_image
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 
 DEFAULT_THRESHOLD = 6  # of 64 bits; resized/re-encoded copies sit at 0-4, distinct images > 15
+# pHash sees only grey levels, so a recoloured drawing hashes like the original; an 8x8 colour
+# thumbnail must agree too, in every cell (mean channel difference, in levels). A recolour is a
+# different image to train on.
+COLOR_TOLERANCE = 24.0
+THUMB = 8
 KEPT, DUPLICATE, MOVED = "kept", "duplicate", "moved"
 
 
@@ -39,6 +44,11 @@ def hashes(img: Image.Image) -> tuple[int, int]:
     return phash(small), phash(np.ascontiguousarray(small[:, ::-1]))
 
 
+def colour_thumbnail(img: Image.Image) -> bytes:
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA).round().astype(np.uint8).tobytes()
+
+
 @dataclass
 class Fingerprint:
     width: int
@@ -46,6 +56,17 @@ class Fingerprint:
     size: int
     hash: int
     mirror: int
+    colours: bytes  # THUMB x THUMB RGB thumbnail
+
+    @classmethod
+    def of(cls, img: Image.Image, file_size: int) -> "Fingerprint":
+        return cls(img.width, img.height, file_size, *hashes(img), colour_thumbnail(img))
+
+    def colour_difference(self, other: "Fingerprint") -> float:
+        """The largest per-cell difference, the mirror image considered."""
+        a = np.frombuffer(self.colours, np.uint8).reshape(THUMB, THUMB, 3).astype(np.float32)
+        b = np.frombuffer(other.colours, np.uint8).reshape(THUMB, THUMB, 3).astype(np.float32)
+        return float(min(np.abs(a - b).mean(-1).max(), np.abs(a - b[:, ::-1]).mean(-1).max()))
 
 
 def fingerprint_file(path: Path, max_pixels: int) -> Fingerprint | str:
@@ -53,7 +74,7 @@ def fingerprint_file(path: Path, max_pixels: int) -> Fingerprint | str:
         img = load_image(path, max_pixels)
     except ImageError as exc:
         return str(exc)
-    return Fingerprint(img.width, img.height, path.stat().st_size, *hashes(img))
+    return Fingerprint.of(img, path.stat().st_size)
 
 
 class Fingerprinter:
@@ -82,7 +103,8 @@ def group_duplicates(prints: list[Fingerprint], threshold: int) -> list[list[int
     for i in range(n - 1):
         dist = np.minimum(np.bitwise_count(h[i] ^ h[i + 1:]), np.bitwise_count(h[i] ^ m[i + 1:]))
         for j in np.nonzero(dist <= threshold)[0] + i + 1:
-            parent[root(int(j))] = root(i)
+            if prints[i].colour_difference(prints[j]) <= COLOR_TOLERANCE:
+                parent[root(int(j))] = root(i)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(root(i), []).append(i)

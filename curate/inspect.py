@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates, hashes
+from curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates
 from lorakit.captions import caption_files
 from lorakit.engine import RunOptions, analyse
 from lorakit.images import ImageError, load_image, read_header
@@ -49,7 +49,7 @@ class Inspector:
         except ImageError as exc:
             return Facts(header.format, header.mode, header.width, header.height, header.frames,
                          header.has_alpha, captioned, None, str(exc))
-        fingerprint = Fingerprint(img.width, img.height, path.stat().st_size, *hashes(img))
+        fingerprint = Fingerprint.of(img, path.stat().st_size)
         # load_image drops an alpha channel that hides nothing, so RGBA means real transparency
         return Facts(header.format, header.mode, img.width, img.height, header.frames,
                      img.mode == "RGBA", captioned, fingerprint)

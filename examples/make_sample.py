@@ -20,19 +20,30 @@ from PIL import Image, ImageDraw
 
 def character(size: tuple[int, int] = (256, 320), background: tuple | None = (250, 250, 250),
               hue: int = 0) -> Image.Image:
-    """A flat-shaded cartoon figure: the kind of image a LoRA dataset holds."""
+    """A flat-shaded cartoon figure: the kind of image a LoRA dataset holds. `hue` picks the
+    hair colour, the pose and where the figure stands, so different values give pictures that
+    are not near-duplicates of each other."""
     w, h = size
     mode = "RGB" if background else "RGBA"
     img = Image.new(mode, size, background or (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
-    hair = [(200, 60, 60), (60, 90, 200), (60, 160, 80)][hue % 3]
-    d.ellipse([w * .3, h * .08, w * .7, h * .42], fill=(255, 220, 190), outline=(40, 30, 30), width=3)
-    d.pieslice([w * .26, h * .02, w * .74, h * .40], 180, 360, fill=hair, outline=(40, 30, 30), width=3)
-    d.ellipse([w * .38, h * .22, w * .46, h * .28], fill=(30, 30, 80))
-    d.ellipse([w * .54, h * .22, w * .62, h * .28], fill=(30, 30, 80))
-    d.polygon([(w * .28, h * .95), (w * .5, h * .42), (w * .72, h * .95)], fill=hair,
-              outline=(40, 30, 30))
-    d.line([(w * .2, h * .6), (w * .8, h * .6)], fill=(40, 30, 30), width=4)
+    hair = [(200, 60, 60), (60, 90, 200), (60, 160, 80), (150, 90, 40)][hue % 4]
+    fs = 0.55 + 0.45 * ((hue * 0.37) % 1)  # figure size, as a fraction of the image
+    ox = ((hue * 0.71) % 1) * (1 - fs) * w  # where it stands
+    oy = ((hue * 0.53) % 1) * (1 - fs) * h
+
+    def xy(fx: float, fy: float) -> tuple[float, float]:
+        return ox + fx * fs * w, oy + fy * fs * h
+
+    head = 0.2 + (hue % 3) * 0.03
+    arm = 0.5 + ((hue * 5) % 4) * 0.08
+    line = (40, 30, 30)
+    d.ellipse([*xy(.5 - head, .08), *xy(.5 + head, .42)], fill=(255, 220, 190), outline=line, width=3)
+    d.pieslice([*xy(.46 - head, .02), *xy(.54 + head, .40)], 180, 360, fill=hair, outline=line, width=3)
+    d.ellipse([*xy(.38, .22), *xy(.46, .28)], fill=(30, 30, 80))
+    d.ellipse([*xy(.54, .22), *xy(.62, .28)], fill=(30, 30, 80))
+    d.polygon([xy(.28, .95), xy(.5, .42), xy(.72, .95)], fill=hair, outline=line)
+    d.line([xy(.15, arm), xy(.85, arm + .1 - (hue % 2) * .2)], fill=line, width=max(1, w // 64))
     return img
 
 
@@ -146,16 +157,16 @@ def write_sample(root: Path) -> list[Path]:
     folder = root / "10_kitchan"
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "01 webp from a wiki.webp": lambda p: character(hue=0).save(p, "WEBP", quality=90),
-        "02_transparent.png": lambda p: character(background=None, hue=1).save(p),
+        "01 webp from a wiki.webp": lambda p: character(hue=1).save(p, "WEBP", quality=90),
+        "02_transparent.png": lambda p: character(background=None, hue=2).save(p),
         "03_animated.gif": lambda p: p.write_bytes(animated_gif()),
-        "04_cmyk_print.jpg": lambda p: p.write_bytes(cmyk_jpeg(character(hue=2))),
+        "04_cmyk_print.jpg": lambda p: p.write_bytes(cmyk_jpeg(character(hue=4))),
         "05_16bit_scan.png": lambda p: grey16().save(p),
-        "06_tiny.png": lambda p: character((48, 60), hue=1).save(p),
-        "07_phone_photo.jpg": lambda p: p.write_bytes(exif_rotated_jpeg(character(hue=0))),
-        "08_glazed.png": lambda p: poison(character(hue=2)).save(p),
-        "09 ünïcode & spaces.png": lambda p: character(hue=1).save(p),
-        "10_huge_scan.jpg": lambda p: character((3600, 2400), hue=0).save(p, "JPEG", quality=80),
+        "06_tiny.png": lambda p: character((48, 60), hue=5).save(p),
+        "07_phone_photo.jpg": lambda p: p.write_bytes(exif_rotated_jpeg(character(hue=6))),
+        "08_glazed.png": lambda p: poison(character(hue=7)).save(p),
+        "09 ünïcode & spaces.png": lambda p: character(hue=8).save(p),
+        "10_huge_scan.jpg": lambda p: character((3600, 2400), hue=9).save(p, "JPEG", quality=80),
     }
     written = []
     for name, make in files.items():
