@@ -10,7 +10,9 @@ from PIL import Image
 from curate.colors import Color, background_tag
 from lorakit.engine import Result, Stage, Task, with_params
 from lorakit.fsio import copy_file
-from lorakit.images import ImageError, load_image, natural_format, natural_output_name, read_header, save_image
+from lorakit.images import (
+    ImageError, check_file, load_image, natural_format, natural_output_name, read_header, save_image,
+)
 from lorakit.report import COPIED
 
 
@@ -54,10 +56,14 @@ class FlattenStage(Stage):
         return assigned
 
     def process(self, task: Task) -> Result:
+        same_format = task.dst.suffix == task.src.suffix
+        if same_format and not check_file(task.src, self.max_pixels).has_alpha:
+            copy_file(task.src, task.dst)  # opaque: the file passes through byte for byte
+            return Result(status=COPIED, message="opaque")
         img = load_image(task.src, self.max_pixels)
-        if img.mode != "RGBA":
-            if task.dst.suffix == task.src.suffix:
-                copy_file(task.src, task.dst)  # opaque: the file passes through byte for byte
+        if img.mode != "RGBA":  # no alpha, or an alpha channel that hides nothing
+            if same_format:
+                copy_file(task.src, task.dst)
             else:
                 save_image(img, task.dst, natural_format(task.dst))
             return Result(status=COPIED, message="opaque")

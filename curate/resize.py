@@ -10,7 +10,7 @@ from PIL import Image
 
 from lorakit.engine import Result, Stage, Task
 from lorakit.fsio import copy_file
-from lorakit.images import load_image, natural_format, natural_output_name, read_header, save_image
+from lorakit.images import check_file, load_image, natural_format, natural_output_name, save_image
 from lorakit.report import COPIED, Report, Section
 
 
@@ -39,13 +39,12 @@ class ResizeStage(Stage):
         return natural_output_name(rel)
 
     def process(self, task: Task) -> Result:
-        header = read_header(task.src, self.max_pixels)
+        header = check_file(task.src, self.max_pixels)
         size = (header.width, header.height)
         details = {"width": header.width, "height": header.height}
         if self.min_side and min(size) < self.min_side:
             details["upscale_candidate"] = True
         if max(size) <= self.max_side and task.dst.suffix == task.src.suffix:
-            load_image(task.src, self.max_pixels)  # decode once: a corrupt file must fail here
             copy_file(task.src, task.dst)
             return Result(status=COPIED, details=details)
         img = downscale(load_image(task.src, self.max_pixels), self.max_side)

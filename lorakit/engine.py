@@ -168,6 +168,8 @@ def run_stage(stage: Stage, src: Path, dst: Path, options: RunOptions) -> Report
         mark_output(dst_abs, stage.name)
         runner = _Runner(stage)
         jobs = options.jobs if stage.parallel else 1
+        # largest files first, so no worker is left with a huge image while the others idle
+        todo.sort(key=lambda t: -t.src.stat().st_size)
         outcomes += run_all(runner, todo, jobs, f"{stage.name}", options.console, options.progress)
     report.outcomes = sorted(outcomes, key=lambda o: o.path)
     if not options.dry_run:

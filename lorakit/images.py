@@ -87,17 +87,50 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
 
 
+def _header(path: Path, img: Image.Image) -> Header:
+    return Header(format=img.format or path.suffix.lstrip(".").upper(), mode=img.mode,
+                  width=img.width, height=img.height, frames=getattr(img, "n_frames", 1),
+                  has_alpha=_has_alpha(img))
+
+
 def read_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """Format, mode, size, frame count and transparency, from the file header only."""
     with _open(path, max_pixels) as img:
-        return Header(
-            format=img.format or path.suffix.lstrip(".").upper(),
-            mode=img.mode,
-            width=img.width,
-            height=img.height,
-            frames=getattr(img, "n_frames", 1),
-            has_alpha=_has_alpha(img),
-        )
+        return _header(path, img)
+
+
+def _check_complete(path: Path, img: Image.Image) -> None:
+    """Catch truncation without decoding pixels: Pillow's `verify` walks PNG chunks and their
+    CRCs; JPEG and WebP need their own end checks (Pillow's verify does not decode them)."""
+    if img.format == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            if b"\xff\xd9" not in f.read():
+                raise ImageError("truncated file (no JPEG end marker)")
+    elif img.format == "WEBP":
+        with open(path, "rb") as f:
+            riff = f.read(8)
+        if len(riff) == 8 and int.from_bytes(riff[4:8], "little") + 8 > path.stat().st_size:
+            raise ImageError("truncated file (shorter than its WebP header says)")
+    else:
+        img.verify()
+
+
+def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """`read_header`, plus a check that the file is complete, for stages that pass files through
+    without decoding them (a full decode costs ~100x more)."""
+    img = _open(path, max_pixels)
+    try:
+        header = _header(path, img)
+        _check_complete(path, img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"cannot decode: {'truncated file' if 'runcated' in reason else reason}") from None
+    finally:
+        img.close()
+    return header
 
 
 def _high_bit_depth_to_8(img: Image.Image) -> Image.Image:

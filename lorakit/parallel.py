@@ -82,8 +82,9 @@ def run_all(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, label: st
                     results[index] = fn(item)
                     progress.advance(task)
             else:
-                chunk = max(1, min(8, len(items) // (jobs * 8)))
-                for index, result in pool.imap_unordered(_call, enumerate(items), chunksize=chunk):
+                # one item at a time: per-image work takes milliseconds to seconds, far more than
+                # a round trip to a worker, and it keeps every worker busy until the very end
+                for index, result in pool.imap_unordered(_call, enumerate(items), chunksize=1):
                     results[index] = result
                     progress.advance(task)
     finally:
