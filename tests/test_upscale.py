@@ -92,7 +92,7 @@ def _unshuffle(x, s):  # basicsr's pixel_unshuffle, by view and permute
     return x.view(b, c, hh // s, s, hw // s, s).permute(0, 1, 3, 5, 2, 4).reshape(b, c * s * s, hh // s, hw // s)
 
 
-def reference_rrdb(sd, x, num_block, unshuffle):
+def reference_rrdb(sd, x, num_block, unshuffle, ups=("conv_up1", "conv_up2")):
     lrelu = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
     feat = _conv(sd, "conv_first", _unshuffle(x, unshuffle) if unshuffle > 1 else x)
     body = feat
@@ -105,8 +105,8 @@ def reference_rrdb(sd, x, num_block, unshuffle):
             body = _conv(sd, f"body.{b}.rdb{r}.conv5", torch.cat(xs, 1)) * 0.2 + xs[0]
         body = body * 0.2 + block_in
     feat = feat + _conv(sd, "conv_body", body)
-    feat = lrelu(_conv(sd, "conv_up1", F.interpolate(feat, scale_factor=2, mode="nearest")))
-    feat = lrelu(_conv(sd, "conv_up2", F.interpolate(feat, scale_factor=2, mode="nearest")))
+    for up in ups:
+        feat = lrelu(_conv(sd, up, F.interpolate(feat, scale_factor=2, mode="nearest")))
     return _conv(sd, "conv_last", lrelu(_conv(sd, "conv_hr", feat)))
 
 
@@ -238,6 +238,39 @@ def test_x2_pixel_unshuffle_model_with_odd_sizes_and_prepad(tmp_path):
         got = ours(tmp_path / "x2.pth", IMAGE, tile=tile, pre_pad=pre_pad)
         assert got.shape == (58, 74, 3)
         assert np.array_equal(got, expected), (tile, pre_pad)
+
+
+def test_old_esrgan_2x_with_one_upsampling_stage(tmp_path):
+    """Old-ESRGAN 2x files upsample once (model.3), then HR convs at model.5 and model.7."""
+    sd = realesrgan_rrdb(seed=5)
+    del sd["conv_up2.weight"], sd["conv_up2.bias"]
+    names = {"conv_first": "model.0", "conv_body": "model.1.sub.2", "conv_up1": "model.3",
+             "conv_hr": "model.5", "conv_last": "model.7"}
+    old = {}
+    for key, value in sd.items():
+        module, param = key.rsplit(".", 1)
+        if module.startswith("body."):
+            _, b, rdb, conv = module.split(".")
+            old[f"model.1.sub.{b}.RDB{rdb[-1]}.conv{conv[-1]}.0.{param}"] = value
+        else:
+            old[f"{names[module]}.{param}"] = value
+    torch.save(old, tmp_path / "2x_old.pth")
+    expected = reference_enhance(lambda t: reference_rrdb(sd, t, 2, 1, ups=("conv_up1",)), 2,
+                                 bgr_of(IMAGE), tile=16)
+    got = ours(tmp_path / "2x_old.pth", IMAGE, tile=16)
+    assert got.shape == (58, 74, 3)
+    assert np.array_equal(got, expected)
+
+
+def test_half_precision_path_runs_and_stays_close(tmp_path):
+    """The GPU default is fp16; bf16 exercises the same code on the CPU."""
+    torch.save({"params_ema": RRDB}, tmp_path / "m.pth")
+    full = ours(tmp_path / "m.pth", IMAGE, tile=16)
+    up = load_upscaler(str(tmp_path / "m.pth"), "cpu", "bf16", 16)
+    assert next(up.net.parameters()).dtype == torch.bfloat16
+    half = bgr_of(up.upscale(IMAGE))
+    assert half.shape == full.shape
+    assert np.abs(half.astype(int) - full.astype(int)).mean() < 3
 
 
 def test_srvgg_compact_equals_reference(tmp_path):

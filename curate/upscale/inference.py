@@ -26,6 +26,9 @@ from curate.upscale.loading import build, detect, read_state_dict
 from curate.upscale.models import resolve
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# RealESRGANer reflect-pads to these multiples by the model's scale, whatever its architecture
+# (an old-ESRGAN 2x model needs no padding, yet gets it): the border pixels depend on it.
+REFERENCE_SIZE_MULTIPLE = {2: 2, 1: 4}
 
 
 @dataclass
@@ -123,5 +126,6 @@ def load_upscaler(model: str, device: str = "auto", precision: str = "auto", til
         net: Callable = call
     else:
         module = build(state, str(path)).to(dev, dtype)
-        net, scale, multiple = module, int(module.scale), module.size_multiple
+        net, scale = module, int(module.scale)
+        multiple = max(module.size_multiple, REFERENCE_SIZE_MULTIPLE.get(scale, 1))
     return Upscaler(net, scale, multiple, dev, dtype, tile, tile_pad, pre_pad)
