@@ -19,9 +19,7 @@ from PIL import Image
 
 from curate.scan import noise_score
 from lorakit.engine import Result, Stage, Task
-from lorakit.fsio import copy_file
 from lorakit.images import load_image, natural_format, natural_output_name, save_image
-from lorakit.report import COPIED
 
 
 @dataclass(frozen=True)
@@ -142,11 +140,7 @@ class CleanStage(Stage):
         if self.only_flagged is not None:
             score = noise_score(img)
             if score is None or score < self.only_flagged:
-                if task.dst.suffix == task.src.suffix:
-                    copy_file(task.src, task.dst)
-                else:
-                    save_image(img, task.dst, natural_format(task.dst))
-                return Result(status=COPIED, message="not flagged by scan")
+                return self.pass_through(task, img, "not flagged by scan")
         if self.method in ("filter", "both"):
             img = clean_image(img, self.params)
         if self.method in ("upscale", "both"):

@@ -9,11 +9,9 @@ from PIL import Image
 
 from curate.colors import Color, background_tag
 from lorakit.engine import Result, Stage, Task, with_params
-from lorakit.fsio import copy_file
 from lorakit.images import (
     ImageError, check_file, load_image, natural_format, natural_output_name, read_header, save_image,
 )
-from lorakit.report import COPIED
 
 
 def flatten(img: Image.Image, color: Color) -> Image.Image:
@@ -56,17 +54,11 @@ class FlattenStage(Stage):
         return assigned
 
     def process(self, task: Task) -> Result:
-        same_format = task.dst.suffix == task.src.suffix
-        if same_format and not check_file(task.src, self.max_pixels).has_alpha:
-            copy_file(task.src, task.dst)  # opaque: the file passes through byte for byte
-            return Result(status=COPIED, message="opaque")
+        if task.dst.suffix == task.src.suffix and not check_file(task.src, self.max_pixels).has_alpha:
+            return self.pass_through(task, message="opaque")  # without decoding it
         img = load_image(task.src, self.max_pixels)
         if img.mode != "RGBA":  # no alpha, or an alpha channel that hides nothing
-            if same_format:
-                copy_file(task.src, task.dst)
-            else:
-                save_image(img, task.dst, natural_format(task.dst))
-            return Result(status=COPIED, message="opaque")
+            return self.pass_through(task, img, "opaque")
         save_image(flatten(img, task.params), task.dst, natural_format(task.dst))
         tag = background_tag(task.params)
         return Result(details={"background": tag},

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
 from lorakit.engine import Result, Stage, Task
-from lorakit.fsio import copy_file
 from lorakit.images import check_file, load_image, natural_format, natural_output_name, save_image
-from lorakit.report import COPIED, Report, Section
+from lorakit.report import Report, Section
 
 
 def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -45,8 +44,7 @@ class ResizeStage(Stage):
         if self.min_side and min(size) < self.min_side:
             details["upscale_candidate"] = True
         if max(size) <= self.max_side and task.dst.suffix == task.src.suffix:
-            copy_file(task.src, task.dst)
-            return Result(status=COPIED, details=details)
+            return replace(self.pass_through(task), details=details)
         img = downscale(load_image(task.src, self.max_pixels), self.max_side)
         save_image(img, task.dst, natural_format(task.dst))
         details.update(out_width=img.width, out_height=img.height)

@@ -9,7 +9,6 @@ the same functions.
 from __future__ import annotations
 
 import io
-import math
 import struct
 import sys
 from pathlib import Path

@@ -18,7 +18,9 @@ from rich.console import Console
 from lorakit.captions import caption_files, copy_with_tags, write_new_caption
 from lorakit.discovery import check_pair, check_source, discover, mark_output
 from lorakit.fsio import copy_file
-from lorakit.images import DEFAULT_MAX_PIXELS, ImageError
+from PIL import Image
+
+from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, load_image, natural_format, save_image
 from lorakit.parallel import default_jobs, run_all
 from lorakit.report import COPIED, FAILED, PLANNED, SKIPPED, WRITTEN, Outcome, Report
 
@@ -80,6 +82,15 @@ class Stage:
 
     def finish(self, report: Report) -> None:
         """Add stage-specific tables and notes to the report."""
+
+    def pass_through(self, task: Task, img: Image.Image | None = None, message: str = "") -> Result:
+        """The image goes on unchanged: byte for byte when its format stays, else re-encoded."""
+        if task.dst.suffix == task.src.suffix:
+            copy_file(task.src, task.dst)
+        else:
+            img = img if img is not None else load_image(task.src, self.max_pixels)
+            save_image(img, task.dst, natural_format(task.dst))
+        return Result(status=COPIED, message=message)
 
 
 def _caption_dst(task: Task, caption: Path) -> Path:

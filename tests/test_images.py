@@ -1,8 +1,6 @@
 """Safe loading: every trap of a raw folder comes out as 8-bit sRGB RGB/RGBA, or a one-line
 error that names the problem."""
 
-import io
-from pathlib import Path
 
 import numpy as np
 import pytest

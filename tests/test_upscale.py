@@ -52,10 +52,14 @@ def realesrgan_rrdb(num_feat=8, num_block=2, grow=4, unshuffle=1, seed=0) -> dic
     return sd
 
 
-def to_old_esrgan(sd: dict, num_block: int) -> dict:
-    """The same weights under the old ESRGAN names (4x-UltraSharp, Remacri...)."""
-    names = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}",
-             "conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
+OLD_4X = {"conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
+OLD_2X = {"conv_up1": "model.3", "conv_hr": "model.5", "conv_last": "model.7"}
+
+
+def to_old_esrgan(sd: dict, num_block: int, stages: dict = OLD_4X) -> dict:
+    """The same weights under the old ESRGAN names (4x-UltraSharp, Remacri...). The upsampling
+    and HR convs sit at indices that depend on the number of upsampling stages."""
+    names = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}", **stages}
     out = {}
     for key, value in sd.items():
         module, param = key.rsplit(".", 1)
@@ -244,17 +248,7 @@ def test_old_esrgan_2x_with_one_upsampling_stage(tmp_path):
     """Old-ESRGAN 2x files upsample once (model.3), then HR convs at model.5 and model.7."""
     sd = realesrgan_rrdb(seed=5)
     del sd["conv_up2.weight"], sd["conv_up2.bias"]
-    names = {"conv_first": "model.0", "conv_body": "model.1.sub.2", "conv_up1": "model.3",
-             "conv_hr": "model.5", "conv_last": "model.7"}
-    old = {}
-    for key, value in sd.items():
-        module, param = key.rsplit(".", 1)
-        if module.startswith("body."):
-            _, b, rdb, conv = module.split(".")
-            old[f"model.1.sub.{b}.RDB{rdb[-1]}.conv{conv[-1]}.0.{param}"] = value
-        else:
-            old[f"{names[module]}.{param}"] = value
-    torch.save(old, tmp_path / "2x_old.pth")
+    torch.save(to_old_esrgan(sd, 2, OLD_2X), tmp_path / "2x_old.pth")
     expected = reference_enhance(lambda t: reference_rrdb(sd, t, 2, 1, ups=("conv_up1",)), 2,
                                  bgr_of(IMAGE), tile=16)
     got = ours(tmp_path / "2x_old.pth", IMAGE, tile=16)

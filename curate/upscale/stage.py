@@ -9,9 +9,7 @@ from PIL import Image
 
 from curate.upscale.inference import Upscaler, load_upscaler
 from lorakit.engine import Result, Stage, Task
-from lorakit.fsio import copy_file
 from lorakit.images import load_image, natural_format, natural_output_name, save_image
-from lorakit.report import COPIED
 
 
 @dataclass
@@ -62,11 +60,7 @@ class UpscaleStage(Stage):
     def process(self, task: Task) -> Result:
         img = load_image(task.src, self.max_pixels)
         if self.only_below and min(img.size) >= self.only_below:
-            if task.dst.suffix == task.src.suffix:
-                copy_file(task.src, task.dst)
-            else:
-                save_image(img, task.dst, natural_format(task.dst))
-            return Result(status=COPIED, message=f"short side >= {self.only_below}")
+            return self.pass_through(task, img, f"short side >= {self.only_below}")
         out = upscale_image(img, self._upscaler, self.scale, self.downscale_first)
         save_image(out, task.dst, natural_format(task.dst))
         return Result(details={"width": out.width, "height": out.height})
