@@ -16,8 +16,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[test]'
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -q -e '.[test,gpu]'; \
+	else \
+		$(PY) -m pip install -q torch==2.13.0 && $(PY) -m pip install -q -e '.[test,cpu]'; \
+	fi
 	touch $(STAMP)
 
 test: setup

@@ -1,12 +1,224 @@
-"""`tag`: only its help for now; the commands arrive with their issue."""
+"""`tag`: the Typer layer of the tag stage. Commands that rewrite captions do it in place (that
+is where trainers read them), show a diff with --dry-run, and can be undone with `tag undo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Autotag images (WD14 / e621 ONNX), prune implied tags, edit captions, report tag statistics and balance N_name folder repeats.")
+from lorakit.options import DryRun, Json, emit, user_errors
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Autotag images (WD14 / e621 ONNX), prune implied tags, edit captions, "
+                       "report tag statistics and balance N_name folder repeats.")
+lists_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="Booru relation data (implications, aliases, tag lists).")
+app.add_typer(lists_app, name="lists")
+
+Dir = Annotated[Path, typer.Argument(help="Dataset folder (searched recursively).")]
+Vocab = Annotated[str, typer.Option(help="danbooru or e621.")]
+KeepTokens = Annotated[int, typer.Option(
+    min=0, help="Never touch the first N tags (instance and class tokens). The instance token of "
+                "an N_name folder is always kept.")]
 
 
-@app.callback(invoke_without_command=True)
-def main(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        typer.echo("\nNo tag commands are available in this version yet.")
+def _instance_keys(image: Path) -> frozenset[str]:
+    from lorakit.captions import parse_repeats_folder
+    from tagging.spelling import key
+
+    return frozenset(key(p[1]) for part in image.parent.parts if (p := parse_repeats_folder(part)))
+
+
+@app.command()
+def prune(dir: Dir, vocab: Vocab = "danbooru", keep_tokens: KeepTokens = 0,
+          dry_run: DryRun = False, json: Json = False) -> None:
+    """Drop tags implied by another tag in the same caption (transitively), resolve alias
+    spellings, drop duplicates; order is kept."""
+    from tagging import relations
+    from tagging.prune import prune as prune_tags
+    from tagging.rewrite import rewrite
+
+    with user_errors():
+        rel = relations.load(vocab)
+        report = rewrite(dir, "prune", lambda image, tags: prune_tags(
+            tags, rel, _instance_keys(image), keep_tokens).tags, dry_run)
+        report.notes.append(f"relations: {vocab}, {rel.source}")
+    emit(report, json)
+
+
+@app.command()
+def edit(
+    dir: Dir,
+    add: Annotated[Optional[list[str]], typer.Option(help="Tag to add (repeatable).")] = None,
+    at: Annotated[Optional[int], typer.Option(help="Position for added tags (0 = first).")] = None,
+    remove: Annotated[Optional[list[str]], typer.Option(help="Tag or wildcard to remove (repeatable).")] = None,
+    replace: Annotated[Optional[list[str]], typer.Option(help="OLD=NEW (repeatable).")] = None,
+    front: Annotated[Optional[list[str]], typer.Option(help="Move this tag to the front (repeatable).")] = None,
+    where: Annotated[Optional[list[str]], typer.Option(help="Only captions with this tag or wildcard.")] = None,
+    folder: Annotated[Optional[str], typer.Option(help="Only images under a folder of this name.")] = None,
+    dry_run: DryRun = False, json: Json = False,
+) -> None:
+    """Bulk edits: add (at a position), remove, replace, move to front, filtered by tag or folder."""
+    from tagging.edit import EditOps, apply, selected
+    from tagging.rewrite import rewrite
+
+    with user_errors():
+        pairs = []
+        for item in replace or []:
+            if "=" not in item:
+                raise typer.BadParameter(f"{item!r}: write OLD=NEW", param_hint="--replace")
+            old, new = item.split("=", 1)
+            pairs.append((old, new))
+        ops = EditOps(add or [], at, remove or [], pairs, front or [], where or [], folder)
+        report = rewrite(dir, "edit", lambda image, tags: apply(tags, ops) if selected(image, tags, ops)
+                         else None, dry_run, create=bool(ops.add) and not ops.where)
+    emit(report, json)
+
+
+@app.command()
+def undo(dir: Dir, dry_run: DryRun = False, json: Json = False) -> None:
+    """Restore the captions as they were before the last command that rewrote them."""
+    from tagging.rewrite import undo as undo_last
+
+    with user_errors():
+        report = undo_last(dir, dry_run)
+    emit(report, json)
+
+
+@app.command()
+def translate(
+    dir: Dir,
+    to: Annotated[str, typer.Option("--to", help="e621 or danbooru.")],
+    keep_tokens: KeepTokens = 0,
+    drop_unknown: Annotated[bool, typer.Option(help="Drop tags with no equivalent.")] = False,
+    dry_run: DryRun = False, json: Json = False,
+) -> None:
+    """Convert captions between the Danbooru and e621 vocabularies."""
+    from lorakit.report import Section
+    from tagging import relations
+    from tagging.rewrite import rewrite
+    from tagging.translate import table, translate as translate_tags
+
+    with user_errors():
+        source = {"e621": "danbooru", "danbooru": "e621"}.get(to)
+        if source is None:
+            raise typer.BadParameter("use e621 or danbooru", param_hint="--to")
+        src, dst, mapping = relations.load(source), relations.load(to), table(source, to)
+        unknown: dict[str, int] = {}
+
+        def convert(image: Path, tags: list[str]) -> list[str]:
+            keep = _instance_keys(image) | {t for t in tags[:keep_tokens]}
+            result = translate_tags(tags, src, dst, mapping, frozenset(keep), drop_unknown)
+            for tag in result.unknown:
+                unknown[tag] = unknown.get(tag, 0) + 1
+            return result.tags
+
+        report = rewrite(dir, "translate", convert, dry_run)
+        report.sections.append(Section(f"no {to} equivalent" + (" (dropped)" if drop_unknown else " (kept)"),
+                                       ["tag", "captions"], sorted(([t, n] for t, n in unknown.items()),
+                                                                   key=lambda r: -r[1])))
+        if not dst.categories:
+            report.notes.append(f"no {to} tag list loaded: run `tag lists update --vocab {to}` "
+                                "to report tags with no equivalent")
+    emit(report, json)
+
+
+@app.command()
+def stats(
+    dir: Dir, vocab: Vocab = "danbooru",
+    class_token: Annotated[Optional[str], typer.Option("--class", help="Class token every caption should have.")] = None,
+    max_tags: Annotated[int, typer.Option(help="Flag captions with more tags than this.")] = 20,
+    top: Annotated[int, typer.Option(help="How many of the most frequent tags to show.")] = 25,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any caption has a problem.")] = False,
+    json: Json = False,
+) -> None:
+    """Tag frequency overall and per folder, and the problems of each caption."""
+    from tagging import relations
+    from tagging.stats import PROBLEM, stats as caption_stats
+
+    from lorakit.report import FAILED
+
+    with user_errors():
+        report = caption_stats(dir, relations.load(vocab), class_token, max_tags, top)
+    if strict:  # a problem becomes a failure, so a Makefile stops here
+        for outcome in report.outcomes:
+            if outcome.status == PROBLEM:
+                outcome.status = FAILED
+    emit(report, json)
+
+
+@app.command()
+def balance(
+    root: Annotated[Path, typer.Argument(help="Folder whose sub-folders are the concepts.")],
+    base_repeats: Annotated[int, typer.Option(min=1, help="Repeats of the largest folder.")] = 10,
+    reduce: Annotated[bool, typer.Option("--reduce", help="Divide all repeats by their common divisor.")] = False,
+    reg: Annotated[Optional[Path], typer.Option(help="Regularisation root, balanced against the training total.")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Rename folders to N_name.")] = False,
+    toml: Annotated[Optional[Path], typer.Option(help="Write a kohya dataset config instead of renaming.")] = None,
+    resolution: Annotated[int, typer.Option(help="Resolution written to --toml.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Batch size written to --toml and used for steps.")] = 1,
+    json: Json = False,
+) -> None:
+    """Balanced N_name repeats: every concept gets as many steps per epoch as the largest."""
+    import math
+
+    from lorakit.fsio import write_text
+    from lorakit.report import OK, Outcome, Report, Section
+    from tagging.balance import PASSES, apply_names, balance as balance_concepts, concepts, dataset_toml
+
+    with user_errors():
+        train = concepts(root)
+        regs = concepts(reg, regularisation=True) if reg else []
+        balance_concepts(train, regs, base_repeats, reduce)
+        report = Report("balance", str(root))
+        rows = []
+        for c in train + regs:
+            rows.append([c.folder.name, c.new_name, c.images, c.repeats, c.steps,
+                         math.ceil(PASSES["sd15"] / c.repeats), math.ceil(PASSES["sdxl"] / c.repeats),
+                         "reg" if c.regularisation else ""])
+            report.outcomes.append(Outcome(c.folder.name, OK, details={
+                "name": c.name, "images": c.images, "repeats": c.repeats, "steps": c.steps,
+                "regularisation": c.regularisation}))
+        total = sum(c.steps for c in train)
+        report.sections.append(Section("repeats", ["folder", "becomes", "images", "repeats",
+                                                   "steps/epoch", "epochs SD1.5 (~100 passes)",
+                                                   "epochs SDXL (~50)", ""], rows))
+        report.data["steps_per_epoch"] = math.ceil(total / batch_size)
+        report.notes.append(f"one epoch = {total} images seen = {math.ceil(total / batch_size)} steps "
+                            f"at batch size {batch_size}")
+        if toml:
+            write_text(toml, dataset_toml(train, regs, resolution, batch_size))
+            report.notes.append(f"wrote {toml}")
+        elif apply:
+            for source, target in apply_names(train + regs):
+                report.notes.append(f"renamed {source.name} -> {target.name}")
+        else:
+            report.notes.append("nothing renamed: pass --apply to rename, or --toml FILE")
+    emit(report, json)
+
+
+@lists_app.command("update")
+def lists_update(
+    vocab: Vocab,
+    from_: Annotated[Optional[list[Path]], typer.Option(
+        "--from", help="Local export files (tag_implications-*.csv.gz, tag_aliases-*, tags-*, or "
+                       "Danbooru API .json); without it they are downloaded.")] = None,
+    json: Json = False,
+) -> None:
+    """Build the implication closure and alias map for a vocabulary and store it in the cache."""
+    from tagging.download import fetch_exports
+    from tagging.relations import build, cache_path
+    from lorakit.report import Report
+
+    with user_errors():
+        paths = list(from_ or []) or fetch_exports(vocab)
+        rel = build(vocab, paths, "updated from " + ", ".join(p.name for p in paths))
+        rel.save(cache_path(vocab))
+        report = Report("lists update", vocab)
+        report.data.update(aliases=len(rel.aliases), implications=sum(map(len, rel.implies.values())),
+                           tags=len(rel.categories), path=str(cache_path(vocab)))
+        report.notes.append(f"{vocab}: {len(rel.aliases)} aliases, {report.data['implications']} "
+                            f"implications, {len(rel.categories)} tags -> {cache_path(vocab)}")
+    emit(report, json)

@@ -1,0 +1,202 @@
+"""Booru tag relations: aliases (old spelling -> canonical name) and implications (a tag that
+always comes with another), read from e621's daily exports or Danbooru's API JSON, stored as a
+compact index in the user cache. Without an index, the small built-in set in `tag_lists/` is
+used, so pruning works before the first `tag lists update`.
+
+Formats (REFERENCE.md §2, shared/data/tags/README.md): relation exports are CSV with
+`id,antecedent_name,consequent_name,created_at,status`, only `active` rows count; tag lists are
+header-less `name,category,post_count,"aliases"`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+from lorakit.errors import UserError
+from lorakit.fsio import atomic_path
+
+VOCABS = ("danbooru", "e621")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Relations:
+    vocab: str
+    aliases: dict[str, str] = field(default_factory=dict)
+    implies: dict[str, list[str]] = field(default_factory=dict)  # direct consequents
+    categories: dict[str, int] = field(default_factory=dict)  # known tag names, when available
+    source: str = "built-in"
+
+    def __post_init__(self) -> None:
+        self._closure: dict[str, frozenset[str]] = {}
+
+    def canonical(self, name: str) -> str:
+        """Follow aliases to the name in use (chains are followed; a cycle stops)."""
+        seen = {name}
+        while name in self.aliases:
+            name = self.aliases[name]
+            if name in seen:
+                break
+            seen.add(name)
+        return name
+
+    def implied_by(self, name: str) -> frozenset[str]:
+        """Every tag `name` implies, transitively (not itself)."""
+        cached = self._closure.get(name)
+        if cached is not None:
+            return cached
+        out: set[str] = set()
+        stack = list(self.implies.get(name, ()))
+        while stack:
+            tag = stack.pop()
+            if tag not in out and tag != name:
+                out.add(tag)
+                stack.extend(self.implies.get(tag, ()))
+        result = frozenset(out)
+        self._closure[name] = result
+        return result
+
+    def knows(self, name: str) -> bool | None:
+        """Whether the vocabulary has this tag; None when no tag list was loaded."""
+        if not self.categories:
+            return None
+        return name in self.categories or name in self.aliases
+
+    # --- storage -----------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {"version": FORMAT_VERSION, "vocab": self.vocab, "source": self.source,
+                "aliases": self.aliases, "implies": self.implies, "categories": self.categories}
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            with gzip.open(tmp, "wt", encoding="utf-8") as f:
+                json.dump(self.to_json(), f, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, path: Path) -> "Relations":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("version") != FORMAT_VERSION:
+            raise UserError(f"{path} was written by another lorakit version; run tag lists update")
+        return cls(data["vocab"], data["aliases"], data["implies"], data["categories"], data["source"])
+
+
+# --- reading the public formats ------------------------------------------------------------------
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_relation_rows(path: Path) -> list[tuple[str, str]]:
+    """Active (antecedent, consequent) pairs from an export CSV or API JSON."""
+    name = path.name.removesuffix(".gz")
+    with _open_text(path) as f:
+        if name.endswith(".json"):
+            rows = json.load(f)
+        else:
+            rows = list(csv.DictReader(f))
+    pairs = []
+    for row in rows:
+        if row.get("status", "active") == "active" and row.get("antecedent_name") and row.get("consequent_name"):
+            pairs.append((row["antecedent_name"], row["consequent_name"]))
+    if not pairs and rows:
+        raise UserError(f"{path}: no active antecedent_name/consequent_name rows")
+    return pairs
+
+
+def read_tag_list(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Tag names with their category, and the aliases listed beside them."""
+    categories, aliases = {}, {}
+    with _open_text(path) as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or row[0] == "name":
+                continue
+            categories[row[0]] = int(row[1]) if row[1].isdigit() else 0
+            if len(row) > 3 and row[3]:
+                for alias in row[3].split(","):
+                    if alias and alias != row[0]:
+                        aliases.setdefault(alias, row[0])
+    return categories, aliases
+
+
+def classify(path: Path) -> str:
+    """Which kind of file this is, by the names e621 and Danbooru give them."""
+    name = path.name.lower()
+    for kind in ("implication", "alias", "tags"):  # tag_implications-*, tag_aliases-*, tags-*
+        if kind in name:
+            return {"implication": "implications", "alias": "aliases", "tags": "tags"}[kind]
+    raise UserError(f"{path}: cannot tell whether it holds implications, aliases or tags "
+                    "(name it like e621's exports: tag_implications-*.csv.gz, tag_aliases-*, tags-*)")
+
+
+def build(vocab: str, paths: list[Path], source: str) -> Relations:
+    aliases: dict[str, str] = {}
+    implication_pairs: list[tuple[str, str]] = []
+    categories: dict[str, int] = {}
+    for path in paths:
+        kind = classify(path)
+        if kind == "implications":
+            implication_pairs += read_relation_rows(path)
+        elif kind == "aliases":
+            aliases.update(read_relation_rows(path))
+        else:
+            names, listed = read_tag_list(path)
+            categories.update(names)
+            for alias, target in listed.items():
+                aliases.setdefault(alias, target)
+    rel = Relations(vocab, aliases, {}, categories, source)
+    implies: dict[str, set[str]] = {}
+    for antecedent, consequent in implication_pairs:
+        a, c = rel.canonical(antecedent), rel.canonical(consequent)
+        if a != c:
+            implies.setdefault(a, set()).add(c)
+    rel.implies = {k: sorted(v) for k, v in implies.items()}
+    return rel
+
+
+# --- where an index lives ------------------------------------------------------------------------
+
+
+def cache_path(vocab: str) -> Path:
+    root = os.environ.get("LORAKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lorakit")
+    return Path(root) / "tags" / f"{vocab}.json.gz"
+
+
+def builtin(vocab: str) -> Relations:
+    base = files("tag_lists")
+    paths = []
+    for kind in ("implications", "aliases"):
+        resource = base.joinpath(f"builtin_{vocab}_{kind}.csv")
+        paths.append((kind, resource.read_text(encoding="utf-8")))
+    rel = Relations(vocab, source="built-in (most frequent tags; run `tag lists update` for all)")
+    aliases = {}
+    pairs = []
+    for kind, text in paths:
+        rows = [(r["antecedent_name"], r["consequent_name"]) for r in csv.DictReader(io.StringIO(text))]
+        if kind == "aliases":
+            aliases.update(rows)
+        else:
+            pairs = rows
+    rel.aliases = aliases
+    implies: dict[str, list[str]] = {}
+    for a, c in pairs:
+        implies.setdefault(rel.canonical(a), []).append(rel.canonical(c))
+    rel.implies = implies
+    return rel
+
+
+def load(vocab: str) -> Relations:
+    if vocab not in VOCABS:
+        raise UserError(f"unknown vocabulary {vocab!r}: use {' or '.join(VOCABS)}")
+    path = cache_path(vocab)
+    return Relations.load(path) if path.is_file() else builtin(vocab)

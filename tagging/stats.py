@@ -1,0 +1,91 @@
+"""`tag stats`: what a dataset's captions say, and what is wrong with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lorakit.captions import caption_files, parse_repeats_folder, read_tags
+from lorakit.discovery import check_source, discover
+from lorakit.report import OK, Outcome, Report, Section
+from tagging.relations import Relations
+from tagging.spelling import key
+
+MAX_TAGS = 20  # the guide's limit per image
+PROBLEM = "problem"  # not a failure: `--strict` decides whether problems fail the command
+
+
+def _instance_token(image: Path) -> str | None:
+    for part in reversed(image.parent.parts):
+        parsed = parse_repeats_folder(part)
+        if parsed:
+            return key(parsed[1])
+    return None
+
+
+def caption_table(root: Path) -> pd.DataFrame:
+    """One row per (image, tag); images without tags appear once with tag None."""
+    rows = []
+    for rel in discover(root):
+        found = caption_files(root / rel)
+        tags = read_tags(found[0]) if found else []
+        folder = rel.parts[0] if len(rel.parts) > 1 else "."
+        base = {"image": rel.as_posix(), "folder": folder, "captioned": bool(found),
+                "instance": _instance_token(rel)}
+        if not tags:
+            rows.append({**base, "position": None, "tag": None, "key": None})
+        rows += [{**base, "position": i, "tag": t, "key": key(t)} for i, t in enumerate(tags)]
+    return pd.DataFrame(rows, columns=["image", "folder", "captioned", "instance", "position", "tag", "key"])
+
+
+def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: int = MAX_TAGS,
+          top: int = 25) -> Report:
+    root = check_source(root)
+    df = caption_table(root)
+    report = Report("stats", str(root))
+    if df.empty:
+        return report
+    tagged = df.dropna(subset=["key"])
+    freq = tagged.groupby("key").agg(images=("image", "nunique")).sort_values("images", ascending=False)
+    report.sections.append(Section(f"top {top} tags", ["tag", "images"],
+                                   [[k, int(n)] for k, n in freq["images"].head(top).items()]))
+    per_folder = tagged.groupby(["folder", "key"]).size().rename("n").reset_index()
+    report.data["frequency"] = {k: int(v) for k, v in freq["images"].items()}
+    report.data["frequency_by_folder"] = {
+        folder: dict(zip(g["key"], map(int, g["n"]))) for folder, g in per_folder.groupby("folder")}
+
+    problems: dict[str, list[str]] = {}
+    counts = tagged.groupby("image").size()
+    for image, group in df.groupby("image", sort=True):
+        keys = [k for k in group.sort_values("position")["key"] if isinstance(k, str)]
+        found = []
+        if not group["captioned"].iloc[0]:
+            found.append("no caption file")
+        elif not keys:
+            found.append("empty caption")
+        if len(keys) > max_tags:
+            found.append(f"{len(keys)} tags (over {max_tags})")
+        instance = group["instance"].iloc[0]
+        if keys and instance and instance not in keys:
+            found.append(f"no instance token '{instance}'")
+        if keys and class_token and key(class_token) not in keys:
+            found.append(f"no class token '{class_token}'")
+        canon = [rel.canonical(k) for k in keys]
+        for k, c in zip(keys, canon):
+            if c != k:
+                found.append(f"alias spelling '{k}' (use '{c}')")
+        implied = set().union(*(rel.implied_by(c) for c in canon)) if canon else set()
+        found += [f"'{k}' is implied by another tag" for k, c in zip(keys, canon) if c in implied]
+        unknown = [k for k, c in zip(keys, canon) if rel.knows(c) is False and k != instance]
+        if unknown:
+            found.append("unknown to " + rel.vocab + ": " + ", ".join(unknown))
+        problems[image] = found
+        report.outcomes.append(Outcome(image, PROBLEM if found else OK, "; ".join(found),
+                                       {"tags": len(keys)}))
+    report.sections.append(Section("problems", ["image", "problems"],
+                                   [[i, "; ".join(p)] for i, p in problems.items() if p]))
+    report.data["tags_per_image"] = {"mean": float(counts.mean()) if len(counts) else 0.0,
+                                     "max": int(counts.max()) if len(counts) else 0}
+    report.notes.append(f"relations: {rel.vocab}, {rel.source}")
+    return report
