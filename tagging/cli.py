@@ -32,6 +32,65 @@ def _instance_keys(image: Path) -> frozenset[str]:
 
 
 @app.command()
+def auto(
+    dir: Dir,
+    vocab: Vocab = "danbooru",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Tagger name (wd-swinv2-v3, wd-vit-v3, wd-convnext-v3, wd-eva02-large-v3, "
+        "wd-v1-4-*-v2, z3d-e621-convnext); default per vocabulary.")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder with model.onnx and selected_tags.csv / tags-selected.csv (offline use).")] = None,
+    provider: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, or int8 (a quantised copy, made once).")] = "fp32",
+    batch: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 8,
+    workers: Annotated[Optional[int], typer.Option(
+        min=0, help="Decode processes (default: 1 on CPU, up to 8 with a GPU; 0 = none).")] = None,
+    general: Annotated[Optional[float], typer.Option(help="General tag threshold (default: the model's).")] = None,
+    character: Annotated[Optional[float], typer.Option(help="Character tag threshold (default 0.85).")] = None,
+    mcut: Annotated[bool, typer.Option("--mcut", help="MCut thresholds instead of fixed ones.")] = False,
+    rethreshold: Annotated[bool, typer.Option(
+        "--rethreshold", help="Rewrite captions from the stored probabilities; do not run the model.")] = False,
+    mode: Annotated[str, typer.Option(help="overwrite, append, merge (keep hand-written tags) or skip.")] = "overwrite",
+    trigger: Annotated[Optional[str], typer.Option(help="Instance token, first (default: from the N_name folder).")] = None,
+    class_token: Annotated[Optional[str], typer.Option("--class", help="Class token, second.")] = None,
+    undesired: Annotated[str, typer.Option(help="Comma-separated tags never written.")] = "",
+    always_first: Annotated[str, typer.Option(help="Comma-separated tags moved to the front when found.")] = "",
+    character_first: Annotated[bool, typer.Option("--character-first", help="Character tags before general ones.")] = False,
+    underscores: Annotated[bool, typer.Option("--underscores", help="Keep underscores (default: spaces).")] = False,
+    escape: Annotated[bool, typer.Option("--escape", help="Escape parentheses: jinx \\(lol\\).")] = False,
+    replace: Annotated[str, typer.Option(help="Replacement pairs, kohya style: 'a,b;c,d' (a becomes b).")] = "",
+    rating: Annotated[str, typer.Option(help="Rating tag: none, first or last.")] = "none",
+    order: Annotated[str, typer.Option(help="confidence, or model (the tag CSV's order, as kohya).")] = "confidence",
+    keep_implied: Annotated[bool, typer.Option("--keep-implied", help="Do not prune implied tags.")] = False,
+    dry_run: DryRun = False, json: Json = False,
+) -> None:
+    """Tag every image with a WD14 / e621 ONNX tagger and write its caption beside it."""
+    from tagging.auto import AutoOptions, auto_tag
+    from tagging.compose import MODES, Writing
+    from lorakit.options import err_console
+
+    with user_errors():
+        for value, allowed, hint in ((mode, MODES, "--mode"), (rating, ("none", "first", "last"), "--rating"),
+                                     (order, ("confidence", "model"), "--order"),
+                                     (precision, ("fp32", "int8"), "--precision")):
+            if value not in allowed:
+                raise typer.BadParameter(f"use one of {', '.join(allowed)}", param_hint=hint)
+        pairs = []
+        for pair in filter(None, (p.strip() for p in replace.split(";"))):
+            if "," not in pair:
+                raise typer.BadParameter(f"{pair!r}: write old,new", param_hint="--replace")
+            pairs.append(tuple(t.strip() for t in pair.split(",", 1)))
+        split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+        writing = Writing(mode, trigger, class_token, split(undesired), split(always_first), character_first,
+                          underscores, escape, pairs, rating, order, not keep_implied)
+        opts = AutoOptions(vocab, model, model_dir, provider, precision, batch, workers, general, character,
+                           mcut, writing, rethreshold, dry_run, progress=err_console.is_terminal and not json,
+                           console=err_console)
+        report = auto_tag(dir, opts)
+    emit(report, json)
+
+
+@app.command()
 def prune(dir: Dir, vocab: Vocab = "danbooru", keep_tokens: KeepTokens = 0,
           dry_run: DryRun = False, json: Json = False) -> None:
     """Drop tags implied by another tag in the same caption (transitively), resolve alias
