@@ -27,12 +27,14 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
+	@echo "The demo tags with lorakit's DEMO stand-in model (examples/demo-tagger): not a real tagger."
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
-		RAW=examples/sample/raw OUT=demo-out
+		RAW=examples/sample/raw OUT=demo-out TAGGER_DIR=examples/demo-tagger/danbooru
 
 bench: setup
 	$(PY) bench/curate.py
 	$(PY) bench/clean.py
+	$(PY) bench/tag.py
 
 clean:
 	rm -rf demo-out

@@ -16,6 +16,13 @@ MIN_SIDE ?= 512
 MAX_SIDE ?= 3000
 BACKGROUNDS ?= white,black,blue,green,red
 CURATE ?= curate
+TAG ?= tag
+# Tagging: VOCAB danbooru (WD14, default model wd-swinv2-v3) or e621 (z3d-e621-convnext); the
+# model downloads on first use. TAGGER_DIR uses a local model.onnx + tags CSV instead.
+VOCAB ?= danbooru
+TAGGER_DIR ?=
+TAG_OPTIONS ?=
+tagger = $(if $(strip $(TAGGER_DIR)),--model-dir "$(TAGGER_DIR)",)
 
 # A listing that changes only when a file in the folder changes: the stamp of "this input".
 listing = find "$(1)" -type f -not -name '.*' -printf '%P %s %T@\n' | sort > "$(2).tmp"; \
@@ -24,8 +31,8 @@ listing = find "$(1)" -type f -not -name '.*' -printf '%P %s %T@\n' | sort > "$(
 FINAL := $(OUT)/5-clean
 
 .PHONY: all inspect FORCE
-all: $(FINAL)/.done
-	@echo "dataset ready: $(FINAL)"
+all: $(OUT)/dataset.toml
+	@echo "dataset ready: $(FINAL) (captions beside the images; kohya config: $(OUT)/dataset.toml)"
 
 $(OUT)/.raw.list: FORCE
 	@mkdir -p "$(OUT)"
@@ -64,3 +71,14 @@ $(OUT)/5-clean/.done: $(OUT)/4-upscale/.done
 	$(CURATE) scan "$(OUT)/4-upscale"
 	$(CURATE) clean "$(OUT)/4-upscale" "$(OUT)/5-clean" --only-flagged
 	@touch $@
+
+# 6. captions: autotag, implied tags pruned, the N_name folder's token first; never overwrites a
+#    caption you wrote (merge keeps your tags). `tag undo` reverts the last caption change.
+$(OUT)/.tagged: $(FINAL)/.done
+	$(TAG) auto "$(FINAL)" --vocab $(VOCAB) $(tagger) --mode merge $(TAG_OPTIONS)
+	$(TAG) stats "$(FINAL)" --vocab $(VOCAB) --top 10
+	@touch $@
+
+# 7. balanced repeats for every concept folder, as a kohya dataset config
+$(OUT)/dataset.toml: $(OUT)/.tagged
+	$(TAG) balance "$(FINAL)" --toml "$@"

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lorakit.errors import UserError
-from lorakit.images import is_image_path
+from lorakit.images import IMAGE_SUFFIXES
 
 # Written into every output folder, so that a later run over a parent folder does not treat our
 # own outputs as inputs.
@@ -51,18 +51,21 @@ def mark_output(dst: Path, stage: str) -> None:
 def discover(src: Path, exclude: Path | None = None) -> list[Path]:
     """Image paths under `src`, relative to it, sorted; hidden files and folders (".git",
     ".lorakit", our temporary files) and folders marked as lorakit outputs are skipped."""
-    found: list[Path] = []
-    for root, dirs, files in os.walk(src):
-        here = Path(root)
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".")
-            and here / d != exclude
-            and not (here / d / OUTPUT_MARKER).exists()
-        )
-        found.extend(
-            (here / f).relative_to(src)
-            for f in files
-            if not f.startswith(".") and is_image_path(Path(f))
-        )
-    return sorted(found, key=lambda p: p.as_posix())
+    return [Path(p) for p in discover_names(src, exclude)]
+
+
+def discover_names(src: Path, exclude: Path | None = None) -> list[str]:
+    """`discover` as POSIX strings, for callers that handle 100,000s of files: no Path objects
+    are made (they cost more than the listing itself)."""
+    found: list[str] = []
+    base = os.fspath(src)
+    skip = os.fspath(exclude) if exclude is not None else None
+    for root, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and os.path.join(root, d) != skip
+                   and not os.path.exists(os.path.join(root, d, OUTPUT_MARKER))]
+        prefix = os.path.relpath(root, base).replace(os.sep, "/") + "/" if root != base else ""
+        found.extend(prefix + f for f in files
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+    found.sort()
+    return found

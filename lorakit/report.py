@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,9 +79,14 @@ class Report:
         }
 
 
+SHOWN_ROWS = 50  # a table on the terminal shows this many rows; --json has them all
+
+
 def print_report(report: Report, as_json: bool, out: Console, err: Console) -> None:
     if as_json:
-        out.print_json(json.dumps(report.to_dict(), default=str))
+        # plain json: rich's highlighting takes minutes on a 100,000-item report
+        json.dump(report.to_dict(), sys.stdout, default=str, ensure_ascii=False)
+        sys.stdout.write("\n")
         return
     for failure in report.failed:
         err.print(f"[red]error[/red]: {failure.path}: {failure.message}", highlight=False,
@@ -91,8 +97,10 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         table = Table(title=section.title, title_justify="left")
         for column in section.columns:
             table.add_column(column)
-        for row in section.rows:
+        for row in section.rows[:SHOWN_ROWS]:
             table.add_row(*(str(v) for v in row))
+        if len(section.rows) > SHOWN_ROWS:
+            table.add_row(f"… and {len(section.rows) - SHOWN_ROWS} more (--json lists all)")
         out.print(table)
     out.print(f"[bold]{report.stage}[/bold] {report.src}" + (f" → {report.dst}" if report.dst else ""),
               highlight=False, soft_wrap=True)

@@ -37,7 +37,7 @@ class AutoOptions:
     model_dir: Path | None = None
     provider: str = "auto"
     precision: str = "fp32"  # or int8
-    batch: int = 8
+    batch: int | None = None  # default: 1 on the CPU (batching only adds latency there), 16 on a GPU
     workers: int | None = None  # decode processes; default: 1 on CPU, up to 8 with a GPU
     general: float | None = None  # None: the model's default
     character: float | None = None
@@ -108,15 +108,18 @@ def _run_model(root: Path, rels: list[Path], opts: AutoOptions, report: Report):
     session = Session(model, opts.provider)
     gpu = session.providers[0] != "CPUExecutionProvider"
     workers = opts.workers if opts.workers is not None else (min(8, default_jobs()) if gpu else 1)
+    batch = opts.batch or (16 if gpu else 1)
     if session.metadata.get("lorakit_demo") == "1":
         report.notes.append("DEMO MODEL: lorakit's stand-in, not a real tagger. Its tags only show the "
                             "pipeline working; use --model or --model-dir for real tags")
+    report.data.update(batch=batch, workers=workers)
     report.data.update(model=files.name, providers=session.providers, input_size=session.size,
                        precision=opts.precision, session_seconds=round(time.perf_counter() - started, 3))
     with make_progress(opts.console, opts.progress) as bar:
         task = bar.add_task(f"tag auto ({files.name})", total=len(rels))
-        raw = tag_all(session, [root / r for r in rels], opts.batch, workers, opts.max_pixels,
-                      lambda n: bar.advance(task, n))
+        raw = tag_all(session, [root / r for r in rels], batch, workers, opts.max_pixels,
+                      lambda n: bar.advance(task, n), on_first_batch=lambda: report.data.setdefault(
+                          "first_batch_at", time.time()))
     probs = {rel: raw[root / rel] for rel in rels}
     good = {rel: p for rel, p in probs.items() if not isinstance(p, str)}
     if good and len(next(iter(good.values()))) != len(info.names):

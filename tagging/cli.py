@@ -42,7 +42,8 @@ def auto(
         help="Folder with model.onnx and selected_tags.csv / tags-selected.csv (offline use).")] = None,
     provider: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, or int8 (a quantised copy, made once).")] = "fp32",
-    batch: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 8,
+    batch: Annotated[Optional[int], typer.Option(
+        min=1, help="Images per inference batch (default: 1 on CPU, where batching is slower; 16 on GPU).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Decode processes (default: 1 on CPU, up to 8 with a GPU; 0 = none).")] = None,
     general: Annotated[Optional[float], typer.Option(help="General tag threshold (default: the model's).")] = None,
@@ -234,16 +235,17 @@ def balance(
         report = Report("balance", str(root))
         rows = []
         for c in train + regs:
-            rows.append([c.folder.name, c.new_name, c.images, c.repeats, c.steps,
-                         math.ceil(PASSES["sd15"] / c.repeats), math.ceil(PASSES["sdxl"] / c.repeats),
-                         "reg" if c.regularisation else ""])
+            rows.append([c.folder.name, c.new_name + (" (reg)" if c.regularisation else ""), c.images,
+                         c.repeats, c.steps, math.ceil(PASSES["sd15"] / c.repeats),
+                         math.ceil(PASSES["sdxl"] / c.repeats)])
             report.outcomes.append(Outcome(c.folder.name, OK, details={
                 "name": c.name, "images": c.images, "repeats": c.repeats, "steps": c.steps,
                 "regularisation": c.regularisation}))
         total = sum(c.steps for c in train)
-        report.sections.append(Section("repeats", ["folder", "becomes", "images", "repeats",
-                                                   "steps/epoch", "epochs SD1.5 (~100 passes)",
-                                                   "epochs SDXL (~50)", ""], rows))
+        report.sections.append(Section("repeats", ["folder", "becomes", "images", "repeats", "steps",
+                                                   "SD1.5 ep", "SDXL ep"], rows))
+        report.notes.append("steps = images x repeats per epoch; SD1.5/SDXL ep = epochs for the "
+                            "guide's ~100 (SD1.5) or ~50 (SDXL) passes over each image")
         report.data["steps_per_epoch"] = math.ceil(total / batch_size)
         report.notes.append(f"one epoch = {total} images seen = {math.ceil(total / batch_size)} steps "
                             f"at batch size {batch_size}")

@@ -133,13 +133,15 @@ class Session:
 
 
 def tag_all(session: Session, paths: list[Path], batch: int, workers: int, max_pixels: int,
-            progress: Callable[[int], None] = lambda n: None) -> dict[Path, np.ndarray | str]:
+            progress: Callable[[int], None] = lambda n: None,
+            on_first_batch: Callable[[], None] = lambda: None) -> dict[Path, np.ndarray | str]:
     """Probabilities per image (or the error that stopped it), in batches."""
     out: dict[Path, np.ndarray | str] = {}
     pending: list[Prepared] = []
 
     def flush() -> None:
         if pending:
+            on_first_batch()  # the start-up benchmark reads when the first batch began
             probs = session(np.stack([p.array for p in pending]))
             for item, row in zip(pending, probs):
                 out[item.path] = row.astype(np.float32)

@@ -22,22 +22,21 @@ def prune(tags: list[str], rel: Relations, protected: frozenset[str] = frozenset
           keep_first: int = 0) -> Pruned:
     """`protected` names (keys) and the first `keep_first` tags are never removed or renamed:
     they are the instance and class tokens a LoRA is trained on."""
-    names = []
-    for i, tag in enumerate(tags):
-        k = key(tag)
-        names.append(k if i < keep_first or k in protected else rel.canonical(k))
-    implied_here: set[str] = set()
-    for name in names:
-        implied_here |= rel.implied_by(name)
+    keys = [key(t) for t in tags]
+    names, implied_here = [], set()
+    for i, k in enumerate(keys):
+        name, implies = (k, rel.implied_by(k)) if i < keep_first or k in protected else rel.resolve(k)
+        names.append(name)
+        implied_here.update(implies)
     kept, implied, duplicates, renamed, seen = [], [], [], [], set()
-    for i, (tag, name) in enumerate(zip(tags, names)):
+    for i, (tag, k, name) in enumerate(zip(tags, keys, names)):
         fixed = i < keep_first or name in protected
         if name in seen:
             duplicates.append(tag)
         elif name in implied_here and not fixed:
             implied.append(tag)
         else:
-            if name != key(tag):
+            if name != k:
                 new = display_like(name, tag)
                 renamed.append((tag, new))
                 tag = new

@@ -36,6 +36,15 @@ class Relations:
 
     def __post_init__(self) -> None:
         self._closure: dict[str, frozenset[str]] = {}
+        self._resolved: dict[str, tuple[str, frozenset[str]]] = {}
+
+    def resolve(self, name: str) -> tuple[str, frozenset[str]]:
+        """(canonical name, everything it implies), memoised: the hot path of pruning."""
+        found = self._resolved.get(name)
+        if found is None:
+            canonical = self.canonical(name)
+            found = self._resolved[name] = (canonical, self.implied_by(canonical))
+        return found
 
     def canonical(self, name: str) -> str:
         """Follow aliases to the name in use (chains are followed; a cycle stops)."""

@@ -14,6 +14,7 @@ def kaomoji() -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
+@lru_cache(maxsize=1 << 16)  # datasets repeat the same few thousand tags
 def key(tag: str) -> str:
     """The booru name of a tag as written in a caption: `Long Hair` -> `long_hair`."""
     text = tag.strip().replace("\\(", "(").replace("\\)", ")").lower()

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run
+from make_demo_tagger import write_tagger
 from make_sample import character, poison
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -18,8 +19,12 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 def make(raw: Path, out: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    tagger = out.parent / "tagger"
+    if not tagger.exists():
+        write_tagger(tagger)
     proc = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "examples" / "pipeline.mk"),
-                           f"RAW={raw}", f"OUT={out}"], capture_output=True, text=True, env=env)
+                           f"RAW={raw}", f"OUT={out}", f"TAGGER_DIR={tagger}"],
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -34,11 +39,15 @@ def test_pipeline_builds_the_dataset_and_reruns_only_what_changed(tmp_path):
     out = tmp_path / "work"
     first = make(tmp_path / "my raw", out)
     final = out / "5-clean" / "5_kit"
-    assert sorted(p.name for p in final.iterdir()) == ["clear.png", "clear.txt", "glazed.png",
-                                                       "photo.png", "photo.txt"]
+    assert sorted(p.name for p in final.iterdir() if not p.name.startswith(".")) == ["clear.png", "clear.txt", "glazed.png",
+                                                       "glazed.txt", "photo.png", "photo.txt"]
     assert Image.open(final / "clear.png").mode == "RGB"
-    assert (final / "clear.txt").read_text(encoding="utf-8") == "white background\n"
-    assert "curate clean" in first
+    # flatten's background tag, then tag auto merged its tags after the folder's token
+    clear = (final / "clear.txt").read_text(encoding="utf-8").strip().split(", ")
+    assert clear[0] == "kit" and "white background" in clear
+    assert (final / "photo.txt").read_text(encoding="utf-8").startswith("kit, 1girl")  # hand tags kept
+    assert "num_repeats = 10" in (out / "dataset.toml").read_text()
+    assert "curate clean" in first and "tag auto" in first
 
     second = make(tmp_path / "my raw", out)
     assert "curate" not in second  # nothing changed: no stage runs
@@ -59,4 +68,4 @@ def test_umbrella_command_runs_every_stage_cli(tmp_path):
     assert (tmp_path / "out" / "a.png").exists()
     for stage in ("tag", "train"):
         assert "Usage" in run("lorakit", stage, "--help").stdout
-        assert "Usage" in run(stage).stdout
+        assert "Usage" in run(stage, "--help").stdout
