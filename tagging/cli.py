@@ -54,7 +54,8 @@ def auto(
     mode: Annotated[str, typer.Option(help="overwrite, append, merge (keep hand-written tags) or skip.")] = "overwrite",
     trigger: Annotated[Optional[str], typer.Option(help="Instance token, first (default: from the N_name folder).")] = None,
     class_token: Annotated[Optional[str], typer.Option("--class", help="Class token, second.")] = None,
-    undesired: Annotated[str, typer.Option(help="Comma-separated tags never written.")] = "",
+    undesired: Annotated[str, typer.Option(
+        help="Comma-separated tags never written; @meta and @quality name lists that ship.")] = "",
     always_first: Annotated[str, typer.Option(help="Comma-separated tags moved to the front when found.")] = "",
     character_first: Annotated[bool, typer.Option("--character-first", help="Character tags before general ones.")] = False,
     underscores: Annotated[bool, typer.Option("--underscores", help="Keep underscores (default: spaces).")] = False,
@@ -68,6 +69,7 @@ def auto(
     """Tag every image with a WD14 / e621 ONNX tagger and write its caption beside it."""
     from tagging.auto import AutoOptions, auto_tag
     from tagging.compose import MODES, Writing
+    from tagging.lists import expand
     from lorakit.options import err_console
 
     with user_errors():
@@ -82,7 +84,7 @@ def auto(
                 raise typer.BadParameter(f"{pair!r}: write old,new", param_hint="--replace")
             pairs.append(tuple(t.strip() for t in pair.split(",", 1)))
         split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-        writing = Writing(mode, trigger, class_token, split(undesired), split(always_first), character_first,
+        writing = Writing(mode, trigger, class_token, expand(split(undesired)), split(always_first), character_first,
                           underscores, escape, pairs, rating, order, not keep_implied)
         opts = AutoOptions(vocab, model, model_dir, provider, precision, batch, workers, general, character,
                            mcut, writing, rethreshold, dry_run, progress=err_console.is_terminal and not json,
@@ -113,7 +115,8 @@ def edit(
     dir: Dir,
     add: Annotated[Optional[list[str]], typer.Option(help="Tag to add (repeatable).")] = None,
     at: Annotated[Optional[int], typer.Option(help="Position for added tags (0 = first).")] = None,
-    remove: Annotated[Optional[list[str]], typer.Option(help="Tag or wildcard to remove (repeatable).")] = None,
+    remove: Annotated[Optional[list[str]], typer.Option(
+        help="Tag, wildcard or list (@meta, @quality) to remove (repeatable).")] = None,
     replace: Annotated[Optional[list[str]], typer.Option(help="OLD=NEW (repeatable).")] = None,
     front: Annotated[Optional[list[str]], typer.Option(help="Move this tag to the front (repeatable).")] = None,
     where: Annotated[Optional[list[str]], typer.Option(help="Only captions with this tag or wildcard.")] = None,
@@ -122,6 +125,7 @@ def edit(
 ) -> None:
     """Bulk edits: add (at a position), remove, replace, move to front, filtered by tag or folder."""
     from tagging.edit import EditOps, apply, selected
+    from tagging.lists import expand
     from tagging.rewrite import rewrite
 
     with user_errors():
@@ -131,7 +135,7 @@ def edit(
                 raise typer.BadParameter(f"{item!r}: write OLD=NEW", param_hint="--replace")
             old, new = item.split("=", 1)
             pairs.append((old, new))
-        ops = EditOps(add or [], at, remove or [], pairs, front or [], where or [], folder)
+        ops = EditOps(add or [], at, expand(remove or []), pairs, front or [], where or [], folder)
         report = rewrite(dir, "edit", lambda image, tags: apply(tags, ops) if selected(image, tags, ops)
                          else None, dry_run, create=bool(ops.add) and not ops.where)
     emit(report, json)

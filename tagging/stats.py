@@ -9,8 +9,11 @@ import pandas as pd
 from lorakit.captions import caption_files, parse_repeats_folder, read_tags
 from lorakit.discovery import check_source, discover
 from lorakit.report import OK, Outcome, Report, Section
+from tagging.lists import named
 from tagging.relations import Relations
 from tagging.spelling import key
+
+META = frozenset(named("@meta")) | frozenset(named("@quality"))
 
 MAX_TAGS = 20  # the guide's limit per image
 PROBLEM = "problem"  # not a failure: `--strict` decides whether problems fail the command
@@ -77,6 +80,9 @@ def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: 
                 found.append(f"alias spelling '{k}' (use '{c}')")
         implied = set().union(*(rel.implied_by(c) for c in canon)) if canon else set()
         found += [f"'{k}' is implied by another tag" for k, c in zip(keys, canon) if c in implied]
+        meta = [k for k in keys if k in META]
+        if meta:
+            found.append("meta/quality tags: " + ", ".join(meta))
         unknown = [k for k, c in zip(keys, canon) if rel.knows(c) is False and k != instance]
         if unknown:
             found.append("unknown to " + rel.vocab + ": " + ", ".join(unknown))

@@ -247,3 +247,12 @@ def test_balance_command(tmp_path):
     assert "num_repeats = 12" in toml and 'class_tokens = "B"' in toml
     run("tag", "balance", root, "--apply")
     assert sorted(p.name for p in root.iterdir()) == ["10_A", "12_B", "16_C"]
+
+
+def test_named_lists_remove_meta_and_quality_tags(tmp_path):
+    root = dataset(tmp_path, {"a.png": "masterpiece, 1girl, absurdres, smile, signature"})
+    report = run_json("tag", "stats", root)
+    assert "meta/quality tags: masterpiece, absurdres, signature" in by_path(report)["a.png"]["message"]
+    run("tag", "edit", root, "--remove", "@meta", "--remove", "@quality")
+    assert caption(root, "a.png") == "1girl, smile"
+    run("tag", "edit", root, "--remove", "@nonsense", check=2)
