@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -217,7 +216,7 @@ def main() -> None:
         same = sum(len(fp32[k] & int8[k]) for k in fp32)
         union = sum(len(fp32[k] | int8[k]) for k in fp32)
         flips = sum(len(fp32[k] ^ int8[k]) for k in fp32)
-        print(f"\n| what | result |\n|---|---|")
+        print("\n| what | result |\n|---|---|")
         print(f"| plain sequential loop (decode, batch 1, write) | {n / plain:.2f} img/s |")
         print(f"| `tag auto` (whole command; batch {report['batch']}, {report['workers']} decode worker) | "
               f"{n / auto_s:.2f} img/s ({plain / auto_s:.2f}x the loop) |")

@@ -4,7 +4,6 @@ lists update. Real relation data from ../shared/data/tags is used where present.
 import gzip
 import http.server
 import json
-import shutil
 import threading
 from pathlib import Path
 
