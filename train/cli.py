@@ -1,12 +1,44 @@
-"""`train`: only its help for now; the commands arrive with their issue."""
+"""`train`: the Typer layer of the training stage. `init` and `plan` are here; `run` and
+`resume` arrive with the trainer itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Train LoRA / LyCORIS networks and embeddings for SD1.x, SD2.x and SDXL from a TOML config.")
+from lorakit.options import Json, emit, user_errors
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Train LoRA / LyCORIS networks and embeddings for SD1.x, SD2.x and SDXL from a TOML config.")
 
 
-@app.callback(invoke_without_command=True)
-def main(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        typer.echo("\nNo train commands are available in this version yet.")
+@app.command()
+def init(
+    preset: Annotated[str, typer.Option(help="sd15, sd15-prodigy, sdxl, sdxl-prodigy or style.")] = "sd15",
+    image_root: Annotated[str, typer.Option(help="Folder holding the N_name folders.")] = "dataset",
+    base: Annotated[str, typer.Option(help="Base model: diffusers folder, repo id or .safetensors.")] = "",
+) -> None:
+    """Print a complete, commented config with the training guide's values: train init > lora.toml"""
+    from train.presets import PRESETS, render
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
+    typer.echo(render(preset, image_root, base))
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="The training config (TOML).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: training.max_steps=500")] = None,
+    json: Json = False,
+) -> None:
+    """Check the config and the dataset without loading a model: images, repeats, buckets,
+    steps, saves, and warnings."""
+    from train.config import load
+    from train.plan import plan as make_plan
+
+    with user_errors():
+        report = make_plan(load(config, set_ or []))
+    emit(report, json)

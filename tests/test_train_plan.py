@@ -1,0 +1,112 @@
+"""train init and train plan: the typed config, kohya bucketing, step counting, warnings."""
+
+import tomllib
+
+import pytest
+from PIL import Image
+
+from conftest import run, run_json
+from train.buckets import assign, resolutions
+from train.config import Config, from_dict
+from train.presets import PRESETS, render
+
+
+def test_bucket_resolutions_follow_kohya():
+    buckets = resolutions((512, 512), 256, 1024, 64)
+    assert (512, 512) in buckets and (256, 1024) in buckets and (1024, 256) in buckets
+    assert all(w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 for w, h in buckets)
+    assert all(256 <= w <= 1024 and 256 <= h <= 1024 for w, h in buckets)
+    assert len(buckets) == 17
+    assert assign((1000, 1500), (512, 512), 256, 1024, 64) == (384, 640)
+    assert assign((3000, 1000), (512, 512), 256, 1024, 64) == (832, 256)
+
+
+def test_no_upscale_never_enlarges():
+    assert assign((300, 200), (512, 512), 256, 1024, 64, upscale=False) == (256, 192)
+    w, h = assign((2000, 1000), (512, 512), 256, 1024, 64, upscale=False)
+    assert (w, h) == (640, 320) and w * h <= 512 * 512  # rounded down to the step, aspect kept
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_are_complete_valid_configs(preset):
+    config = from_dict(Config, tomllib.loads(render(preset)))
+    adaptive = config.optimizer.type in ("prodigy", "dadaptadam")
+    assert config.network.alpha == (1.0 if adaptive else config.network.dim)  # not kohya's alpha 1 + tiny lr
+    assert config.optimizer.learning_rate == (1.0 if adaptive else config.optimizer.learning_rate)
+    assert config.data.resolution == (1024 if "sdxl" in preset else 512)
+
+
+def _dataset(tmp_path, sizes=((512, 512),) * 4, captions="kit, smile"):
+    root = tmp_path / "dataset"
+    folder = root / "10_kit"
+    folder.mkdir(parents=True)
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size).save(folder / f"{i}.png")
+        if captions is not None:
+            (folder / f"{i}.txt").write_text(captions + "\n")
+    return root
+
+
+def _config(tmp_path, text: str) -> str:
+    path = tmp_path / "lora.toml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_counts_steps_like_kohya_with_regularisation(tmp_path):
+    root = _dataset(tmp_path)
+    reg = tmp_path / "reg" / "1_person"
+    reg.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (512, 512)).save(reg / f"{i}.png")
+    config = _config(tmp_path, f'[data]\nimage_root = "{root}"\nreg_root = "{tmp_path / "reg"}"\n'
+                               'batch_size = 2\n[training]\nmax_epochs = 3\n[saving]\nevery_n_epochs = 2\n')
+    report = run_json("train", "plan", config)
+    # 4 images x 10 repeats = 40, batch 2 -> 20 steps; regularisation matches the 40 -> 20 more
+    assert report["steps_per_epoch"] == 40
+    assert report["total_steps"] == 120 and report["saves"] == [2, 3]
+    assert report["buckets"] == {"512x512": 9}
+    report = run_json("train", "plan", config, "--set", "training.max_steps=50")
+    assert report["total_steps"] == 50 and report["epochs"] == 2
+
+
+def test_plan_buckets_and_warnings(tmp_path):
+    root = _dataset(tmp_path, sizes=[(512, 768), (768, 512), (500, 500)],
+                    captions=", ".join(f"t{i}" for i in range(25)))
+    config = _config(tmp_path, f'[model]\nfamily = "sd1"\n[data]\nimage_root = "{root}"\nresolution = 768\n')
+    report = run_json("train", "plan", config)
+    warnings = " ".join(report["warnings"])
+    assert "over 20 tags" in warnings and "lack the trigger 'kit'" in warnings
+    assert "only 3 training images" in warnings and "above the 512 px sd1" in warnings
+    assert report["buckets"] == {"640x896": 1, "768x768": 1, "896x640": 1}
+
+
+def test_config_errors_name_the_closest_key(tmp_path):
+    root = _dataset(tmp_path)
+    for text, expected in (("[network]\nalpah = 1\n", "did you mean 'network.alpha'"),
+                           ("[netwrk]\ndim = 1\n", "did you mean 'network'"),
+                           ("[training]\nlearning_rate = 1\n", "belongs in 'optimizer.learning_rate'"),
+                           ('[optimizer]\ntype = "sgd"\n', "use one of"),
+                           ("version = 7\n", "version 7")):
+        proc = run("train", "plan", _config(tmp_path, f'{text}[data]\nimage_root = "{root}"\n'
+                                            if not text.startswith("[data]") else text), check=2)
+        assert expected in proc.stderr, proc.stderr
+
+
+def test_init_then_plan(tmp_path):
+    root = _dataset(tmp_path)
+    text = run("train", "init", "--preset", "style", "--image-root", root).stdout
+    config = _config(tmp_path, text)
+    assert 'module = "locon"' in text and "conv_dim = 16" in text
+    assert run_json("train", "plan", config)["steps_per_epoch"] == 40
+    run("train", "init", "--preset", "nonsense", check=2)
+
+
+def test_tag_balance_toml_plans_directly(tmp_path):
+    root = _dataset(tmp_path)
+    (root / "kit2").mkdir()
+    for i in range(2):
+        Image.new("RGB", (512, 512)).save(root / "kit2" / f"{i}.png")
+    run("tag", "balance", root, "--toml", tmp_path / "dataset.toml")
+    report = run_json("train", "plan", tmp_path / "dataset.toml")
+    assert report["train_images"] == 4 * 10 + 2 * 20

@@ -1,0 +1,322 @@
+"""The training config: one tree of dataclasses, loaded from TOML. Defaults live here and only
+here; an unknown key is an error that names the closest valid key (a misspelt key silently
+ignored is how a run trains for hours with the wrong settings).
+
+Datasets come either from `N_name` folders under `data.image_root` (and `data.reg_root`), or as
+kohya-style `[[datasets]]` tables with `[[datasets.subsets]]` (what `tag balance --toml` writes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from lorakit.errors import UserError
+
+VERSION = 1
+
+
+class ConfigError(UserError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    base: str = ""  # diffusers folder, hub repo id, or a single .safetensors file
+    family: Literal["auto", "sd1", "sd2", "sdxl"] = "auto"
+    v_parameterization: bool = False  # SD2 768-v and v-prediction SDXL fine-tunes
+    vae: str | None = None  # a separate VAE
+    allow_pickle: bool = False  # .ckpt files run code when loaded: opt in explicitly
+    clip_skip: int = 1
+
+
+@dataclass
+class NetworkConfig:
+    module: Literal["lora", "locon", "loha", "lokr", "ia3", "dylora", "glora", "diag-oft", "none"] = "lora"
+    dim: int = 32
+    alpha: float = 32.0
+    conv_dim: int = 0  # LoCon and friends: rank of the 3x3 convolutions (0: not trained)
+    conv_alpha: float = 1.0
+    dropout: float = 0.0  # on the down projection's output (kohya network_dropout)
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    scale_weight_norms: float | None = None
+    train_unet: bool = True
+    train_text_encoder: bool = True
+    unet_lr: float | None = None  # None: optimizer.learning_rate
+    text_encoder_lr: float | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # passed to lycoris-lora
+
+
+@dataclass
+class SubsetConfig:
+    image_dir: str = ""
+    num_repeats: int = 1
+    class_tokens: str | None = None
+    is_reg: bool = False
+    caption_extension: str | None = None  # None: the dataset's / data's
+
+
+@dataclass
+class DatasetConfig:
+    resolution: int | list[int] = 512
+    batch_size: int | None = None
+    subsets: list[SubsetConfig] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    image_root: str | None = None  # folders named N_name below it (kohya's layout)
+    reg_root: str | None = None
+    resolution: int | list[int] = 512
+    batch_size: int = 1
+    caption_extension: str = ".txt"
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    shuffle_caption: bool = True
+    keep_tokens: int = 1  # the trigger stays first when captions are shuffled
+    keep_tokens_separator: str = ""  # e.g. "|||": everything before it is kept in place
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0
+    caption_tag_dropout_rate: float = 0.0
+    max_token_length: Literal[75, 150, 225] = 75
+    enable_bucket: bool = True
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False
+    flip_aug: bool = False
+    color_aug: bool = False
+    random_crop: bool = False
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = False
+    cache_text_encoder_outputs: bool = False
+    prior_loss_weight: float = 1.0
+    num_workers: int = 2
+    persistent_workers: bool = True
+    validation_split: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    type: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam", "lion", "adafactor"] = "adamw"
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchedulerConfig:
+    type: Literal["constant", "cosine", "cosine_with_restarts", "polynomial", "linear"] = "cosine"
+    warmup_steps: int | None = None  # or:
+    warmup_ratio: float = 0.0
+    cycles: int = 1  # cosine_with_restarts
+    power: float = 1.0  # polynomial
+
+
+@dataclass
+class LossConfig:
+    type: Literal["l2", "huber"] = "l2"
+    huber_c: float = 0.1
+    min_snr_gamma: float | None = None
+    debiased_estimation: bool = False
+    noise_offset: float = 0.0
+    adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int = 0
+    multires_noise_discount: float = 0.3
+    ip_noise_gamma: float = 0.0
+    zero_terminal_snr: bool = False
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    max_epochs: int = 10
+    max_steps: int | None = None  # wins over max_epochs when set
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    no_half_vae: bool = True  # an fp16 VAE gives NaN / black images
+    attention: Literal["sdpa", "xformers", "math"] = "sdpa"
+    seed: int = 42
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class SavingConfig:
+    every_n_epochs: int | None = 1
+    every_n_steps: int | None = None
+    keep_last_n: int | None = None
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    save_state: bool = False
+    private_metadata: bool = False  # keep only what loaders need in the file's metadata
+
+
+@dataclass
+class SamplingConfig:
+    every_n_epochs: int | None = None
+    every_n_steps: int | None = None
+    prompts: str | None = None  # a prompts file: one prompt per line, --w --h --s --l --d options
+    sampler: str = "euler_a"
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "output"
+    name: str = "lora"
+    comment: str = ""
+    log_dir: str | None = None
+
+
+@dataclass
+class Config:
+    version: int = VERSION
+    model: ModelConfig = field(default_factory=ModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    saving: SavingConfig = field(default_factory=SavingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        hint = get_type_hints(cls)[f.name]
+        inner = get_args(hint)[0] if get_origin(hint) is list else hint
+        if is_dataclass(inner):
+            keys += _all_keys(inner, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str, where: str, cls: type) -> ConfigError:
+    """Name the closest key: first among the table's own keys, then anywhere in the config
+    (a key put in the wrong table: `[training] learning_rate`)."""
+    full = f"{where}{key}"
+    local = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1, cutoff=0.6)
+    if local:
+        return ConfigError(f"unknown key '{full}'; did you mean '{where}{local[0]}'?")
+    elsewhere = [k for k in _all_keys(Config) if k.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return ConfigError(f"unknown key '{full}'; '{key}' belongs in '{elsewhere[0]}'")
+    return ConfigError(f"unknown key '{full}'")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"'{where}': bad value {value!r}")
+    if origin is Literal:
+        if value not in get_args(hint):
+            allowed = ", ".join(repr(a) for a in get_args(hint))
+            raise ConfigError(f"'{where}' is {value!r}; use one of {allowed}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{where}' must be a list, not {value!r}")
+        inner = get_args(hint)[0]
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a table")
+        return dict(value)
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a table")
+        return from_dict(hint, value, f"{where}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                                 not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"'{where}' must be {hint.__name__}, not {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown(key, where, cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], where + f.name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"'{where}{f.name}' is required")
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`--set training.max_steps=100`: the value is read as TOML (strings need no quotes)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: write key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load(path: Path, overrides: list[str] = ()) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; `train init > {path}` writes one") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    if "general" in data:  # kohya dataset configs: [general] holds dataset-wide defaults = [data]
+        data["data"] = {**data.pop("general"), **data.get("data", {})}
+    version = data.get("version", VERSION)
+    if version != VERSION:
+        raise ConfigError(f"{path}: config version {version}; this lorakit reads version {VERSION}")
+    try:
+        config = from_dict(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    base = path.parent
+    for attr in ("image_root", "reg_root"):  # relative paths are relative to the config file
+        value = getattr(config.data, attr)
+        if value and not Path(value).is_absolute():
+            setattr(config.data, attr, str((base / value).resolve()))
+    for dataset in config.datasets:
+        for subset in dataset.subsets:
+            if subset.image_dir and not Path(subset.image_dir).is_absolute():
+                subset.image_dir = str((base / subset.image_dir).resolve())
+    return config

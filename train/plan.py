@@ -1,0 +1,154 @@
+"""`train plan`: everything about a run that can be known without loading a model: which images
+train, how often, in which buckets, how many steps, what is saved when, and what looks wrong.
+Counting follows kohya: a batch never mixes buckets, so an epoch is the sum over buckets of
+ceil(images in the bucket x repeats / batch size); regularisation images are reused until they
+match the number of training images."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorakit.captions import caption_files, parse_repeats_folder, read_tags
+from lorakit.discovery import discover
+from lorakit.errors import UserError
+from lorakit.images import ImageError, read_header
+from lorakit.report import FAILED, OK, Outcome, Report, Section
+from train.buckets import assign
+from train.config import Config
+
+NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
+MAX_TAGS = 20
+TINY = 10
+
+
+@dataclass
+class Subset:
+    folder: Path
+    repeats: int
+    token: str | None
+    is_reg: bool
+    resolution: tuple[int, int]
+    batch_size: int
+    caption_extension: str
+    images: list[Path] = field(default_factory=list)
+
+
+def _pair(resolution: int | list[int]) -> tuple[int, int]:
+    return (resolution, resolution) if isinstance(resolution, int) else (resolution[0], resolution[-1])
+
+
+def subsets(config: Config) -> list[Subset]:
+    data = config.data
+    found: list[Subset] = []
+    for root, is_reg in ((data.image_root, False), (data.reg_root, True)):
+        if not root:
+            continue
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise UserError(f"data.{'reg_root' if is_reg else 'image_root'}: {root} is not a folder")
+        for child in sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            parsed = parse_repeats_folder(child.name)
+            if parsed is None:
+                continue
+            found.append(Subset(child, parsed[0], parsed[1], is_reg, _pair(data.resolution),
+                                data.batch_size, data.caption_extension))
+    for dataset in config.datasets:
+        for s in dataset.subsets:
+            found.append(Subset(Path(s.image_dir), s.num_repeats, s.class_tokens, s.is_reg,
+                                _pair(dataset.resolution), dataset.batch_size or data.batch_size,
+                                s.caption_extension or data.caption_extension))
+    if not [s for s in found if not s.is_reg]:
+        raise UserError("no training images: set data.image_root (with N_name folders below it) "
+                        "or [[datasets]] with [[datasets.subsets]]")
+    for s in found:
+        if not s.folder.is_dir():
+            raise UserError(f"{s.folder} is not a folder")
+        s.images = [s.folder / rel for rel in discover(s.folder)]
+    return found
+
+
+def _family(config: Config) -> str | None:
+    if config.model.family != "auto":
+        return config.model.family
+    name = config.model.base.lower()
+    return "sdxl" if "xl" in name else None
+
+
+def plan(config: Config) -> Report:
+    data = config.data
+    report = Report("plan", data.image_root or "datasets")
+    warnings: list[str] = []
+    rows, bucket_counts = [], Counter()
+    steps_per_epoch = 0
+    all_subsets = subsets(config)
+    train_images = sum(len(s.images) * s.repeats for s in all_subsets if not s.is_reg)
+    reg_images = sum(len(s.images) for s in all_subsets if s.is_reg)
+    # kohya reuses regularisation images until they match the training images with repeats
+    reg_factor = train_images / max(1, sum(len(s.images) * s.repeats for s in all_subsets if s.is_reg))
+    for s in all_subsets:
+        per_bucket: Counter = Counter()
+        over_tagged = untriggered = uncaptioned = 0
+        for image in s.images:
+            rel = image.relative_to(s.folder).as_posix()
+            try:
+                header = read_header(image)
+            except ImageError as exc:
+                report.outcomes.append(Outcome(f"{s.folder.name}/{rel}", FAILED, str(exc)))
+                continue
+            bucket = assign((header.width, header.height), s.resolution, data.min_bucket_reso,
+                            data.max_bucket_reso, data.bucket_reso_steps, not data.bucket_no_upscale) \
+                if data.enable_bucket else s.resolution
+            per_bucket[bucket] += 1
+            captions = [c for c in caption_files(image) if c.suffix == s.caption_extension] or caption_files(image)
+            tags = read_tags(captions[0]) if captions else []
+            uncaptioned += not captions
+            over_tagged += len(tags) > MAX_TAGS
+            if s.token and tags and s.token.lower() not in {t.lower() for t in tags}:
+                untriggered += 1
+            report.outcomes.append(Outcome(f"{s.folder.name}/{rel}", OK, details={"bucket": list(bucket)}))
+        weight = s.repeats * (reg_factor if s.is_reg else 1)
+        for bucket, n in per_bucket.items():
+            bucket_counts[bucket] += n
+            steps_per_epoch += math.ceil(n * weight / s.batch_size)
+        rows.append([s.folder.name, len(s.images), s.repeats, "reg" if s.is_reg else "train",
+                     round(len(s.images) * weight)])
+        if uncaptioned:
+            warnings.append(f"{s.folder.name}: {uncaptioned} images have no caption (the folder name is used)")
+        if over_tagged:
+            warnings.append(f"{s.folder.name}: {over_tagged} captions have over {MAX_TAGS} tags (the guide's limit)")
+        if untriggered and not s.is_reg:
+            warnings.append(f"{s.folder.name}: {untriggered} captions lack the trigger '{s.token}' (tag edit --add)")
+    steps_per_epoch = math.ceil(steps_per_epoch / config.training.gradient_accumulation_steps)
+    run = config.training
+    total = run.max_steps or run.max_epochs * steps_per_epoch
+    epochs = math.ceil(total / max(1, steps_per_epoch))
+    saves = sorted({e for e in range(1, epochs + 1) if config.saving.every_n_epochs
+                    and e % config.saving.every_n_epochs == 0} | {epochs})
+    n_train = sum(len(s.images) for s in all_subsets if not s.is_reg)
+    if n_train < TINY:
+        warnings.append(f"only {n_train} training images: the guide suggests at least 10-15, ideally more")
+    family = _family(config)
+    longest = max(_pair(data.resolution))
+    if family and longest > NATIVE[family]:
+        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
+    if config.network.alpha / max(1, config.network.dim) < 0.1 and config.optimizer.learning_rate < 1e-5 \
+            and config.optimizer.type not in ("prodigy", "dadaptadam"):
+        warnings.append("alpha much smaller than dim with a tiny learning rate (kohya's defaults) "
+                        "barely trains: see train init for the guide's values")
+    report.sections += [
+        Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
+        Section("buckets", ["bucket", "images"],
+                [[f"{w}x{h}", n] for (w, h), n in sorted(bucket_counts.items())]),
+        Section("schedule", ["", ""], [
+            ["training images x repeats", train_images], ["regularisation images", reg_images],
+            ["steps per epoch", steps_per_epoch], ["epochs", epochs], ["total steps", total],
+            ["saved after epochs", ", ".join(map(str, saves))]]),
+    ]
+    report.notes += [f"warning: {w}" for w in warnings]
+    report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
+                       buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
+                       warnings=warnings, train_images=train_images)
+    return report

@@ -1,0 +1,116 @@
+"""`train init --preset NAME`: a complete, commented config with the training guide's values
+(seeds/002 part 4, REFERENCE.md §3), not kohya's alpha 1 / lr 2e-6 trap. The file is rendered
+from the config dataclasses, so it always lists every key with its current meaning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from train.config import Config
+
+# preset -> {"section.key": value}; everything else keeps the defaults in config.py
+PRESETS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "model.family": "sd1", "network.dim": 32, "network.alpha": 32.0, "network.dropout": 0.1,
+        "network.unet_lr": 1e-4, "network.text_encoder_lr": 5e-5,
+        "optimizer.type": "adamw", "optimizer.learning_rate": 1e-4, "optimizer.weight_decay": 0.12,
+        "scheduler.type": "cosine_with_restarts", "scheduler.cycles": 3, "scheduler.warmup_ratio": 0.1,
+        "loss.min_snr_gamma": 5.0, "data.resolution": 512, "training.max_epochs": 10,
+    },
+    "sd15-prodigy": {
+        "model.family": "sd1", "network.dim": 32, "network.alpha": 1.0, "network.dropout": 0.1,
+        "optimizer.type": "prodigy", "optimizer.learning_rate": 1.0, "optimizer.weight_decay": 0.1,
+        "optimizer.args": {"decouple": True, "use_bias_correction": True, "safeguard_warmup": True},
+        "scheduler.type": "cosine", "loss.min_snr_gamma": 5.0, "data.resolution": 512,
+        "training.max_epochs": 10,
+    },
+    "sdxl": {
+        "model.family": "sdxl", "network.dim": 16, "network.alpha": 16.0, "network.dropout": 0.1,
+        "network.unet_lr": 4e-4, "network.text_encoder_lr": 4.5e-4,
+        "optimizer.type": "adamw", "optimizer.learning_rate": 4e-4, "optimizer.weight_decay": 0.12,
+        "scheduler.type": "cosine_with_restarts", "scheduler.cycles": 3, "scheduler.warmup_ratio": 0.2,
+        "loss.min_snr_gamma": 5.0, "data.resolution": 1024, "data.max_bucket_reso": 2048,
+        "training.max_epochs": 5, "training.gradient_checkpointing": True,
+    },
+    "sdxl-prodigy": {
+        "model.family": "sdxl", "network.dim": 16, "network.alpha": 1.0, "network.dropout": 0.1,
+        "optimizer.type": "prodigy", "optimizer.learning_rate": 1.0, "optimizer.weight_decay": 0.1,
+        "optimizer.args": {"decouple": True, "use_bias_correction": True, "safeguard_warmup": True},
+        "scheduler.type": "cosine", "scheduler.warmup_ratio": 0.2, "loss.min_snr_gamma": 5.0,
+        "data.resolution": 1024, "data.max_bucket_reso": 2048, "training.max_epochs": 5,
+        "training.gradient_checkpointing": True,
+    },
+    "style": {  # the guide, part 8: styles suit LyCORIS; LoCon with conv 16/1
+        "model.family": "sd1", "network.module": "locon", "network.dim": 32, "network.alpha": 32.0,
+        "network.conv_dim": 16, "network.conv_alpha": 1.0, "network.unet_lr": 1e-4,
+        "network.text_encoder_lr": 5e-5, "optimizer.type": "adamw", "optimizer.learning_rate": 1e-4,
+        "optimizer.weight_decay": 0.12, "scheduler.type": "cosine_with_restarts", "scheduler.cycles": 3,
+        "scheduler.warmup_ratio": 0.1, "loss.min_snr_gamma": 5.0, "data.resolution": 512,
+        "training.max_epochs": 10,
+    },
+}
+
+COMMENTS = {
+    "version": "config format version",
+    "model.base": "a diffusers folder, a Hugging Face repo id, or a .safetensors checkpoint",
+    "model.family": "auto | sd1 | sd2 | sdxl",
+    "model.allow_pickle": ".ckpt files run code when loaded: only for files you trust",
+    "network.module": "lora | locon | loha | lokr | ia3 | dylora | glora | diag-oft | none",
+    "network.alpha": "the guide: alpha = dim for Adam; 1 for adaptive optimisers (Prodigy, DAdapt)",
+    "network.dim": "32 is a good start; 8 for concepts the model nearly knows; 16 for SDXL",
+    "network.dropout": "network_dropout 0.1 (the guide)",
+    "optimizer.learning_rate": "with Prodigy/DAdapt: 1.0, they find the rate themselves",
+    "scheduler.warmup_ratio": "share of the steps spent warming up (the guide: 10%, SDXL 20%)",
+    "loss.min_snr_gamma": "Min-SNR weighting, gamma 5 (Hang et al. 2023)",
+    "data.image_root": "folders named N_name below it: N repeats, name = trigger (tag balance sets N)",
+    "data.keep_tokens": "tags kept in place when captions are shuffled: the trigger (and class)",
+    "training.max_epochs": "the guide aims at ~100 passes per image: epochs x repeats",
+    "training.max_steps": "wins over max_epochs when set",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def build(preset: str) -> Config:
+    config = Config()
+    for dotted, value in PRESETS[preset].items():
+        section, key = dotted.split(".")
+        setattr(getattr(config, section), key, value)
+    return config
+
+
+def render(preset: str, image_root: str = "dataset", base: str = "") -> str:
+    config = build(preset)
+    config.data.image_root = image_root
+    config.model.base = base
+    lines = [f"# lorakit training config, preset '{preset}' (train init --preset {preset})",
+             "# Every key is listed with its value; an unknown or misspelt key is an error.",
+             "# `train plan` checks this file and the dataset without loading a model.", "",
+             f"version = {config.version}  # {COMMENTS['version']}"]
+    for section in fields(config):
+        value = getattr(config, section.name)
+        if not is_dataclass(value):
+            continue
+        lines += ["", f"[{section.name}]"]
+        for f in fields(value):
+            v = getattr(value, f.name)
+            comment = COMMENTS.get(f"{section.name}.{f.name}")
+            text = f"# {f.name} =" if v is None else f"{f.name} = {_toml_value(v)}"
+            lines.append(text + (f"  # {comment}" if comment else ""))
+    lines += ["", "# kohya-style datasets can be used instead of data.image_root, e.g. the file",
+              "# `tag balance DIR --toml dataset.toml` writes: [[datasets]] / [[datasets.subsets]].", ""]
+    return "\n".join(lines)
