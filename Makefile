@@ -30,6 +30,7 @@ demo: setup
 	@echo "The demo tags with lorakit's DEMO stand-in model (examples/demo-tagger): not a real tagger."
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
 		RAW=examples/sample/raw OUT=demo-out TAGGER_DIR=examples/demo-tagger/danbooru
+	$(VENV)/bin/train plan demo-out/dataset.toml
 
 bench: setup
 	$(PY) bench/curate.py

@@ -110,3 +110,25 @@ def test_tag_balance_toml_plans_directly(tmp_path):
     run("tag", "balance", root, "--toml", tmp_path / "dataset.toml")
     report = run_json("train", "plan", tmp_path / "dataset.toml")
     assert report["train_images"] == 4 * 10 + 2 * 20
+
+
+def test_every_glossary_term_maps_to_a_real_key_or_a_reason():
+    from train.config import _all_keys
+    from train.glossary import GLOSSARY, key_of
+
+    keys = set(_all_keys(Config))
+    for term, entry in GLOSSARY.items():
+        key = key_of(entry)
+        assert key is None and len(entry) > 20 or key in keys, (term, entry)
+    reference = ("base_model img_folder output_folder caption_dropout_rate net_dim alpha scheduler "
+                 "cosine_restarts scheduler_power warmup_lr_ratio learning_rate text_encoder_lr unet_lr "
+                 "num_workers persistent_workers batch_size num_epochs save_every_n_epochs "
+                 "shuffle_captions keep_tokens max_steps tag_occurrence_txt_file train_resolution "
+                 "min_bucket_resolution max_bucket_resolution lora_model_for_resume save_state "
+                 "load_previous_save_state training_comment unet_only text_only reg_img_folder "
+                 "clip_skip test_seed prior_loss_weight gradient_checkpointing gradient_acc_steps "
+                 "mixed_precision save_precision save_as caption_extension max_clip_token_length "
+                 "buckets xformers use_8bit_adam cache_latents color_aug flip_aug random_crop vae "
+                 "no_meta log_dir bucket_reso_steps bucket_no_upscale v2 v_parameterization").split()
+    assert set(reference) <= set(GLOSSARY)
+    assert "network.dim" in run("train", "glossary").stdout

@@ -42,3 +42,15 @@ def plan(
     with user_errors():
         report = make_plan(load(config, set_ or []))
     emit(report, json)
+
+
+@app.command()
+def glossary(json: Json = False) -> None:
+    """The LoRA parameter glossary's terms and the config key each maps to (or why none)."""
+    from lorakit.report import Report, Section
+    from train.glossary import GLOSSARY
+
+    report = Report("glossary", "the LoRA parameter glossary")
+    report.sections.append(Section("terms", ["term", "lorakit config"],
+                                   [[t, v.lstrip("- ")] for t, v in GLOSSARY.items()]))
+    emit(report, json)
