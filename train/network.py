@@ -1,0 +1,132 @@
+"""LoRA and LoCon as their own small module (DESIGN.md allows it where simpler than
+lycoris-lora), saved in kohya's format (REFERENCE.md §3):
+
+    y = W x + up(down(x)) * multiplier * alpha / rank
+
+down is kaiming-uniform (a = sqrt 5), up starts at zero, so training starts from the base model.
+Linear: down [r, in], up [out, r]; Conv2d: down [r, in, k, k], up [out, r, 1, 1]. Alpha is stored
+as a float32 scalar. The base model's modules are left in place; their forward is wrapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+
+import torch
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from lorakit.fsio import atomic_path
+from train.naming import Target
+
+
+class LoRAModule(nn.Module):
+    def __init__(self, target: Target, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.lora_name = target.name
+        base = target.module
+        if isinstance(base, nn.Conv2d):
+            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                                       bias=False)
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
+        else:
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+        self.rank = rank
+        self.dropout = dropout  # kohya's network_dropout: on the down projection's output
+        self.multiplier = 1.0
+        self._base = [base]  # a list, so the base module is not registered (and not trained) here
+        self._base_forward = None
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def attach(self) -> None:
+        base = self._base[0]
+        self._base_forward = base.forward
+        base.forward = self.forward
+
+    def detach(self) -> None:
+        if self._base_forward is not None:
+            self._base[0].forward = self._base_forward
+            self._base_forward = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base_forward(x)
+        hidden = self.lora_down(x.to(self.lora_down.weight.dtype))
+        if self.dropout and self.training:
+            hidden = nn.functional.dropout(hidden, self.dropout)
+        return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change this module makes to the base weight, with its scale applied."""
+        down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
+        if down.dim() == 2:
+            delta = up @ down
+        elif down.shape[2:] == (1, 1):
+            delta = (up[:, :, 0, 0] @ down[:, :, 0, 0])[:, :, None, None]
+        else:  # a k x k down followed by a 1 x 1 up composes into one k x k kernel
+            delta = nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return delta * self.scale * self.multiplier
+
+
+class LoRANetwork(nn.Module):
+    def __init__(self, targets: list[Target], rank: int, alpha: float, conv_rank: int = 0,
+                 conv_alpha: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        modules = []
+        for target in targets:
+            if target.is_conv3x3:
+                if conv_rank > 0:
+                    modules.append(LoRAModule(target, conv_rank, conv_alpha, dropout))
+            else:
+                modules.append(LoRAModule(target, rank, alpha, dropout))
+        self.loras = nn.ModuleList(modules)
+
+    def attach(self) -> None:
+        for lora in self.loras:
+            lora.attach()
+
+    def detach(self) -> None:
+        for lora in self.loras:
+            lora.detach()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add every module's change into its base weight (then the network can be detached)."""
+        for lora in self.loras:
+            base = lora._base[0]
+            base.weight += lora.delta_weight().to(base.weight.dtype)
+
+    def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        out = {}
+        for lora in self.loras:
+            out[f"{lora.lora_name}.lora_down.weight"] = lora.lora_down.weight.detach().to("cpu", dtype).contiguous()
+            out[f"{lora.lora_name}.lora_up.weight"] = lora.lora_up.weight.detach().to("cpu", dtype).contiguous()
+            out[f"{lora.lora_name}.alpha"] = lora.alpha.detach().to("cpu", torch.float32)
+        return out
+
+
+def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """`sshs_model_hash`: sha256 of the tensor bytes after the safetensors header;
+    `sshs_legacy_hash`: the first 8 hex digits of sha256 of 64 KiB at offset 1 MiB. Both over the
+    file as written with only the `ss_*` metadata, as kohya and the UIs compute them."""
+    data = save_bytes(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(data[:8], "little")
+    legacy = io.BytesIO(data)
+    legacy.seek(0x100000)
+    return {"sshs_model_hash": hashlib.sha256(data[8 + header:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(legacy.read(0x10000)).hexdigest()[:8]}
+
+
+def save(network: LoRANetwork, path, metadata: dict[str, str], dtype: torch.dtype = torch.float16) -> None:
+    tensors = network.kohya_state_dict(dtype)
+    metadata = {**metadata, **model_hashes(tensors, metadata)}
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(save_bytes(tensors, metadata))
