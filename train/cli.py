@@ -54,3 +54,60 @@ def glossary(json: Json = False) -> None:
     report.sections.append(Section("terms", ["term", "lorakit config"],
                                    [[t, v.lstrip("- ")] for t, v in GLOSSARY.items()]))
     emit(report, json)
+
+
+def _logger(out_dir: Path):
+    """Each logged step: one JSON line on stderr and in OUTPUT_DIR/log.jsonl."""
+    import sys
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+        log_file.write(line + "\n")
+        log_file.flush()
+    return log
+
+
+def _report(result: dict, out_dir: Path):
+    from lorakit.report import Report
+
+    report = Report("train", str(out_dir))
+    report.data.update(result)
+    done = result["step"] >= result["total"]
+    report.notes.append(f"step {result['step']} of {result['total']}: " +
+                        ("finished" if done else f"stopped; `train resume {out_dir}` continues"))
+    return report
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="The training config (TOML).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: training.max_steps=500")] = None,
+    stop_at: Annotated[Optional[int], typer.Option(help="Stop after this step, keeping the state to resume.")] = None,
+    json: Json = False,
+) -> None:
+    """Train (SD1.x / SD2.x diffusers models, LoRA or LoCon, AdamW for now)."""
+    from train.config import load
+    from train.loop import run as train_run
+
+    with user_errors():
+        cfg = load(config, set_ or [])
+        out_dir = Path(cfg.output.dir)
+        result = train_run(cfg, out_dir, stop_at, _logger(out_dir))
+    emit(_report(result, out_dir), json)
+
+
+@app.command()
+def resume(
+    output_dir: Annotated[Path, typer.Argument(help="The output folder of a run that kept its state.")],
+    stop_at: Annotated[Optional[int], typer.Option(help="Stop after this step, keeping the state.")] = None,
+    json: Json = False,
+) -> None:
+    """Continue a run from its saved state, exactly where it stopped."""
+    from train.loop import resume as train_resume
+
+    with user_errors():
+        result = train_resume(output_dir, stop_at, _logger(output_dir))
+    emit(_report(result, output_dir), json)

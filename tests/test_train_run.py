@@ -1,0 +1,106 @@
+"""train run / train resume end to end on a tiny SD1.5-shaped model at 64 px."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import tiny_sd
+from conftest import run, run_json
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_sd.pipeline(folder / "build").save_pretrained(folder / "sd15")
+    return folder / "sd15"
+
+
+def dataset(root):
+    folder = root / "dataset" / "2_kitchan"
+    folder.mkdir(parents=True)
+    for i, color in enumerate([(220, 40, 40), (40, 40, 220)]):
+        img = Image.new("RGB", (64, 64), (250, 250, 250))
+        img.paste(color, (16, 8, 48, 56))
+        img.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"kitchan, {'red' if i == 0 else 'blue'}, smile\n")
+    return root / "dataset"
+
+
+def config(tmp_path, base, out, extra=""):
+    path = tmp_path / f"{out}.toml"
+    path.write_text(f'''
+[model]
+base = "{base}"
+family = "sd1"
+[network]
+dim = 4
+alpha = 4.0
+[data]
+image_root = "{dataset(tmp_path / out)}"
+resolution = 64
+min_bucket_reso = 64
+max_bucket_reso = 128
+batch_size = 2
+[optimizer]
+learning_rate = 1e-3
+[training]
+max_steps = 6
+log_every_n_steps = 1
+seed = 3
+[saving]
+every_n_epochs = 2
+save_state = true
+[output]
+dir = "{tmp_path / out / 'out'}"
+name = "kit"
+{extra}
+''')
+    return path
+
+
+def weights(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_run_writes_a_kohya_file_and_resume_is_exact(tmp_path, base):
+    whole = run_json("train", "run", config(tmp_path, base, "whole"))
+    assert whole["step"] == 6 and whole["steps_per_epoch"] == 2
+    out = tmp_path / "whole" / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["kit-000002.safetensors", "kit.safetensors"]
+    final, meta = weights(out / "kit.safetensors")
+    assert meta["ss_network_dim"] == "4" and meta["ss_base_model_version"] == "sd_v1"
+    assert json.loads(meta["ss_tag_frequency"])["2_kitchan"]["smile"] == 2
+    assert json.loads(meta["ss_dataset_dirs"])["2_kitchan"] == {"n_repeats": 2, "img_count": 2}
+    assert all(np.isfinite(l) for l in whole["losses"])
+    assert len((out / "log.jsonl").read_text().splitlines()) == 6
+
+    parts = config(tmp_path, base, "parts")
+    first = run_json("train", "run", parts, "--stop-at", "2")
+    assert first["step"] == 2
+    out2 = tmp_path / "parts" / "out"
+    assert run_json("train", "resume", out2, "--stop-at", "4")["step"] == 4  # a second resume too
+    assert run_json("train", "resume", out2)["step"] == 6
+    resumed, _ = weights(out2 / "kit.safetensors")
+    for key in final:
+        assert torch.equal(final[key], resumed[key]), key
+
+
+def test_loss_falls_when_overfitting_and_diffusers_loads_the_result(tmp_path, base):
+    result = run_json("train", "run", config(tmp_path, base, "fit"), "--set", "training.max_steps=40",
+                      "--set", "training.log_every_n_steps=10", "--set", "loss.min_snr_gamma=5.0")
+    losses = result["losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    before = tiny_sd.sample(pipe)
+    pipe.load_lora_weights(str(tmp_path / "fit" / "out" / "kit.safetensors"))
+    assert np.abs(tiny_sd.sample(pipe) - before).max() > 1e-3
+
+
+def test_resume_needs_a_state(tmp_path):
+    run("train", "resume", tmp_path, check=2)

@@ -1,0 +1,110 @@
+"""The training data: images in buckets, captions as kohya prepares them, batches that never mix
+buckets. Every random choice is drawn from a generator seeded by (seed, epoch), so the data of
+any epoch can be rebuilt exactly on resume without saving a random state."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lorakit.captions import caption_files
+from lorakit.images import load_image, read_header
+from train.buckets import assign
+from train.config import Config
+from train.plan import Subset, subsets
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path
+    caption: str
+    bucket: tuple[int, int]
+    repeats: int
+    is_reg: bool
+
+
+def load_items(config: Config) -> list[Item]:
+    data = config.data
+    items = []
+    for s in subsets(config):
+        for image in s.images:
+            header = read_header(image)
+            bucket = assign((header.width, header.height), s.resolution, data.min_bucket_reso,
+                            data.max_bucket_reso, data.bucket_reso_steps, not data.bucket_no_upscale) \
+                if data.enable_bucket else s.resolution
+            items.append(Item(image, _caption_text(image, s), bucket, s.repeats, s.is_reg))
+    return items
+
+
+def _caption_text(image: Path, subset: Subset) -> str:
+    found = [c for c in caption_files(image) if c.suffix == subset.caption_extension] or caption_files(image)
+    if found:
+        lines = found[0].read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
+        if lines and lines[0].strip():
+            return lines[0].strip()
+    return subset.token or ""  # no caption: the folder's class tokens, as kohya does
+
+
+def pixels(item: Item) -> torch.Tensor:
+    """The image scaled to cover its bucket and centre-cropped, as [3, H, W] in -1..1."""
+    img = load_image(item.image)
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    img = img.convert("RGB")
+    bw, bh = item.bucket
+    scale = max(bw / img.width, bh / img.height)
+    size = (max(bw, round(img.width * scale)), max(bh, round(img.height * scale)))
+    img = img.resize(size, Image.LANCZOS if scale > 1 else Image.BICUBIC)
+    left, top = (size[0] - bw) // 2, (size[1] - bh) // 2
+    arr = np.asarray(img.crop((left, top, left + bw, top + bh)), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) -> str:
+    """kohya's order: prefix/suffix, caption dropout, then shuffle past the kept tokens (or past
+    the keep separator) with tag dropout."""
+    d = config.data
+    text = f"{d.caption_prefix}{text}{d.caption_suffix}"
+    if d.caption_dropout_rate and rng.random() < d.caption_dropout_rate:
+        return ""
+    if d.caption_dropout_every_n_epochs and epoch % d.caption_dropout_every_n_epochs == 0:
+        return ""
+    if not d.shuffle_caption and not d.caption_tag_dropout_rate:
+        return text
+    if d.keep_tokens_separator and d.keep_tokens_separator in text:
+        head, tail = text.split(d.keep_tokens_separator, 1)
+        fixed = [t.strip() for t in head.split(",") if t.strip()]
+        rest = [t.strip() for t in tail.split(",") if t.strip()]
+    else:
+        tags = [t.strip() for t in text.split(",") if t.strip()]
+        fixed, rest = tags[:d.keep_tokens], tags[d.keep_tokens:]
+    if d.shuffle_caption:
+        rng.shuffle(rest)
+    if d.caption_tag_dropout_rate:
+        rest = [t for t in rest if rng.random() >= d.caption_tag_dropout_rate]
+    return ", ".join(fixed + rest)
+
+
+def epoch_batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices into `items`, in batches of one bucket each, in an order fixed by (seed, epoch).
+    Regularisation images are repeated until they match the training images, as kohya does."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    train = [i for i, it in enumerate(items) for _ in range(it.repeats) if not it.is_reg]
+    reg_pool = [i for i, it in enumerate(items) for _ in range(it.repeats) if it.is_reg]
+    reg = [reg_pool[k % len(reg_pool)] for k in range(len(train))] if reg_pool else []
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i in train + reg:
+        by_bucket.setdefault(items[i].bucket, []).append(i)
+    batches = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket]
+        rng.shuffle(members)
+        batches += [members[k:k + batch_size] for k in range(0, len(members), batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,225 @@
+"""`train run` / `train resume`: a compact LoRA trainer for SD1.x and SD2.x diffusers models.
+
+The training step is one function (`training_step`); the loop around it picks batches, steps
+the optimizer, logs, saves and keeps the state for `train resume`. Every random draw comes from a
+generator seeded by (seed, step) or (seed, epoch), so a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lorakit.errors import UserError
+from lorakit.fsio import atomic_path, write_text
+from train import loss as L
+from train.config import Config, from_dict
+from train.data import Item, caption_for_step, epoch_batches, load_items, pixels
+from train.metadata import metadata
+from train.naming import text_encoder_targets, unet_targets
+from train.network import LoRANetwork, save
+
+STATE = "state.pt"
+
+
+def load_models(config: Config):
+    """A diffusers folder (or hub id) with unet, vae, text_encoder, tokenizer subfolders."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = config.model.base
+    if not base:
+        raise UserError("model.base is empty: set it to a diffusers folder or a hub repo id")
+    if base.endswith((".safetensors", ".ckpt")):
+        raise UserError(f"{base}: single-file checkpoints are not supported yet; convert it to a diffusers "
+                        "folder (diffusers' convert_original_stable_diffusion_to_diffusers.py)")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(config.model.vae or base, subfolder=None if config.model.vae else "vae")
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    except OSError as exc:
+        raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
+    if unet.config.get("addition_embed_type") == "text_time":
+        raise UserError(f"{base} is an SDXL model: SDXL training is not supported yet")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False,
+                              prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
+    return tokenizer, text_encoder, vae, unet, scheduler
+
+
+def lr_lambda(config: Config, total: int):
+    """The schedule as a factor of the base learning rate at each step."""
+    s = config.scheduler
+    warmup = s.warmup_steps if s.warmup_steps is not None else int(s.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        if s.type == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if s.type == "cosine_with_restarts":
+            return 0.5 * (1 + math.cos(math.pi * ((progress * s.cycles) % 1.0)))
+        if s.type == "polynomial":
+            return (1 - progress) ** s.power
+        if s.type == "linear":
+            return 1 - progress
+        return 1.0
+    return factor
+
+
+def make_optimizer(config: Config, network: LoRANetwork, unet_names: set[str]) -> torch.optim.Optimizer:
+    o, n = config.optimizer, config.network
+    groups = []
+    unet_params = [p for m in network.loras if m.lora_name in unet_names for p in m.parameters()]
+    te_params = [p for m in network.loras if m.lora_name not in unet_names for p in m.parameters()]
+    if unet_params and n.train_unet:
+        groups.append({"params": unet_params, "lr": n.unet_lr or o.learning_rate})
+    if te_params and n.train_text_encoder:
+        groups.append({"params": te_params, "lr": n.text_encoder_lr or o.learning_rate})
+    if o.type != "adamw":
+        raise UserError(f"optimizer.type = {o.type!r} is not supported yet by train run; use adamw")
+    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str], clip_skip: int) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    out = text_encoder(ids, output_hidden_states=clip_skip > 1)
+    if clip_skip > 1:  # an earlier layer, then the final layer norm (REFERENCE.md §3)
+        return text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip]) \
+            if hasattr(text_encoder, "text_model") else text_encoder.final_layer_norm(out.hidden_states[-clip_skip])
+    return out[0]
+
+
+def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tensor, unet, noise_scheduler,
+                  config: Config, generator: torch.Generator) -> torch.Tensor:
+    """Noise the latents at random timesteps, predict, and weigh the loss of each sample."""
+    loss_cfg = config.loss
+    noise = torch.randn(latents.shape, generator=generator)
+    if loss_cfg.noise_offset:
+        noise = L.offset_noise(noise, loss_cfg.noise_offset, generator)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, text).sample
+    v_prediction = config.model.v_parameterization
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+    loss = L.per_sample(prediction, target, loss_cfg.type, loss_cfg.huber_c) * weights
+    if loss_cfg.min_snr_gamma or loss_cfg.debiased_estimation:
+        snr_t = L.snr(noise_scheduler.alphas_cumprod, timesteps)
+        if loss_cfg.min_snr_gamma:
+            loss = loss * L.min_snr_weight(snr_t, loss_cfg.min_snr_gamma, v_prediction)
+        if loss_cfg.debiased_estimation:
+            loss = loss * L.debiased_weight(snr_t)
+    return loss.mean()
+
+
+def _cache_latents(items: list[Item], vae) -> list[torch.Tensor]:
+    """Each image encoded once; the distribution's mean, so the cache is deterministic."""
+    scale = vae.config.scaling_factor
+    with torch.no_grad():
+        return [vae.encode(pixels(item)[None]).latent_dist.mean[0] * scale for item in items]
+
+
+def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
+        resume_from_state: bool = False) -> dict:
+    """Train until the configured total (or `stop_at`, as if interrupted: the state is kept)."""
+    out_dir = Path(out_dir or config.output.dir)
+    state_path = out_dir / STATE
+    state = torch.load(state_path, weights_only=True) if resume_from_state else None
+    torch.manual_seed(config.training.seed)
+    tokenizer, text_encoder, vae, unet, noise_scheduler = load_models(config)
+    for model in (text_encoder, vae, unet):
+        model.requires_grad_(False)
+    n = config.network
+    unet_t = unet_targets(unet, locon=n.module == "locon") if n.train_unet else []
+    te_t = text_encoder_targets(text_encoder) if n.train_text_encoder else []
+    if n.module not in ("lora", "locon"):
+        raise UserError(f"network.module = {n.module!r} is not supported yet by train run; use lora or locon")
+    network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
+                          n.conv_alpha, n.dropout)
+    network.attach()
+    items = load_items(config)
+    latents = _cache_latents(items, vae)
+    batch_size = config.data.batch_size
+    steps_per_epoch = len(epoch_batches(items, batch_size, config.training.seed, 0))
+    total = config.training.max_steps or config.training.max_epochs * steps_per_epoch
+    optimizer = make_optimizer(config, network, {t.name for t in unet_t})
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
+    step = 0
+    if state is not None:
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total), last_epoch=step - 1)
+    started = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    losses: list[float] = []
+    train_te = bool(te_t)
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        batches = epoch_batches(items, batch_size, config.training.seed, epoch)
+        for batch in batches[offset:]:
+            generator = torch.Generator().manual_seed(config.training.seed * 7919 + step)
+            rng = random.Random(config.training.seed * 31 + step)
+            captions = [caption_for_step(items[i].caption, config, rng, epoch) for i in batch]
+            with torch.set_grad_enabled(train_te):
+                text = encode_text(tokenizer, text_encoder, captions, config.model.clip_skip)
+            weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch])
+            loss = training_step(torch.stack([latents[i] for i in batch]), text, weights, unet,
+                                 noise_scheduler, config, generator)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.loss.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % config.training.log_every_n_steps == 0 or step == total:
+                value = float(loss)  # read at the log interval only: .item() each step stalls a GPU
+                if not math.isfinite(value):
+                    raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
+                losses.append(value)
+                log(json.dumps({"step": step, "epoch": epoch + 1, "loss": value, "lr": schedule.get_last_lr()[0]}))
+            done = step >= total or (stop_at is not None and step >= stop_at)
+            if done or step % steps_per_epoch == 0:
+                break
+        epoch_done = step % steps_per_epoch == 0
+        if epoch_done and config.saving.every_n_epochs and step < total \
+                and (step // steps_per_epoch) % config.saving.every_n_epochs == 0:
+            _save(network, config, out_dir / f"{config.output.name}-{step // steps_per_epoch:06d}.safetensors",
+                  items, step, steps_per_epoch, total, started)
+        if stop_at is not None and step >= stop_at:
+            break
+    if config.saving.save_state or (stop_at is not None and step < total):
+        _save_state(network, optimizer, step, config, state_path)
+    if step >= total:
+        _save(network, config, out_dir / f"{config.output.name}.safetensors", items, step, steps_per_epoch,
+              total, started)
+    return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch}
+
+
+def _save(network, config, path, items, step, steps_per_epoch, total, started) -> None:
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.saving.precision]
+    save(network, path, metadata(config, items, step, steps_per_epoch, total, started), dtype)
+
+
+def _save_state(network, optimizer, step, config, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    write_text(path.with_name("config.json"), json.dumps(asdict(config)))
+
+
+def resume(out_dir: Path, stop_at: int | None = None, log=print) -> dict:
+    config_path = out_dir / "config.json"
+    if not (out_dir / STATE).is_file() or not config_path.is_file():
+        raise UserError(f"{out_dir} holds no saved state: train with saving.save_state = true first")
+    config = from_dict(Config, json.loads(config_path.read_text()))
+    return run(config, out_dir, stop_at, log, resume_from_state=True)

@@ -1,0 +1,40 @@
+"""Noise, targets and loss weightings (REFERENCE.md §3, kohya `custom_train_functions.py`)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio of each timestep: alpha_bar / (1 - alpha_bar)."""
+    a = alphas_cumprod[timesteps]
+    return a / (1 - a)
+
+
+def min_snr_weight(snr_t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556): min(SNR, gamma) / SNR for epsilon,
+    / (SNR + 1) for v-prediction."""
+    return torch.clamp(snr_t, max=gamma) / (snr_t + 1 if v_prediction else snr_t)
+
+
+def debiased_weight(snr_t: torch.Tensor) -> torch.Tensor:
+    """Debiased estimation (kohya): 1 / sqrt(SNR), capped at 1000 for the smallest SNRs."""
+    return 1 / torch.sqrt(torch.clamp(snr_t, min=1e-3))
+
+
+def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Noise offset (crosslabs 2023): a per-channel constant shift, so the model learns to change
+    an image's overall brightness."""
+    shift = torch.randn(noise.shape[0], noise.shape[1], 1, 1, generator=generator)
+    return noise + offset * shift.to(noise.device, noise.dtype)
+
+
+def per_sample(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
+    """The loss of each sample, averaged over channels and pixels."""
+    pred, target = pred.float(), target.float()
+    if kind == "huber":
+        diff = pred - target
+        loss = 2 * huber_c * (torch.sqrt(diff ** 2 + huber_c ** 2) - huber_c)
+    else:
+        loss = (pred - target) ** 2
+    return loss.mean(dim=[1, 2, 3])

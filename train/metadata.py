@@ -1,0 +1,63 @@
+"""The `ss_*` and `modelspec.*` metadata kohya's files carry (REFERENCE.md §3): what A1111's
+and the civitai tooling's info panels show. All values are strings; nested ones are JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from train.config import Config
+from train.data import Item
+
+# kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
+PUBLIC = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+          "ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type")
+VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int, total: int,
+             started: float) -> dict[str, str]:
+    n, o, d = config.network, config.optimizer, config.data
+    family = config.model.family if config.model.family != "auto" else "sd1"
+    version = VERSIONS[family] + ("_v" if family == "sd2" and config.model.v_parameterization else "")
+    frequency: dict[str, Counter] = {}
+    dirs: dict[str, dict] = {}
+    for item in items:
+        folder = item.image.parent.name
+        tags = [t.strip() for t in item.caption.split(",") if t.strip()]
+        frequency.setdefault(folder, Counter()).update(tags)
+        entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    resolution = d.resolution if isinstance(d.resolution, list) else [d.resolution, d.resolution]
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(n.dim), "ss_network_alpha": str(n.alpha),
+        "ss_network_args": json.dumps({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha}
+                                      if n.module == "locon" else {}),
+        "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
+        "ss_resolution": f"({resolution[0]}, {resolution[1]})", "ss_clip_skip": str(config.model.clip_skip),
+        "ss_learning_rate": str(o.learning_rate), "ss_unet_lr": str(n.unet_lr or o.learning_rate),
+        "ss_text_encoder_lr": str(n.text_encoder_lr or o.learning_rate), "ss_optimizer": o.type,
+        "ss_lr_scheduler": config.scheduler.type, "ss_steps": str(step),
+        "ss_epoch": str(step // max(1, steps_per_epoch)), "ss_num_epochs": str(-(-total // max(1, steps_per_epoch))),
+        "ss_seed": str(config.training.seed), "ss_min_snr_gamma": str(config.loss.min_snr_gamma),
+        "ss_noise_offset": str(config.loss.noise_offset), "ss_zero_terminal_snr": str(config.loss.zero_terminal_snr),
+        "ss_tag_frequency": json.dumps({k: dict(v) for k, v in frequency.items()}),
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_num_train_images": str(sum(i.repeats for i in items if not i.is_reg)),
+        "ss_num_reg_images": str(sum(1 for i in items if i.is_reg)),
+        "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
+        "ss_output_name": config.output.name, "ss_training_comment": config.output.comment,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if
+                                   config.model.v_parameterization else "stable-diffusion-v2-512",
+                                   "sdxl": "stable-diffusion-xl-v1-base"}[family] + "/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.prediction_type": "v" if config.model.v_parameterization else "epsilon",
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}", "modelspec.title": config.output.name,
+        "modelspec.date": time.strftime("%Y-%m-%d"),
+    }
+    if config.saving.private_metadata:
+        meta = {k: v for k, v in meta.items() if k in PUBLIC}
+    return meta
