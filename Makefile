@@ -31,6 +31,12 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
 		RAW=examples/sample/raw OUT=demo-out TAGGER_DIR=examples/demo-tagger/danbooru
 	$(VENV)/bin/train plan demo-out/dataset.toml
+	@echo "Training a few steps on lorakit's DEMO base model (random weights): it shows the trainer working."
+	test -d demo-out/demo-model || $(PY) examples/make_demo_model.py demo-out/demo-model
+	$(VENV)/bin/train init --preset sd15 --image-root 5-clean --base demo-model > demo-out/lora.toml
+	$(VENV)/bin/train run demo-out/lora.toml --set data.resolution=64 --set data.min_bucket_reso=64 \
+		--set data.max_bucket_reso=128 --set training.max_steps=10 --set training.log_every_n_steps=5 \
+		--set output.dir=lora --set output.name=kitchan
 
 bench: setup
 	$(PY) bench/curate.py

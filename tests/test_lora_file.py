@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import tiny_sd
+import make_demo_model as tiny_sd
 from train.naming import text_encoder_targets, unet_targets
 from train.network import LoRANetwork, save
 

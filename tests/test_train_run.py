@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-import tiny_sd
+import make_demo_model as tiny_sd
 from conftest import run, run_json
 
 
@@ -104,3 +104,9 @@ def test_loss_falls_when_overfitting_and_diffusers_loads_the_result(tmp_path, ba
 
 def test_resume_needs_a_state(tmp_path):
     run("train", "resume", tmp_path, check=2)
+
+
+def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
+    proc = run("train", "run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
+               "--set", "training.gradient_accumulation_steps=2", check=2)
+    assert "data.flip_aug = True" in proc.stderr and "gradient_accumulation_steps" in proc.stderr

@@ -71,10 +71,11 @@ def _logger(out_dir: Path):
 
 
 def _report(result: dict, out_dir: Path):
-    from lorakit.report import Report
+    from lorakit.report import WRITTEN, Outcome, Report
 
     report = Report("train", str(out_dir))
     report.data.update(result)
+    report.outcomes = [Outcome(Path(p).name, WRITTEN) for p in result["saved"]]
     done = result["step"] >= result["total"]
     report.notes.append(f"step {result['step']} of {result['total']}: " +
                         ("finished" if done else f"stopped; `train resume {out_dir}` continues"))

@@ -310,11 +310,14 @@ def load(path: Path, overrides: list[str] = ()) -> Config:
         config = from_dict(Config, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    base = path.parent
-    for attr in ("image_root", "reg_root"):  # relative paths are relative to the config file
-        value = getattr(config.data, attr)
+    base = path.parent  # every relative path in a config is relative to the config file
+    for section, attr in (("data", "image_root"), ("data", "reg_root"), ("output", "dir"),
+                          ("model", "base"), ("model", "vae")):
+        value = getattr(getattr(config, section), attr)
         if value and not Path(value).is_absolute():
-            setattr(config.data, attr, str((base / value).resolve()))
+            local = (base / value).resolve()
+            if section != "model" or local.exists():  # a model may also be a hub repo id
+                setattr(getattr(config, section), attr, str(local))
     for dataset in config.datasets:
         for subset in dataset.subsets:
             if subset.image_dir and not Path(subset.image_dir).is_absolute():

@@ -28,6 +28,27 @@ from train.network import LoRANetwork, save
 
 STATE = "state.pt"
 
+# Config keys `train run` does not implement yet: a run refuses to start when one differs from
+# its default, rather than train for hours without a setting the user asked for.
+NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weight_norms",
+           "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents_to_disk",
+           "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
+           "loss.adaptive_noise_scale", "loss.multires_noise_iterations", "loss.ip_noise_gamma",
+           "loss.zero_terminal_snr", "training.gradient_accumulation_steps",
+           "training.gradient_checkpointing", "saving.every_n_steps", "saving.keep_last_n",
+           "sampling.every_n_epochs", "sampling.every_n_steps", "sampling.prompts")
+
+
+def not_yet_supported(config: Config) -> list[str]:
+    defaults = Config()
+    found = []
+    for dotted in NOT_YET:
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value != getattr(getattr(defaults, section), key):
+            found.append(f"{dotted} = {value!r}")
+    return found
+
 
 def load_models(config: Config):
     """A diffusers folder (or hub id) with unet, vae, text_encoder, tokenizer subfolders."""
@@ -132,6 +153,10 @@ def _cache_latents(items: list[Item], vae) -> list[torch.Tensor]:
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
         resume_from_state: bool = False) -> dict:
     """Train until the configured total (or `stop_at`, as if interrupted: the state is kept)."""
+    unsupported = not_yet_supported(config)
+    if unsupported:
+        raise UserError("train run does not support these settings yet; set them back to their "
+                        "defaults or remove them: " + ", ".join(unsupported))
     out_dir = Path(out_dir or config.output.dir)
     state_path = out_dir / STATE
     state = torch.load(state_path, weights_only=True) if resume_from_state else None
@@ -147,6 +172,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
                           n.conv_alpha, n.dropout)
     network.attach()
+    network.saved = []  # the files this run writes, for the report
     items = load_items(config)
     latents = _cache_latents(items, vae)
     batch_size = config.data.batch_size
@@ -183,7 +209,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % config.training.log_every_n_steps == 0 or step == total:
-                value = float(loss)  # read at the log interval only: .item() each step stalls a GPU
+                value = float(loss.detach())  # read at the log interval only: each read stalls a GPU
                 if not math.isfinite(value):
                     raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
                 losses.append(value)
@@ -203,12 +229,14 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if step >= total:
         _save(network, config, out_dir / f"{config.output.name}.safetensors", items, step, steps_per_epoch,
               total, started)
-    return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch}
+    return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch,
+            "saved": network.saved}
 
 
 def _save(network, config, path, items, step, steps_per_epoch, total, started) -> None:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.saving.precision]
     save(network, path, metadata(config, items, step, steps_per_epoch, total, started), dtype)
+    network.saved.append(str(path))
 
 
 def _save_state(network, optimizer, step, config, path: Path) -> None:

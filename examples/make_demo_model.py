@@ -1,6 +1,10 @@
-"""A tiny SD1.5-shaped pipeline with random weights (REFERENCE.md §5), built by the tests: a
-2-level UNet, a 2-layer CLIP text encoder of width 32, a 2-block VAE, and a CLIP tokenizer whose
-vocabulary is written here (printable ASCII plus a few whole words)."""
+"""lorakit's DEMO base model: a tiny SD1.5-shaped pipeline with random weights (REFERENCE.md
+§5), for `make demo` and the tests: a 2-level UNet, a 2-layer CLIP text encoder of width 32, a
+2-block VAE, and a CLIP tokenizer whose vocabulary is written here. It generates noise-like
+images; it exists so training runs end to end offline in seconds.
+
+    python examples/make_demo_model.py demo-out/demo-model
+"""
 
 from __future__ import annotations
 
@@ -55,3 +59,11 @@ def sample(pipe, prompt: str = "kitchan, red", seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=generator,
                 output_type="np").images[0]
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out/demo-model")
+    pipeline(target.parent / ".demo-model-build").save_pretrained(target)
+    print(f"{target}: DEMO base model (random weights, not for real training)")
