@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/curate.py
 	$(PY) bench/clean.py
 	$(PY) bench/tag.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf demo-out
