@@ -57,7 +57,8 @@ def time_train_run(config_path: Path, steps: int) -> float:
 def time_bare_loop(config_path: Path, steps: int, batch: int) -> float:
     config = load(config_path)
     torch.manual_seed(0)
-    tokenizer, text_encoder, vae, unet, scheduler = load_models(config)
+    models = load_models(config)
+    text_encoder, vae, unet, scheduler = models.text_encoders[0], models.vae, models.unet, models.scheduler
     for m in (text_encoder, vae, unet):
         m.requires_grad_(False)
     net = LoRANetwork(unet_targets(unet) + text_encoder_targets(text_encoder), 8, 8.0)
@@ -74,7 +75,7 @@ def time_bare_loop(config_path: Path, steps: int, batch: int) -> float:
         if step == 10:
             start = time.perf_counter()
         idx = [(step * batch + k) % len(images) for k in range(batch)]
-        text = encode_text(tokenizer, text_encoder, [captions[i] for i in idx], 1)
+        text, _ = encode_text(models, [captions[i] for i in idx], 1)
         x = latents[idx]
         noise = torch.randn_like(x)
         t = torch.randint(0, 1000, (batch,))

@@ -55,6 +55,32 @@ def pipeline(folder: Path, seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def pipeline_xl(folder: Path, seed: int = 0):
+    """The same, SDXL-shaped: two text encoders (the second with a projection), size and text
+    conditioning (`text_time`), SDXL's block layout (2 layers per block, attention from the
+    second level on)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tok = tokenizer(folder / "tokenizer")
+    common = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=len(tok),
+                  max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, **common))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, projection_dim=32, **common))
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler())
+
+
 def sample(pipe, prompt: str = "kitchan, red", seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     return pipe(prompt, num_inference_steps=2, height=64, width=64, generator=generator,

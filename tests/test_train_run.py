@@ -110,3 +110,43 @@ def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
     proc = run("train", "run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
                "--set", "training.gradient_accumulation_steps=2", check=2)
     assert "data.flip_aug = True" in proc.stderr and "gradient_accumulation_steps" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def base_xl(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model_xl")
+    tiny_sd.pipeline_xl(folder / "build").save_pretrained(folder / "sdxl")
+    return folder / "sdxl"
+
+
+def test_sdxl_lora_with_sgm_names_loads_in_diffusers(tmp_path, base_xl):
+    result = run_json("train", "run", config(tmp_path, base_xl, "xl"), "--set", "model.family=\"auto\"",
+                      "--set", "training.max_steps=2")
+    assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
+    tensors, meta = weights(tmp_path / "xl" / "out" / "kit.safetensors")
+    modules = {k.rsplit(".", 2)[0] for k in tensors}
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in modules
+    assert "lora_te2_text_model_encoder_layers_1_mlp_fc2" in modules
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in modules
+    assert "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k" in modules
+    assert not any(m.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block"))
+                   for m in modules)
+    from diffusers import StableDiffusionXLPipeline
+    pipe = StableDiffusionXLPipeline.from_pretrained(base_xl)
+    before = tiny_sd.sample(pipe)
+    pipe.load_lora_weights(str(tmp_path / "xl" / "out" / "kit.safetensors"))
+    wrapped = sum(1 for model in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+                  for name, _ in model.named_modules() if name.endswith("lora_A"))
+    assert wrapped == len(modules)
+    assert np.abs(tiny_sd.sample(pipe) - before).max() > 0
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, base_xl):
+    plain = run_json("train", "run", config(tmp_path, base_xl, "a"), "--set", "training.max_steps=2")
+    checkpointed = run_json("train", "run", config(tmp_path, base_xl, "b"), "--set", "training.max_steps=2",
+                            "--set", "training.gradient_checkpointing=true")
+    assert plain["losses"] == checkpointed["losses"]
+    a, _ = weights(tmp_path / "a" / "out" / "kit.safetensors")
+    b, _ = weights(tmp_path / "b" / "out" / "kit.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

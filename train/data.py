@@ -50,20 +50,22 @@ def _caption_text(image: Path, subset: Subset) -> str:
     return subset.token or ""  # no caption: the folder's class tokens, as kohya does
 
 
-def pixels(item: Item) -> torch.Tensor:
-    """The image scaled to cover its bucket and centre-cropped, as [3, H, W] in -1..1."""
+def pixels(item: Item) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """The image scaled to cover its bucket and centre-cropped, as [3, H, W] in -1..1, with its
+    original (h, w) and the crop's top-left corner (SDXL conditions on both)."""
     img = load_image(item.image)
     if img.mode == "RGBA":
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img)
     img = img.convert("RGB")
+    original = (img.height, img.width)
     bw, bh = item.bucket
     scale = max(bw / img.width, bh / img.height)
     size = (max(bw, round(img.width * scale)), max(bh, round(img.height * scale)))
     img = img.resize(size, Image.LANCZOS if scale > 1 else Image.BICUBIC)
     left, top = (size[0] - bw) // 2, (size[1] - bh) // 2
     arr = np.asarray(img.crop((left, top, left + bw, top + bh)), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    return torch.from_numpy(arr).permute(2, 0, 1), original, (top, left)
 
 
 def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) -> str:

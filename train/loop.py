@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weig
            "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
            "loss.adaptive_noise_scale", "loss.multires_noise_iterations", "loss.ip_noise_gamma",
            "loss.zero_terminal_snr", "training.gradient_accumulation_steps",
-           "training.gradient_checkpointing", "saving.every_n_steps", "saving.keep_last_n",
+           "saving.every_n_steps", "saving.keep_last_n",
            "sampling.every_n_epochs", "sampling.every_n_steps", "sampling.prompts")
 
 
@@ -50,10 +50,23 @@ def not_yet_supported(config: Config) -> list[str]:
     return found
 
 
-def load_models(config: Config):
-    """A diffusers folder (or hub id) with unet, vae, text_encoder, tokenizer subfolders."""
+@dataclass
+class Models:
+    tokenizers: list
+    text_encoders: list  # SDXL: [CLIP ViT-L, OpenCLIP bigG with projection]
+    vae: object
+    unet: object
+    scheduler: object
+
+    @property
+    def sdxl(self) -> bool:
+        return len(self.text_encoders) == 2
+
+
+def load_models(config: Config) -> Models:
+    """A diffusers folder (or hub id) with unet, vae, text_encoder(_2), tokenizer(_2) subfolders."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = config.model.base
     if not base:
@@ -62,18 +75,19 @@ def load_models(config: Config):
         raise UserError(f"{base}: single-file checkpoints are not supported yet; convert it to a diffusers "
                         "folder (diffusers' convert_original_stable_diffusion_to_diffusers.py)")
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(config.model.vae or base, subfolder=None if config.model.vae else "vae")
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)]
+        text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
+        if unet.config.get("addition_embed_type") == "text_time":  # SDXL
+            tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77))
+            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
+        vae = AutoencoderKL.from_pretrained(config.model.vae or base, subfolder=None if config.model.vae else "vae")
     except OSError as exc:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
-    if unet.config.get("addition_embed_type") == "text_time":
-        raise UserError(f"{base} is an SDXL model: SDXL training is not supported yet")
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False,
                               prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
-    return tokenizer, text_encoder, vae, unet, scheduler
+    return Models(tokenizers, text_encoders, vae, unet, scheduler)
 
 
 def lr_lambda(config: Config, total: int):
@@ -111,18 +125,33 @@ def make_optimizer(config: Config, network: LoRANetwork, unet_names: set[str]) -
     return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str], clip_skip: int) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    out = text_encoder(ids, output_hidden_states=clip_skip > 1)
-    if clip_skip > 1:  # an earlier layer, then the final layer norm (REFERENCE.md §3)
-        return text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip]) \
-            if hasattr(text_encoder, "text_model") else text_encoder.final_layer_norm(out.hidden_states[-clip_skip])
-    return out[0]
+def _ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _final_norm(text_encoder):
+    return text_encoder.text_model.final_layer_norm if hasattr(text_encoder, "text_model") \
+        else text_encoder.final_layer_norm
+
+
+def encode_text(models: Models, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states for cross-attention, pooled embedding or None). SD1/2: the last layer, or
+    an earlier one through the final layer norm with clip_skip. SDXL ignores clip_skip: both
+    encoders' penultimate layers, concatenated, and the second encoder's pooled projection."""
+    if models.sdxl:
+        first = models.text_encoders[0](_ids(models.tokenizers[0], captions), output_hidden_states=True)
+        second = models.text_encoders[1](_ids(models.tokenizers[1], captions), output_hidden_states=True)
+        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+    text_encoder = models.text_encoders[0]
+    out = text_encoder(_ids(models.tokenizers[0], captions), output_hidden_states=clip_skip > 1)
+    if clip_skip > 1:
+        return _final_norm(text_encoder)(out.hidden_states[-clip_skip]), None
+    return out[0], None
 
 
 def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tensor, unet, noise_scheduler,
-                  config: Config, generator: torch.Generator) -> torch.Tensor:
+                  config: Config, generator: torch.Generator, added: dict | None = None) -> torch.Tensor:
     """Noise the latents at random timesteps, predict, and weigh the loss of each sample."""
     loss_cfg = config.loss
     noise = torch.randn(latents.shape, generator=generator)
@@ -130,7 +159,7 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
         noise = L.offset_noise(noise, loss_cfg.noise_offset, generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, text).sample
+    prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
     v_prediction = config.model.v_parameterization
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
     loss = L.per_sample(prediction, target, loss_cfg.type, loss_cfg.huber_c) * weights
@@ -143,11 +172,17 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     return loss.mean()
 
 
-def _cache_latents(items: list[Item], vae) -> list[torch.Tensor]:
-    """Each image encoded once; the distribution's mean, so the cache is deterministic."""
+def _cache_latents(items: list[Item], vae) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each image encoded once (the distribution's mean, so the cache is deterministic), with
+    SDXL's size conditioning: original size, crop corner, target size, as (h, w) pairs."""
     scale = vae.config.scaling_factor
+    latents, sizes = [], []
     with torch.no_grad():
-        return [vae.encode(pixels(item)[None]).latent_dist.mean[0] * scale for item in items]
+        for item in items:
+            image, original, crop = pixels(item)
+            latents.append(vae.encode(image[None]).latent_dist.mean[0] * scale)
+            sizes.append(torch.tensor([*original, *crop, item.bucket[1], item.bucket[0]], dtype=torch.float32))
+    return latents, sizes
 
 
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
@@ -161,12 +196,19 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     state_path = out_dir / STATE
     state = torch.load(state_path, weights_only=True) if resume_from_state else None
     torch.manual_seed(config.training.seed)
-    tokenizer, text_encoder, vae, unet, noise_scheduler = load_models(config)
-    for model in (text_encoder, vae, unet):
+    models = load_models(config)
+    unet, noise_scheduler = models.unet, models.scheduler
+    for model in (*models.text_encoders, models.vae, unet):
         model.requires_grad_(False)
+    if config.training.gradient_checkpointing:  # recompute activations in backward: less memory
+        unet.enable_gradient_checkpointing()
+        for text_encoder in models.text_encoders:
+            text_encoder.gradient_checkpointing_enable()
     n = config.network
-    unet_t = unet_targets(unet, locon=n.module == "locon") if n.train_unet else []
-    te_t = text_encoder_targets(text_encoder) if n.train_text_encoder else []
+    unet_t = unet_targets(unet, locon=n.module == "locon", sgm=models.sdxl) if n.train_unet else []
+    prefixes = ["lora_te1", "lora_te2"] if models.sdxl else ["lora_te"]
+    te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
+            for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
     if n.module not in ("lora", "locon"):
         raise UserError(f"network.module = {n.module!r} is not supported yet by train run; use lora or locon")
     network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
@@ -174,7 +216,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     network.attach()
     network.saved = []  # the files this run writes, for the report
     items = load_items(config)
-    latents = _cache_latents(items, vae)
+    latents, sizes = _cache_latents(items, models.vae)
     batch_size = config.data.batch_size
     steps_per_epoch = len(epoch_batches(items, batch_size, config.training.seed, 0))
     total = config.training.max_steps or config.training.max_epochs * steps_per_epoch
@@ -198,10 +240,12 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             rng = random.Random(config.training.seed * 31 + step)
             captions = [caption_for_step(items[i].caption, config, rng, epoch) for i in batch]
             with torch.set_grad_enabled(train_te):
-                text = encode_text(tokenizer, text_encoder, captions, config.model.clip_skip)
+                text, pooled = encode_text(models, captions, config.model.clip_skip)
+            added = {"text_embeds": pooled, "time_ids": torch.stack([sizes[i] for i in batch])} \
+                if models.sdxl else None
             weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch])
             loss = training_step(torch.stack([latents[i] for i in batch]), text, weights, unet,
-                                 noise_scheduler, config, generator)
+                                 noise_scheduler, config, generator, added)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.loss.max_grad_norm)
             optimizer.step()
@@ -221,21 +265,22 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         if epoch_done and config.saving.every_n_epochs and step < total \
                 and (step // steps_per_epoch) % config.saving.every_n_epochs == 0:
             _save(network, config, out_dir / f"{config.output.name}-{step // steps_per_epoch:06d}.safetensors",
-                  items, step, steps_per_epoch, total, started)
+                  items, step, steps_per_epoch, total, started, models.sdxl)
         if stop_at is not None and step >= stop_at:
             break
     if config.saving.save_state or (stop_at is not None and step < total):
         _save_state(network, optimizer, step, config, state_path)
     if step >= total:
         _save(network, config, out_dir / f"{config.output.name}.safetensors", items, step, steps_per_epoch,
-              total, started)
+              total, started, models.sdxl)
     return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch,
             "saved": network.saved}
 
 
-def _save(network, config, path, items, step, steps_per_epoch, total, started) -> None:
+def _save(network, config, path, items, step, steps_per_epoch, total, started, sdxl: bool) -> None:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.saving.precision]
-    save(network, path, metadata(config, items, step, steps_per_epoch, total, started), dtype)
+    family = "sdxl" if sdxl else (config.model.family if config.model.family != "auto" else "sd1")
+    save(network, path, metadata(config, items, step, steps_per_epoch, total, started, family), dtype)
     network.saved.append(str(path))
 
 

@@ -17,9 +17,9 @@ VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
 def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int, total: int,
-             started: float) -> dict[str, str]:
+             started: float, family: str) -> dict[str, str]:
+    """`family`: the model family the run found (sd1, sd2, sdxl)."""
     n, o, d = config.network, config.optimizer, config.data
-    family = config.model.family if config.model.family != "auto" else "sd1"
     version = VERSIONS[family] + ("_v" if family == "sd2" and config.model.v_parameterization else "")
     frequency: dict[str, Counter] = {}
     dirs: dict[str, dict] = {}
