@@ -150,3 +150,12 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, base_xl):
     a, _ = weights(tmp_path / "a" / "out" / "kit.safetensors")
     b, _ = weights(tmp_path / "b" / "out" / "kit.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("prodigy", 1.0), ("dadaptadam", 1.0), ("lion", 1e-4), ("adafactor", 1e-4)])
+def test_optimizers(tmp_path, base, optimizer, lr):
+    result = run_json("train", "run", config(tmp_path, base, optimizer), "--set", "training.max_steps=2",
+                      "--set", f'optimizer.type="{optimizer}"', "--set", f"optimizer.learning_rate={lr}")
+    assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
+    tensors, _ = weights(tmp_path / optimizer / "out" / "kit.safetensors")
+    assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if "lora_up" in k)  # it trained

@@ -19,7 +19,7 @@ import torch
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, write_text
-from train import loss as L
+from train import loss as L, optimizers
 from train.config import Config, from_dict
 from train.data import Item, caption_for_step, epoch_batches, load_items, pixels
 from train.metadata import metadata
@@ -120,9 +120,7 @@ def make_optimizer(config: Config, network: LoRANetwork, unet_names: set[str]) -
         groups.append({"params": unet_params, "lr": n.unet_lr or o.learning_rate})
     if te_params and n.train_text_encoder:
         groups.append({"params": te_params, "lr": n.text_encoder_lr or o.learning_rate})
-    if o.type != "adamw":
-        raise UserError(f"optimizer.type = {o.type!r} is not supported yet by train run; use adamw")
-    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+    return optimizers.build(groups, o)
 
 
 def _ids(tokenizer, captions: list[str]) -> torch.Tensor:

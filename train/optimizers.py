@@ -1,0 +1,69 @@
+"""Optimisers by name (DESIGN.md: a registry, not an `if` chain). Each entry builds the
+optimiser from the parameter groups and the config; `optimizer.args` is passed through, so
+`args = { decouple = true }` reaches Prodigy as kohya's `--optimizer_args` does."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable
+
+import torch
+
+from lorakit.errors import UserError
+from train.config import OptimizerConfig
+
+
+def _adamw(groups, o: OptimizerConfig):
+    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def _adamw8bit(groups, o: OptimizerConfig):
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError("adamw8bit needs bitsandbytes (a CUDA GPU): pip install bitsandbytes, or use adamw") from None
+    return bnb.optim.AdamW8bit(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def _prodigy(groups, o: OptimizerConfig):
+    from prodigyopt import Prodigy
+
+    return Prodigy(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def _dadaptadam(groups, o: OptimizerConfig):
+    from dadaptation import DAdaptAdam
+
+    return DAdaptAdam(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def _lion(groups, o: OptimizerConfig):
+    from lion_pytorch import Lion
+
+    return Lion(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, **o.args)
+
+
+def _adafactor(groups, o: OptimizerConfig):
+    from transformers.optimization import Adafactor
+
+    # with an explicit learning rate, as kohya: no relative step, no warmup init
+    args = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **o.args}
+    return Adafactor(groups, weight_decay=o.weight_decay, **args)
+
+
+OPTIMIZERS: dict[str, Callable] = {
+    "adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy, "dadaptadam": _dadaptadam,
+    "lion": _lion, "adafactor": _adafactor,
+}
+
+
+def build(groups: list[dict], o: OptimizerConfig) -> torch.optim.Optimizer:
+    try:
+        # some optimisers print their settings; stdout belongs to the report (--json)
+        with contextlib.redirect_stdout(sys.stderr):
+            return OPTIMIZERS[o.type](groups, o)
+    except ImportError as exc:
+        raise UserError(f"optimizer {o.type} needs {exc.name}: pip install {exc.name}") from None
+    except TypeError as exc:
+        raise UserError(f"optimizer.args do not fit {o.type}: {exc}") from None
