@@ -34,8 +34,7 @@ NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weig
            "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents_to_disk",
            "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
            "loss.adaptive_noise_scale", "loss.multires_noise_iterations", "loss.ip_noise_gamma",
-           "loss.zero_terminal_snr", "training.gradient_accumulation_steps",
-           "saving.every_n_steps", "saving.keep_last_n",
+           "loss.zero_terminal_snr",
            "sampling.every_n_epochs", "sampling.every_n_steps", "sampling.prompts")
 
 
@@ -216,7 +215,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     items = load_items(config)
     latents, sizes = _cache_latents(items, models.vae)
     batch_size = config.data.batch_size
-    steps_per_epoch = len(epoch_batches(items, batch_size, config.training.seed, 0))
+    accumulation = config.training.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / accumulation)
     total = config.training.max_steps or config.training.max_epochs * steps_per_epoch
     optimizer = make_optimizer(config, network, {t.name for t in unet_t})
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
@@ -229,22 +229,38 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
-    train_te = bool(te_t)
+    seed = config.training.seed
+
+    def batch_loss(batch: list[int], micro: int, epoch: int) -> torch.Tensor:
+        """One micro-batch: captions as kohya prepares them, text encoding, the training step.
+        Its random draws are seeded by (step, micro-batch), so a resumed run draws the same."""
+        generator = torch.Generator().manual_seed(seed * 7919 + step * 64 + micro)
+        rng = random.Random(seed * 31 + step * 64 + micro)
+        captions = [caption_for_step(items[i].caption, config, rng, epoch) for i in batch]
+        with torch.set_grad_enabled(bool(te_t)):
+            text, pooled = encode_text(models, captions, config.model.clip_skip)
+        added = {"text_embeds": pooled, "time_ids": torch.stack([sizes[i] for i in batch])} if models.sdxl else None
+        weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch])
+        return training_step(torch.stack([latents[i] for i in batch]), text, weights, unet, noise_scheduler,
+                             config, generator, added)
+
+    def save_intermediate(name: str) -> None:
+        _save(network, config, out_dir / f"{config.output.name}-{name}.safetensors", items, step,
+              steps_per_epoch, total, started, models.sdxl)
+        keep = config.saving.keep_last_n
+        if keep:
+            older = sorted(out_dir.glob(f"{config.output.name}-*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+            for path in older[:-keep]:
+                path.unlink()
+
     while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        batches = epoch_batches(items, batch_size, config.training.seed, epoch)
-        for batch in batches[offset:]:
-            generator = torch.Generator().manual_seed(config.training.seed * 7919 + step)
-            rng = random.Random(config.training.seed * 31 + step)
-            captions = [caption_for_step(items[i].caption, config, rng, epoch) for i in batch]
-            with torch.set_grad_enabled(train_te):
-                text, pooled = encode_text(models, captions, config.model.clip_skip)
-            added = {"text_embeds": pooled, "time_ids": torch.stack([sizes[i] for i in batch])} \
-                if models.sdxl else None
-            weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch])
-            loss = training_step(torch.stack([latents[i] for i in batch]), text, weights, unet,
-                                 noise_scheduler, config, generator, added)
-            loss.backward()
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        batches = epoch_batches(items, batch_size, seed, epoch)
+        groups = [batches[k:k + accumulation] for k in range(0, len(batches), accumulation)]
+        for group in groups[done_in_epoch:]:
+            for micro, batch in enumerate(group):
+                loss = batch_loss(batch, micro, epoch)
+                (loss / len(group)).backward()  # gradients of the group's mean loss
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.loss.max_grad_norm)
             optimizer.step()
             schedule.step()
@@ -256,14 +272,15 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                     raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
                 losses.append(value)
                 log(json.dumps({"step": step, "epoch": epoch + 1, "loss": value, "lr": schedule.get_last_lr()[0]}))
-            done = step >= total or (stop_at is not None and step >= stop_at)
-            if done or step % steps_per_epoch == 0:
+            every = config.saving.every_n_steps
+            if every and step % every == 0 and step < total:
+                save_intermediate(f"step{step:08d}")
+            if step >= total or (stop_at is not None and step >= stop_at):
                 break
-        epoch_done = step % steps_per_epoch == 0
-        if epoch_done and config.saving.every_n_epochs and step < total \
-                and (step // steps_per_epoch) % config.saving.every_n_epochs == 0:
-            _save(network, config, out_dir / f"{config.output.name}-{step // steps_per_epoch:06d}.safetensors",
-                  items, step, steps_per_epoch, total, started, models.sdxl)
+        epochs_done, rest = divmod(step, steps_per_epoch)
+        if rest == 0 and config.saving.every_n_epochs and step < total \
+                and epochs_done % config.saving.every_n_epochs == 0:
+            save_intermediate(f"{epochs_done:06d}")
         if stop_at is not None and step >= stop_at:
             break
     if config.saving.save_state or (stop_at is not None and step < total):
