@@ -151,17 +151,19 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
                   config: Config, generator: torch.Generator, added: dict | None = None) -> torch.Tensor:
     """Noise the latents at random timesteps, predict, and weigh the loss of each sample."""
     loss_cfg = config.loss
+    # drawn on the CPU from a seeded generator, so every device draws the same numbers
     noise = torch.randn(latents.shape, generator=generator)
     if loss_cfg.noise_offset:
         noise = L.offset_noise(noise, loss_cfg.noise_offset, generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
     v_prediction = config.model.v_parameterization
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
     loss = L.per_sample(prediction, target, loss_cfg.type, loss_cfg.huber_c) * weights
     if loss_cfg.min_snr_gamma or loss_cfg.debiased_estimation:
-        snr_t = L.snr(noise_scheduler.alphas_cumprod, timesteps)
+        snr_t = L.snr(noise_scheduler.alphas_cumprod.to(timesteps.device), timesteps)
         if loss_cfg.min_snr_gamma:
             loss = loss * L.min_snr_weight(snr_t, loss_cfg.min_snr_gamma, v_prediction)
         if loss_cfg.debiased_estimation:
@@ -169,7 +171,7 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     return loss.mean()
 
 
-def _cache_latents(items: list[Item], vae) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _cache_latents(items: list[Item], vae, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Each image encoded once (the distribution's mean, so the cache is deterministic), with
     SDXL's size conditioning: original size, crop corner, target size, as (h, w) pairs."""
     scale = vae.config.scaling_factor
@@ -177,8 +179,9 @@ def _cache_latents(items: list[Item], vae) -> tuple[list[torch.Tensor], list[tor
     with torch.no_grad():
         for item in items:
             image, original, crop = pixels(item)
-            latents.append(vae.encode(image[None]).latent_dist.mean[0] * scale)
-            sizes.append(torch.tensor([*original, *crop, item.bucket[1], item.bucket[0]], dtype=torch.float32))
+            latents.append(vae.encode(image[None].to(device)).latent_dist.mean[0] * scale)
+            sizes.append(torch.tensor([*original, *crop, item.bucket[1], item.bucket[0]],
+                                      dtype=torch.float32, device=device))
     return latents, sizes
 
 
@@ -194,6 +197,9 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     state = torch.load(state_path, weights_only=True) if resume_from_state else None
     torch.manual_seed(config.training.seed)
     models = load_models(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for model in (*models.text_encoders, models.vae, models.unet):
+        model.to(device)
     unet, noise_scheduler = models.unet, models.scheduler
     for model in (*models.text_encoders, models.vae, unet):
         model.requires_grad_(False)
@@ -210,10 +216,11 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         raise UserError(f"network.module = {n.module!r} is not supported yet by train run; use lora or locon")
     network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
                           n.conv_alpha, n.dropout)
+    network.to(device)
     network.attach()
     network.saved = []  # the files this run writes, for the report
     items = load_items(config)
-    latents, sizes = _cache_latents(items, models.vae)
+    latents, sizes = _cache_latents(items, models.vae, device)
     batch_size = config.data.batch_size
     accumulation = config.training.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / accumulation)
@@ -230,6 +237,10 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
     seed = config.training.seed
+    # Mixed precision on a GPU (the LoRA weights stay float32); on the CPU everything is float32.
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.training.mixed_precision) \
+        if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def batch_loss(batch: list[int], micro: int, epoch: int) -> torch.Tensor:
         """One micro-batch: captions as kohya prepares them, text encoding, the training step.
@@ -240,7 +251,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         with torch.set_grad_enabled(bool(te_t)):
             text, pooled = encode_text(models, captions, config.model.clip_skip)
         added = {"text_embeds": pooled, "time_ids": torch.stack([sizes[i] for i in batch])} if models.sdxl else None
-        weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch])
+        weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch],
+                               device=device)
         return training_step(torch.stack([latents[i] for i in batch]), text, weights, unet, noise_scheduler,
                              config, generator, added)
 
@@ -259,10 +271,13 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         groups = [batches[k:k + accumulation] for k in range(0, len(batches), accumulation)]
         for group in groups[done_in_epoch:]:
             for micro, batch in enumerate(group):
-                loss = batch_loss(batch, micro, epoch)
-                (loss / len(group)).backward()  # gradients of the group's mean loss
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = batch_loss(batch, micro, epoch)
+                scaler.scale(loss / len(group)).backward()  # gradients of the group's mean loss
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.loss.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
