@@ -18,13 +18,12 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from lorakit.fsio import atomic_path
 
-try:  # HEIC/HEIF support is optional (`pip install lorakit[heic]`).
+try:  # HEIC/HEIF support is optional (`pip install lorakit[heic]`); without it they fail clearly.
     import pillow_heif
 
     pillow_heif.register_heif_opener()
-    HEIF_SUFFIXES = {".heic", ".heif"}
 except ImportError:
-    HEIF_SUFFIXES = set()
+    pass
 
 IMAGE_SUFFIXES = {
     ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".gif", ".bmp", ".dib",
@@ -52,10 +51,6 @@ class Header:
     height: int
     frames: int
     has_alpha: bool
-
-
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:

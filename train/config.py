@@ -97,8 +97,8 @@ class DataConfig:
     cache_latents_to_disk: bool = False
     cache_text_encoder_outputs: bool = False
     prior_loss_weight: float = 1.0
-    num_workers: int = 2
-    persistent_workers: bool = True
+    num_workers: int = 2  # accepted; no effect yet: train run decodes each image once, for its latent cache
+    persistent_workers: bool = True  # likewise
     validation_split: float = 0.0
 
 

@@ -31,7 +31,8 @@ STATE = "state.pt"
 # Config keys `train run` does not implement yet: a run refuses to start when one differs from
 # its default, rather than train for hours without a setting the user asked for.
 NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weight_norms",
-           "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents_to_disk",
+           "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents",
+           "data.cache_latents_to_disk",
            "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
            "loss.adaptive_noise_scale", "loss.multires_noise_iterations", "loss.ip_noise_gamma",
            "loss.zero_terminal_snr",

@@ -81,7 +81,7 @@ def resolve(name_or_path: str, allow_download: bool = True) -> Path:
             return cached
     found = _lookup(name_or_path)
     if found is None:
-        known = ", ".join(UPSCALERS)
+        known = "; ".join(f"{name} ({model.about})" for name, model in UPSCALERS.items())
         raise UserError(f"no upscaler file or known model named {name_or_path!r}. Known models: "
                         f"{known}. For community models (4x-UltraSharp...) pass the .pth/"
                         f".safetensors path, or put the file in {cache}")
