@@ -108,8 +108,8 @@ def test_resume_needs_a_state(tmp_path):
 
 def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
     proc = run("train", "run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
-               "--set", "loss.zero_terminal_snr=true", check=2)
-    assert "data.flip_aug = True" in proc.stderr and "zero_terminal_snr" in proc.stderr
+               "--set", "loss.adaptive_noise_scale=0.1", check=2)
+    assert "data.flip_aug = True" in proc.stderr and "adaptive_noise_scale" in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,20 @@ def test_accumulation_resume_and_step_saves(tmp_path, base):
     a, _ = weights(out / "kit.safetensors")
     b, _ = weights(tmp_path / "p" / "out" / "kit.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_and_snr_options(tmp_path, base):
+    from train import loss as L
+
+    g = torch.Generator().manual_seed(0)
+    pyramid = L.multires_noise(torch.randn(2, 4, 16, 16, generator=g), 6, 0.3, g)
+    assert pyramid.shape == (2, 4, 16, 16) and abs(float(pyramid.std()) - 1) < 1e-4
+    result = run_json("train", "run", config(tmp_path, base, "n"), "--set", "training.max_steps=2",
+                      "--set", "loss.zero_terminal_snr=true", "--set", "model.v_parameterization=true",
+                      "--set", "loss.min_snr_gamma=5.0", "--set", "loss.multires_noise_iterations=4",
+                      "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05")
+    assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
+    from train.config import load
+    from train.loop import load_models
+    cfg = load(config(tmp_path, base, "z"), ["loss.zero_terminal_snr=true"])
+    assert float(load_models(cfg).scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise

@@ -34,8 +34,7 @@ NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weig
            "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents",
            "data.cache_latents_to_disk",
            "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
-           "loss.adaptive_noise_scale", "loss.multires_noise_iterations", "loss.ip_noise_gamma",
-           "loss.zero_terminal_snr",
+           "loss.adaptive_noise_scale",
            "sampling.every_n_epochs", "sampling.every_n_steps", "sampling.prompts")
 
 
@@ -86,6 +85,8 @@ def load_models(config: Config) -> Models:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False,
+                              # Lin et al. 2023 (arXiv 2305.08891): the last step is pure noise
+                              rescale_betas_zero_snr=config.loss.zero_terminal_snr,
                               prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
     return Models(tokenizers, text_encoders, vae, unet, scheduler)
 
@@ -156,9 +157,12 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     noise = torch.randn(latents.shape, generator=generator)
     if loss_cfg.noise_offset:
         noise = L.offset_noise(noise, loss_cfg.noise_offset, generator)
+    if loss_cfg.multires_noise_iterations:
+        noise = L.multires_noise(noise, loss_cfg.multires_noise_iterations, loss_cfg.multires_noise_discount, generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    model_noise = L.perturb_input(noise, loss_cfg.ip_noise_gamma, generator) if loss_cfg.ip_noise_gamma else noise
+    noisy = noise_scheduler.add_noise(latents, model_noise, timesteps)
     prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
     v_prediction = config.model.v_parameterization
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise

@@ -6,9 +6,10 @@ import torch
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio of each timestep: alpha_bar / (1 - alpha_bar)."""
+    """Signal-to-noise ratio of each timestep: alpha_bar / (1 - alpha_bar). Floored at 1e-4:
+    with zero-terminal SNR the last step's is 0, and min-SNR weighting divides by it."""
     a = alphas_cumprod[timesteps]
-    return a / (1 - a)
+    return torch.clamp(a / (1 - a), min=1e-4)
 
 
 def min_snr_weight(snr_t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
@@ -27,6 +28,27 @@ def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator)
     an image's overall brightness."""
     shift = torch.randn(noise.shape[0], noise.shape[1], 1, 1, generator=generator)
     return noise + offset * shift.to(noise.device, noise.dtype)
+
+
+def multires_noise(noise: torch.Tensor, iterations: int, discount: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Multi-resolution ("pyramid") noise (Whitaker 2023, kohya `pyramid_noise_like`): noise at
+    ever coarser scales, upsampled and added with weight discount**i, then renormalised."""
+    b, c, h, w = noise.shape
+    out = noise.clone()
+    for i in range(1, iterations + 1):
+        scale = 2 ** i
+        if h // scale < 1 or w // scale < 1:
+            break
+        coarse = torch.randn(b, c, h // scale, w // scale, generator=generator).to(noise.device, noise.dtype)
+        out += torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear") * discount ** i
+    return out / out.std()
+
+
+def perturb_input(noise: torch.Tensor, gamma: float, generator: torch.Generator) -> torch.Tensor:
+    """Input perturbation (Ning et al. 2023, arXiv 2301.11706): the model sees slightly different
+    noise than it is asked to predict, which reduces exposure bias."""
+    return noise + gamma * torch.randn(noise.shape, generator=generator).to(noise.device, noise.dtype)
 
 
 def per_sample(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
