@@ -5,21 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from curate.colors import Color, background_tag
 from lorakit.engine import Result, Stage, Task, with_params
 from lorakit.images import (
-    ImageError, check_file, load_image, natural_format, natural_output_name, read_header, save_image,
+    ImageError, check_file, flatten, load_image, natural_format, natural_output_name, read_header,
+    save_image,
 )
-
-
-def flatten(img: Image.Image, color: Color) -> Image.Image:
-    """RGBA over a solid colour -> RGB; images without alpha are returned as they are."""
-    if img.mode != "RGBA":
-        return img
-    background = Image.new("RGBA", img.size, (*color, 255))
-    return Image.alpha_composite(background, img).convert("RGB")
 
 
 def _has_alpha(path: Path, max_pixels: int) -> bool:

@@ -49,3 +49,20 @@ def parse_repeats_folder(name: str) -> tuple[int, str] | None:
     """`10_mizutsune` -> (10, "mizutsune"), kohya's convention; None for other names."""
     match = _REPEATS_FOLDER.match(name)
     return (int(match.group(1)), match.group(2)) if match else None
+
+
+def instance_tokens(image: Path) -> list[str]:
+    """The names of the `N_name` folders an image sits in, outermost first."""
+    return [p[1] for part in image.parent.parts if (p := parse_repeats_folder(part))]
+
+
+def instance_token(image: Path) -> str | None:
+    """The instance token of an image: the name of its innermost `N_name` folder."""
+    tokens = instance_tokens(image)
+    return tokens[-1] if tokens else None
+
+
+def caption_file(image: Path, prefer: str = CAPTION_SUFFIXES[0]) -> Path | None:
+    """The caption an image is trained with: the one with the preferred suffix, else any."""
+    found = caption_files(image)
+    return next((c for c in found if c.suffix == prefer), found[0] if found else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.captions import parse_repeats_folder
+from lorakit.captions import instance_token
 from lorakit.discovery import check_source, discover
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
@@ -92,14 +92,6 @@ def load_sidecar(path: Path) -> tuple[TagInfo, str, dict[str, np.ndarray]] | Non
 # --- the stage -------------------------------------------------------------------------------
 
 
-def _folder_token(image: Path) -> str | None:
-    for part in reversed(image.parent.parts):
-        parsed = parse_repeats_folder(part)
-        if parsed:
-            return parsed[1]
-    return None
-
-
 def _run_model(root: Path, rels: list[Path], opts: AutoOptions, report: Report):
     files = resolve(opts.model, opts.vocab, opts.model_dir)
     model = quantized(files.model) if opts.precision == "int8" else files.model
@@ -172,7 +164,7 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
     def write(image: Path, existing: list[str]) -> list[str] | None:
         if image not in found:
             return None
-        return compose(found[image], existing, opts.writing, rel_data, _folder_token(image))
+        return compose(found[image], existing, opts.writing, rel_data, instance_token(image))
 
     written = rewrite(root, "auto", write, opts.dry_run, create=True)
     report.outcomes = written.outcomes + [

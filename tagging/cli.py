@@ -25,10 +25,10 @@ KeepTokens = Annotated[int, typer.Option(
 
 
 def _instance_keys(image: Path) -> frozenset[str]:
-    from lorakit.captions import parse_repeats_folder
+    from lorakit.captions import instance_tokens
     from tagging.spelling import key
 
-    return frozenset(key(p[1]) for part in image.parent.parts if (p := parse_repeats_folder(part)))
+    return frozenset(key(t) for t in instance_tokens(image))
 
 
 @app.command()

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lorakit.errors import UserError
-from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -27,10 +27,7 @@ PROVIDERS = {
 def prepare(img: Image.Image, size: int) -> np.ndarray:
     """RGB/RGBA -> float32 [size, size, 3], BGR, 0..255: alpha over white, padded to a centred
     white square, resized with bicubic."""
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    img = img.convert("RGB")
+    img = flatten(img).convert("RGB")  # alpha over white
     side = max(img.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.errors import UserError
+from lorakit.fsio import cache_dir
 
 TAG_FILES = ("selected_tags.csv", "tags-selected.csv")
 
@@ -108,7 +109,7 @@ def quantized(model: Path) -> Path:
     with open(model, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    root = Path(os.environ.get("LORAKIT_CACHE") or Path.home() / ".cache" / "lorakit") / "int8"
+    root = cache_dir("int8")
     target = root / f"{digest.hexdigest()[:16]}.onnx"
     if not target.is_file():
         from onnxruntime.quantization import QuantType, quantize_dynamic

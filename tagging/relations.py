@@ -14,13 +14,12 @@ import csv
 import gzip
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path
+from lorakit.fsio import atomic_path, cache_dir
 
 VOCABS = ("danbooru", "e621")
 FORMAT_VERSION = 1
@@ -176,9 +175,7 @@ def build(vocab: str, paths: list[Path], source: str) -> Relations:
 
 
 def cache_path(vocab: str) -> Path:
-    root = os.environ.get("LORAKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lorakit")
-    return Path(root) / "tags" / f"{vocab}.json.gz"
+    return cache_dir("tags", f"{vocab}.json.gz")
 
 
 def builtin(vocab: str) -> Relations:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorakit.captions import caption_files, parse_repeats_folder, read_tags
+from lorakit.captions import caption_files, instance_token, read_tags
 from lorakit.discovery import check_source, discover
 from lorakit.report import OK, Outcome, Report, Section
 from tagging.lists import named
@@ -19,14 +19,6 @@ MAX_TAGS = 20  # the guide's limit per image
 PROBLEM = "problem"  # not a failure: `--strict` decides whether problems fail the command
 
 
-def _instance_token(image: Path) -> str | None:
-    for part in reversed(image.parent.parts):
-        parsed = parse_repeats_folder(part)
-        if parsed:
-            return key(parsed[1])
-    return None
-
-
 def caption_table(root: Path) -> pd.DataFrame:
     """One row per (image, tag); images without tags appear once with tag None."""
     rows = []
@@ -35,7 +27,7 @@ def caption_table(root: Path) -> pd.DataFrame:
         tags = read_tags(found[0]) if found else []
         folder = rel.parts[0] if len(rel.parts) > 1 else "."
         base = {"image": rel.as_posix(), "folder": folder, "captioned": bool(found),
-                "instance": _instance_token(rel)}
+                "instance": key(token) if (token := instance_token(rel)) else None}
         if not tags:
             rows.append({**base, "position": None, "tag": None, "key": None})
         rows += [{**base, "position": i, "tag": t, "key": key(t)} for i, t in enumerate(tags)]

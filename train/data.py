@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lorakit.captions import caption_files
-from lorakit.images import load_image, read_header
+from lorakit.captions import caption_file
+from lorakit.images import flatten, load_image, read_header
 from train.buckets import assign
 from train.config import Config
 from train.plan import Subset, subsets
@@ -42,9 +42,9 @@ def load_items(config: Config) -> list[Item]:
 
 
 def _caption_text(image: Path, subset: Subset) -> str:
-    found = [c for c in caption_files(image) if c.suffix == subset.caption_extension] or caption_files(image)
+    found = caption_file(image, subset.caption_extension)
     if found:
-        lines = found[0].read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
+        lines = found.read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
         if lines and lines[0].strip():
             return lines[0].strip()
     return subset.token or ""  # no caption: the folder's class tokens, as kohya does
@@ -53,11 +53,7 @@ def _caption_text(image: Path, subset: Subset) -> str:
 def pixels(item: Item) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
     """The image scaled to cover its bucket and centre-cropped, as [3, H, W] in -1..1, with its
     original (h, w) and the crop's top-left corner (SDXL conditions on both)."""
-    img = load_image(item.image)
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    img = img.convert("RGB")
+    img = flatten(load_image(item.image)).convert("RGB")  # alpha over white
     original = (img.height, img.width)
     bw, bh = item.bucket
     scale = max(bw / img.width, bh / img.height)

@@ -45,17 +45,15 @@ def sgm_path(path: str, up_has_attention: dict[int, bool]) -> str:
     """A diffusers SDXL UNet module path in the original (SGM) layout. Down block i, layer j is
     input block 3i+j+1; its downsampler input block 3(i+1); up block i, layer j output block 3i+j;
     the mid block's resnets are middle_block.0 and .2 around its attention (.1)."""
-    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path)
+    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path)
     if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        return f"input_blocks.{3 * i + j + 1}.{0 if kind == 'resnets' else 1}.{_resnet(rest, kind)}"
+        side, i, kind, j, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
+        # input blocks start after conv_in (block 0); output blocks start at 0
+        block = f"input_blocks.{3 * i + j + 1}" if side == "down" else f"output_blocks.{3 * i + j}"
+        return f"{block}.{0 if kind == 'resnets' else 1}.{_resnet(rest, kind)}"
     m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", path)
     if m:
         return f"input_blocks.{3 * (int(m[1]) + 1)}.0.op{m[2]}"
-    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        return f"output_blocks.{3 * i + j}.{0 if kind == 'resnets' else 1}.{_resnet(rest, kind)}"
     m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", path)
     if m:
         i = int(m[1])

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorakit.captions import caption_files, parse_repeats_folder, read_tags
+from lorakit.captions import caption_file, parse_repeats_folder, read_tags
 from lorakit.discovery import discover
 from lorakit.errors import UserError
 from lorakit.images import ImageError, read_header
@@ -102,9 +102,9 @@ def plan(config: Config) -> Report:
                             data.max_bucket_reso, data.bucket_reso_steps, not data.bucket_no_upscale) \
                 if data.enable_bucket else s.resolution
             per_bucket[bucket] += 1
-            captions = [c for c in caption_files(image) if c.suffix == s.caption_extension] or caption_files(image)
-            tags = read_tags(captions[0]) if captions else []
-            uncaptioned += not captions
+            caption = caption_file(image, s.caption_extension)
+            tags = read_tags(caption) if caption else []
+            uncaptioned += caption is None
             over_tagged += len(tags) > MAX_TAGS
             if s.token and tags and s.token.lower() not in {t.lower() for t in tags}:
                 untriggered += 1

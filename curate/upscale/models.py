@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path
+from lorakit.fsio import atomic_path, cache_dir as lorakit_cache
 
 _RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 
@@ -50,9 +50,7 @@ UPSCALERS = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LORAKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lorakit")
-    return Path(root) / "upscalers"
+    return lorakit_cache("upscalers")
 
 
 def _lookup(name: str) -> tuple[str, NamedModel] | None:
