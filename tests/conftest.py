@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))  # make_sample: the generators the demo uses
@@ -72,3 +73,68 @@ def sample(tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     write_sample(raw)
     return raw
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    """A tiny SD1.5-shaped diffusers folder with random weights (examples/make_demo_model.py)."""
+    import make_demo_model as tiny_sd
+
+    folder = tmp_path_factory.mktemp("model")
+    tiny_sd.pipeline(folder / "build").save_pretrained(folder / "sd15")
+    return folder / "sd15"
+
+
+@pytest.fixture(scope="session")
+def base_xl(tmp_path_factory) -> Path:
+    """The same, SDXL-shaped."""
+    import make_demo_model as tiny_sd
+
+    folder = tmp_path_factory.mktemp("model_xl")
+    tiny_sd.pipeline_xl(folder / "build").save_pretrained(folder / "sdxl")
+    return folder / "sdxl"
+
+
+def tiny_dataset(root: Path) -> Path:
+    """Two 64 px images of kitchan (red, blue) with captions, in 2_kitchan."""
+    folder = root / "dataset" / "2_kitchan"
+    folder.mkdir(parents=True)
+    for i, color in enumerate([(220, 40, 40), (40, 40, 220)]):
+        img = Image.new("RGB", (64, 64), (250, 250, 250))
+        img.paste(color, (16, 8, 48, 56))
+        img.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"kitchan, {'red' if i == 0 else 'blue'}, smile\n")
+    return root / "dataset"
+
+
+def train_config(tmp_path: Path, base: Path, out: str, extra: str = "") -> Path:
+    """A 6-step run on tiny_dataset at 64 px, saving every 2 epochs and its state."""
+    path = tmp_path / f"{out}.toml"
+    path.write_text(f'''
+[model]
+base = "{base}"
+family = "sd1"
+[network]
+dim = 4
+alpha = 4.0
+[data]
+image_root = "{tiny_dataset(tmp_path / out)}"
+resolution = 64
+min_bucket_reso = 64
+max_bucket_reso = 128
+batch_size = 2
+[optimizer]
+learning_rate = 1e-3
+[training]
+max_steps = 6
+log_every_n_steps = 1
+seed = 3
+[saving]
+every_n_epochs = 2
+save_state = true
+[output]
+dir = "{tmp_path / out / 'out'}"
+name = "kit"
+{extra}
+''')
+    return path

@@ -5,61 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 import make_demo_model as tiny_sd
-from conftest import run, run_json
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_sd.pipeline(folder / "build").save_pretrained(folder / "sd15")
-    return folder / "sd15"
-
-
-def dataset(root):
-    folder = root / "dataset" / "2_kitchan"
-    folder.mkdir(parents=True)
-    for i, color in enumerate([(220, 40, 40), (40, 40, 220)]):
-        img = Image.new("RGB", (64, 64), (250, 250, 250))
-        img.paste(color, (16, 8, 48, 56))
-        img.save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"kitchan, {'red' if i == 0 else 'blue'}, smile\n")
-    return root / "dataset"
-
-
-def config(tmp_path, base, out, extra=""):
-    path = tmp_path / f"{out}.toml"
-    path.write_text(f'''
-[model]
-base = "{base}"
-family = "sd1"
-[network]
-dim = 4
-alpha = 4.0
-[data]
-image_root = "{dataset(tmp_path / out)}"
-resolution = 64
-min_bucket_reso = 64
-max_bucket_reso = 128
-batch_size = 2
-[optimizer]
-learning_rate = 1e-3
-[training]
-max_steps = 6
-log_every_n_steps = 1
-seed = 3
-[saving]
-every_n_epochs = 2
-save_state = true
-[output]
-dir = "{tmp_path / out / 'out'}"
-name = "kit"
-{extra}
-''')
-    return path
+from conftest import run, run_json, train_config as config
 
 
 def weights(path):
@@ -110,13 +59,6 @@ def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
     proc = run("train", "run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
                "--set", "loss.adaptive_noise_scale=0.1", check=2)
     assert "data.flip_aug = True" in proc.stderr and "adaptive_noise_scale" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def base_xl(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model_xl")
-    tiny_sd.pipeline_xl(folder / "build").save_pretrained(folder / "sdxl")
-    return folder / "sdxl"
 
 
 def test_sdxl_lora_with_sgm_names_loads_in_diffusers(tmp_path, base_xl):

@@ -1,5 +1,5 @@
-"""`train`: the Typer layer of the training stage. `init` and `plan` are here; `run` and
-`resume` arrive with the trainer itself."""
+"""`train`: the Typer layer of the training stage: init, plan, glossary, run, resume, export and
+embedding inspect."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def run(
     stop_at: Annotated[Optional[int], typer.Option(help="Stop after this step, keeping the state to resume.")] = None,
     json: Json = False,
 ) -> None:
-    """Train (SD1.x / SD2.x diffusers models, LoRA or LoCon, AdamW for now)."""
+    """Train a LoRA / LoCon, additional embeddings, or textual inversion alone (network.module = "none")."""
     from train.config import load
     from train.loop import run as train_run
 
@@ -112,3 +112,37 @@ def resume(
     with user_errors():
         result = train_resume(output_dir, stop_at, _logger(output_dir))
     emit(_report(result, output_dir), json)
+
+
+@app.command()
+def export(
+    lora: Annotated[Path, typer.Argument(help="A LoRA .safetensors written by train run.")],
+    for_: Annotated[str, typer.Option("--for", help="a1111, diffusers or comfyui.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: export-TARGET beside the LoRA).")] = None,
+    json: Json = False,
+) -> None:
+    """Write the files a UI needs from a LoRA with embeddings: bundled for A1111; a clean LoRA
+    plus standalone embeddings for diffusers and ComfyUI (they reject or ignore bundled ones)."""
+    from train.export import export as do_export
+
+    with user_errors():
+        report = do_export(lora, for_, out)
+    emit(report, json)
+
+
+embedding_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Embedding files.")
+app.add_typer(embedding_app, name="embedding")
+
+
+@embedding_app.command("inspect")
+def embedding_inspect(
+    file: Annotated[Path, typer.Argument(help=".safetensors, A1111 .pt, diffusers .bin, a PNG with an "
+                                              "embedding, or a LoRA with bundled embeddings.")],
+    json: Json = False,
+) -> None:
+    """Vectors, dimension, norms, the model family it fits, and the base model it was trained on."""
+    from train.export import inspect
+
+    with user_errors():
+        report = inspect(file)
+    emit(report, json)

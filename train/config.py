@@ -48,8 +48,8 @@ class NetworkConfig:
     scale_weight_norms: float | None = None
     train_unet: bool = True
     train_text_encoder: bool = True
-    unet_lr: float | None = None  # None: optimizer.learning_rate
-    text_encoder_lr: float | None = None
+    unet_lr: float | str | None = None  # None: optimizer.learning_rate
+    text_encoder_lr: float | str | None = None
     args: dict[str, Any] = field(default_factory=dict)  # passed to lycoris-lora
 
 
@@ -100,12 +100,17 @@ class DataConfig:
     num_workers: int = 2  # accepted; no effect yet: train run decodes each image once, for its latent cache
     persistent_workers: bool = True  # likewise
     validation_split: float = 0.0
+    # Textual inversion's prompt templates (A1111): "subject", "style" or a file of lines with
+    # [name] and [filewords]. None: the captions are the prompts.
+    template: str | None = None
+    filewords_regex: str | None = None  # words taken from a file name when it has no caption
+    filewords_join: str = " "
 
 
 @dataclass
 class OptimizerConfig:
     type: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam", "lion", "adafactor"] = "adamw"
-    learning_rate: float = 1e-4
+    learning_rate: float | str = 1e-4  # or A1111's schedule: "0.005:100, 1e-3:1000, 1e-5"
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     args: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +161,9 @@ class SavingConfig:
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"
     save_state: bool = False
     private_metadata: bool = False  # keep only what loaders need in the file's metadata
+    bundle_embeddings: bool = True  # embeddings inside the LoRA file (bundle_emb.*), else beside it
+    embedding_format: Literal["safetensors", "pt"] = "safetensors"  # pt: A1111's string_to_param
+    embedding_in_png: bool = False  # output.log_dir: also a sample PNG carrying the embedding
 
 
 @dataclass
@@ -164,6 +172,22 @@ class SamplingConfig:
     every_n_steps: int | None = None
     prompts: str | None = None  # a prompts file: one prompt per line, --w --h --s --l --d options
     sampler: str = "euler_a"
+
+
+@dataclass
+class EmbeddingConfig:
+    """One additional embedding (OneTrainer) / textual inversion (A1111): new tokens whose
+    vectors train while the vocabulary stays as it is."""
+    placeholder: str = ""  # the trigger word in the captions (several words allowed)
+    name: str | None = None  # file / bundle name; None: the placeholder made safe
+    token_count: int | None = None  # vectors; None: 1, or as many as base_embedding holds
+    init_text: str = "*"  # shorter than the count: padded with "*"; longer: truncated
+    base_embedding: str | None = None  # continue training this embedding file
+    train: bool = True
+    stop_training_after: int | None = None  # then frozen (the pivot)
+    stop_training_after_unit: Literal["steps", "epochs"] = "steps"
+    learning_rate: float | str | None = None  # None: optimizer.learning_rate
+    preserve_norm: bool = False  # rescale to the median norm of the vocabulary after each step
 
 
 @dataclass
@@ -188,6 +212,7 @@ class Config:
     saving: SavingConfig = field(default_factory=SavingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    embeddings: list[EmbeddingConfig] = field(default_factory=list)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -318,6 +343,13 @@ def load(path: Path, overrides: list[str] = ()) -> Config:
             local = (base / value).resolve()
             if section != "model" or local.exists():  # a model may also be a hub repo id
                 setattr(getattr(config, section), attr, str(local))
+    for emb in config.embeddings:
+        if emb.base_embedding and not Path(emb.base_embedding).is_absolute():
+            emb.base_embedding = str((base / emb.base_embedding).resolve())
+    for section, attr in (("data", "template"), ("sampling", "prompts"), ("output", "log_dir")):
+        value = getattr(getattr(config, section), attr)
+        if value and not Path(value).is_absolute() and (section != "data" or (base / value).exists()):
+            setattr(getattr(config, section), attr, str((base / value).resolve()))
     for dataset in config.datasets:
         for subset in dataset.subsets:
             if subset.image_dir and not Path(subset.image_dir).is_absolute():

@@ -17,6 +17,7 @@ from lorakit.images import flatten, load_image, read_header
 from train.buckets import assign
 from train.config import Config
 from train.plan import Subset, subsets
+from train.templates import filewords_from_name
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,18 @@ def load_items(config: Config) -> list[Item]:
             bucket = assign((header.width, header.height), s.resolution, data.min_bucket_reso,
                             data.max_bucket_reso, data.bucket_reso_steps, not data.bucket_no_upscale) \
                 if data.enable_bucket else s.resolution
-            items.append(Item(image, _caption_text(image, s), bucket, s.repeats, s.is_reg))
+            items.append(Item(image, _caption_text(image, s, config), bucket, s.repeats, s.is_reg))
     return items
 
 
-def _caption_text(image: Path, subset: Subset) -> str:
+def _caption_text(image: Path, subset: Subset, config: Config) -> str:
     found = caption_file(image, subset.caption_extension)
     if found:
         lines = found.read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
         if lines and lines[0].strip():
             return lines[0].strip()
+    if config.data.template:  # textual inversion's [filewords]: the file name's words
+        return filewords_from_name(image, config.data.filewords_regex, config.data.filewords_join)
     return subset.token or ""  # no caption: the folder's class tokens, as kohya does
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 from train.config import Config
 from train.data import Item
@@ -48,7 +49,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         "ss_num_train_images": str(sum(i.repeats for i in items if not i.is_reg)),
         "ss_num_reg_images": str(sum(1 for i in items if i.is_reg)),
         "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
-        "ss_output_name": config.output.name, "ss_training_comment": config.output.comment,
+        "ss_output_name": config.output.name, "ss_sd_model_name": Path(config.model.base).name, "ss_training_comment": config.output.comment,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if
                                    config.model.v_parameterization else "stable-diffusion-v2-512",

@@ -125,8 +125,10 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
             "sshs_legacy_hash": hashlib.sha256(legacy.read(0x10000)).hexdigest()[:8]}
 
 
-def save(network: LoRANetwork, path, metadata: dict[str, str], dtype: torch.dtype = torch.float16) -> None:
-    tensors = network.kohya_state_dict(dtype)
+def save(network: LoRANetwork, path, metadata: dict[str, str], dtype: torch.dtype = torch.float16,
+         extra: dict[str, torch.Tensor] | None = None) -> None:
+    """`extra`: tensors stored as they are (bundled embeddings)."""
+    tensors = {**network.kohya_state_dict(dtype), **(extra or {})}
     metadata = {**metadata, **model_hashes(tensors, metadata)}
     with atomic_path(path) as tmp:
         tmp.write_bytes(save_bytes(tensors, metadata))

@@ -1,0 +1,114 @@
+"""`train export` and `train embedding inspect`.
+
+Bundled embeddings (`bundle_emb.*` in a LoRA) are what A1111 reads, but ComfyUI's LoRA loader
+ignores them and diffusers' `load_lora_weights` fails on them. `export` writes, from any saved
+LoRA (bundled, or with its `NAME_embeddings/` folder), the set of files each UI wants:
+
+- a1111:     OUT/NAME.safetensors with the embeddings bundled;
+- diffusers: OUT/NAME.safetensors without them, and OUT/NAME_embeddings/EMB.safetensors
+             (`pipe.load_lora_weights` + `pipe.load_textual_inversion`);
+- comfyui:   OUT/loras/NAME.safetensors and OUT/embeddings/EMB.safetensors, ComfyUI's own
+             models/ layout (write `embedding:EMB` in a prompt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save as save_bytes
+
+from lorakit.errors import UserError
+from lorakit.fsio import atomic_path
+from lorakit.report import OK, WRITTEN, Outcome, Report, Section
+from train.embedding_files import BUNDLE, XL_KEYS, EmbeddingFile, bundle_keys, read_embedding, save_standalone
+from train.network import model_hashes
+
+TARGETS = ("a1111", "diffusers", "comfyui")
+
+
+def _read_lora(path: Path) -> tuple[dict, dict]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.suffix != ".safetensors":
+        raise UserError(f"{path}: export reads the .safetensors LoRA files train run writes")
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata() or {}
+    if not any(k.endswith(".lora_down.weight") for k in tensors):
+        raise UserError(f"{path}: not a LoRA (no lora_down weights); embedding files load as they are")
+    return tensors, meta
+
+
+def _embeddings(path: Path, tensors: dict) -> list[EmbeddingFile]:
+    if any(k.startswith(BUNDLE) for k in tensors):
+        return read_embedding(path)
+    folder = path.with_name(path.stem + "_embeddings")
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".pt")) if folder.is_dir() else []
+    return [found for file in files for found in read_embedding(file)]
+
+
+def _as_list(found: EmbeddingFile) -> list:
+    return [found.vectors[k] for k in XL_KEYS] if "clip_l" in found.vectors else list(found.vectors.values())
+
+
+def _write_lora(path: Path, tensors: dict, meta: dict, source: Path) -> Path:
+    if path.resolve() == source.resolve():
+        raise UserError(f"{path}: export never overwrites its source; choose another --out")
+    meta = {k: v for k, v in meta.items() if not k.startswith("sshs_")}
+    meta.update(model_hashes(tensors, meta))  # the tensors changed: so did the hashes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(save_bytes(tensors, meta))
+    return path
+
+
+def export(source: Path, target: str, out: Path | None = None) -> Report:
+    if target not in TARGETS:
+        raise UserError(f"--for {target!r}: use one of {', '.join(TARGETS)}")
+    tensors, meta = _read_lora(source)
+    embeddings = _embeddings(source, tensors)
+    out = out or source.parent / f"export-{target}"
+    clean = {k: v for k, v in tensors.items() if not k.startswith(BUNDLE)}
+    written = []
+    if target == "a1111":
+        bundled = dict(clean)
+        for found in embeddings:
+            bundled.update(bundle_keys(found.name, _as_list(found)))
+        written.append(_write_lora(out / source.name, bundled, meta, source))
+    else:
+        lora_path = out / ("loras" if target == "comfyui" else "") / source.name
+        emb_dir = out / "embeddings" if target == "comfyui" else out / f"{source.stem}_embeddings"
+        written.append(_write_lora(lora_path, clean, meta, source))
+        for found in embeddings:
+            written.append(save_standalone(emb_dir / f"{found.name}.safetensors", found.name, _as_list(found),
+                                           found.step or 0, found.base_model or meta.get("ss_sd_model_name")))
+    report = Report("export", str(source), str(out))
+    report.outcomes = [Outcome(str(p.relative_to(out)), WRITTEN) for p in written]
+    report.data["embeddings"] = [found.name for found in embeddings]
+    if not embeddings:
+        report.notes.append("the LoRA has no embeddings: the exported file is the LoRA alone")
+    return report
+
+
+def inspect(path: Path) -> Report:
+    found = read_embedding(path)
+    report = Report("embedding inspect", str(path))
+    rows, items = [], []
+    for emb in found:
+        for key, vectors in emb.vectors.items():
+            norms = vectors.norm(dim=1)
+            rows.append([emb.name, key, vectors.shape[0], vectors.shape[1], f"{float(norms.min()):.4f}",
+                         f"{float(norms.mean()):.4f}", f"{float(norms.max()):.4f}"])
+        items.append({"name": emb.name, "kind": emb.kind, "family": emb.family, "step": emb.step,
+                      "base_model": emb.base_model, "vectors": next(iter(emb.vectors.values())).shape[0],
+                      "encoders": {k: {"dim": v.shape[1], "norms": [round(float(n), 6) for n in v.norm(dim=1)]}
+                                   for k, v in emb.vectors.items()}})
+        report.outcomes.append(Outcome(emb.name, OK))
+        report.notes.append(f"{emb.name} ({emb.kind}): fits {emb.family}"
+                            + (f"; trained {emb.step} steps" if emb.step is not None else "")
+                            + (f" on {emb.base_model}" if emb.base_model else ""))
+    report.sections.append(Section("vectors", ["embedding", "encoder", "vectors", "dim", "min norm", "mean norm",
+                                               "max norm"], rows))
+    report.data["embeddings"] = items
+    return report

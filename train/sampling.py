@@ -1,0 +1,143 @@
+"""Sample images during training, from the models being trained (LoRA attached, embeddings
+hooked in): a diffusers pipeline assembled from them with the chosen sampler (euler_a by default:
+kohya's ddim default is poor for SDXL).
+
+A prompts file has one prompt per line in kohya's syntax: `a photo of kitchan --n blurry --w 512
+--h 768 --d 42 --l 7 --s 28` (negative prompt, width, height, seed, CFG scale, steps). Sizes are
+rounded to the bucket step, so samples come at resolutions the run trains at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import PngImagePlugin
+
+from lorakit.errors import UserError
+from lorakit.fsio import atomic_path
+from train.config import Config
+
+SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG parameters)
+    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
+    "euler": ("EulerDiscreteScheduler", "Euler"),
+    "ddim": ("DDIMScheduler", "DDIM"),
+    "dpm++_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
+}
+OPTIONS = {"n": ("negative", str), "w": ("width", int), "h": ("height", int), "d": ("seed", int),
+           "l": ("cfg", float), "s": ("steps", int)}
+
+
+@dataclass
+class Prompt:
+    text: str
+    negative: str = ""
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    cfg: float = 7.0
+    steps: int = 20
+
+
+def parse_prompt(line: str, where: str = "prompt") -> Prompt:
+    head, *options = line.split(" --")
+    prompt = Prompt(head.strip())
+    for option in options:
+        key, _, value = option.partition(" ")
+        if key not in OPTIONS:
+            raise UserError(f"{where}: unknown option --{key} (use {', '.join('--' + k for k in OPTIONS)})")
+        field, kind = OPTIONS[key]
+        try:
+            setattr(prompt, field, kind(value.strip()))
+        except ValueError:
+            raise UserError(f"{where}: --{key} {value.strip()!r} is not a {kind.__name__}") from None
+    return prompt
+
+
+def read_prompts(path: str) -> list[Prompt]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"sampling.prompts: cannot read {path} ({exc.strerror})") from None
+    prompts = [parse_prompt(line.strip(), f"{path}:{n}") for n, line in enumerate(lines, 1)
+               if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"sampling.prompts: {path} has no prompts")
+    return prompts
+
+
+def _resolution(config: Config) -> tuple[int, int]:
+    r = config.data.resolution
+    return (r, r) if isinstance(r, int) else (r[0], r[-1])
+
+
+def at_bucket(prompt: Prompt, config: Config, index: int) -> Prompt:
+    """Defaults filled in: the training resolution, seed = run seed + index; sizes rounded
+    to the bucket step."""
+    step = max(8, config.data.bucket_reso_steps)
+    width, height = prompt.width or _resolution(config)[0], prompt.height or _resolution(config)[1]
+    return replace(prompt, width=max(step, round(width / step) * step), height=max(step, round(height / step) * step),
+                   seed=prompt.seed if prompt.seed is not None else config.training.seed + index)
+
+
+def _pipeline(models, config: Config):
+    import diffusers
+
+    name = config.sampling.sampler
+    if name not in SAMPLERS:
+        raise UserError(f"sampling.sampler = {name!r}; use one of {', '.join(SAMPLERS)}")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # its notes about optional image processors are noise here
+    # SD's own sampling config (steps_offset 1); zero-terminal-SNR models sample "trailing"
+    scheduler = getattr(diffusers, SAMPLERS[name][0]).from_config(
+        models.scheduler.config, steps_offset=1,
+        timestep_spacing="trailing" if models.scheduler.config.rescale_betas_zero_snr else "leading")
+    parts = dict(vae=models.vae, text_encoder=models.text_encoders[0], tokenizer=models.tokenizers[0],
+                 unet=models.unet, scheduler=scheduler)
+    if models.sdxl:
+        pipe = diffusers.StableDiffusionXLPipeline(text_encoder_2=models.text_encoders[1],
+                                                   tokenizer_2=models.tokenizers[1], **parts)
+    else:
+        pipe = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(models, config: Config, prompts: list[Prompt], substitute=lambda text: text):
+    """[(prompt as filled in, PIL image, A1111 `parameters` text)], sampled without gradients
+    and with dropout off; the caller's modules are put back in training mode after."""
+    pipe = _pipeline(models, config)
+    # kohya's clip_skip 2 (penultimate layer) is diffusers' clip_skip 1; SDXL always uses it
+    clip_skip = None if models.sdxl or config.model.clip_skip <= 1 else config.model.clip_skip - 1
+    out = []
+    with torch.no_grad():
+        for index, raw in enumerate(prompts):
+            p = at_bucket(raw, config, index)
+            generator = torch.Generator().manual_seed(p.seed)
+            image = pipe(substitute(p.text), negative_prompt=substitute(p.negative) or None, width=p.width,
+                         height=p.height, num_inference_steps=p.steps, guidance_scale=p.cfg, generator=generator,
+                         clip_skip=clip_skip).images[0]
+            parameters = (f"{p.text}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: "
+                          f"{SAMPLERS[config.sampling.sampler][1]}, CFG scale: {p.cfg}, Seed: {p.seed}, "
+                          f"Size: {p.width}x{p.height}")
+            out.append((p, image, parameters))
+    return out
+
+
+def save_sample(image, parameters: str, path: Path) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)  # what A1111's PNG Info tab reads
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def prompts_for(config: Config, fallback: str) -> list[Prompt]:
+    """The prompts file, else one prompt: the run's first training caption (as A1111 does)."""
+    if config.sampling.prompts:
+        return read_prompts(config.sampling.prompts)
+    return [Prompt(fallback)]  # a caption: never read as options
