@@ -36,7 +36,11 @@ demo: setup
 	$(VENV)/bin/train init --preset sd15 --image-root 5-clean --base demo-model > demo-out/lora.toml
 	$(VENV)/bin/train run demo-out/lora.toml --set data.resolution=64 --set data.min_bucket_reso=64 \
 		--set data.max_bucket_reso=128 --set training.max_steps=10 --set training.log_every_n_steps=5 \
-		--set output.dir=lora --set output.name=kitchan
+		--set output.dir=lora --set output.name=kitchan \
+		--set 'embeddings=[{placeholder = "kitchan", token_count = 2, init_text = "girl", stop_training_after = 6}]'
+	@echo "The LoRA carries the 'kitchan' embedding (trained 6 steps, then frozen while the LoRA went on):"
+	$(VENV)/bin/train embedding inspect demo-out/lora/kitchan.safetensors
+	$(VENV)/bin/train export demo-out/lora/kitchan.safetensors --for diffusers
 
 bench: setup
 	$(PY) bench/curate.py

@@ -212,12 +212,20 @@ prompts = "{prompts}"
 
 
 def test_pivotal_tuning_stops_the_embedding_keeps_its_norm_and_exports(tmp_path, base):
-    extra = EMB + "stop_training_after = 2\npreserve_norm = true\nlearning_rate = 0.05\n"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("kitchan, red --s 2 --d 5\nkitchan, blue --n red --s 2 --w 100 --h 60\n")
+    extra = EMB + f"stop_training_after = 2\npreserve_norm = true\nlearning_rate = 0.05\n" \
+                  f'[sampling]\nevery_n_steps = 2\nprompts = "{prompts}"\n'
     cfg = train_config(tmp_path, base, "pivot", extra)
     result = run_json("train", "run", cfg, "--set", "saving.every_n_steps=1", "--set", "saving.every_n_epochs=0",
                       "--set", "saving.bundle_embeddings=false", "--set", "training.max_steps=4")
     assert result["step"] == 4
     out = tmp_path / "pivot" / "out"
+    samples = sorted(p.name for p in (out / "sample").iterdir())
+    assert samples == ["kit-000002-00-5.png", "kit-000002-01-4.png", "kit-000004-00-5.png", "kit-000004-01-4.png"]
+    with Image.open(out / "sample" / "kit-000004-01-4.png") as image:
+        assert image.size == (128, 64)  # 100 x 60 at the bucket step of 64
+        assert image.text["parameters"].startswith("kitchan, blue\nNegative prompt: red\nSteps: 2, Sampler: Euler a")
     vectors = {s: tensors(out / f"kit-step{s:08d}_embeddings" / "kitchan.safetensors")["emb_params"] for s in (1, 2, 3)}
     vectors[4] = tensors(out / "kit_embeddings" / "kitchan.safetensors")["emb_params"]
     assert not torch.equal(vectors[1], vectors[2])  # trained for 2 steps
@@ -310,6 +318,24 @@ placeholder = "nowhere"
                "--set", 'network.module="none"', "--set", "saving.every_n_epochs=0")
     assert "past 75 the rest is cut off" in proc.stderr
     assert "'nowhere' is in none of the captions" in proc.stderr
+
+
+def test_ti_preset_takes_the_folder_trigger_and_plans(tmp_path, base):
+    from conftest import tiny_dataset
+
+    root = tiny_dataset(tmp_path)
+    text = run("train", "init", "--preset", "ti", "--image-root", root, "--base", base).stdout
+    assert '\n[[embeddings]]\nplaceholder = "kitchan"' in text and 'module = "none"' in text
+    config = tmp_path / "ti.toml"
+    config.write_text(text)
+    plan = run_json("train", "plan", config)
+    assert plan["sections"]["embeddings"] == [{"embedding": "kitchan", "placeholder": "kitchan", "vectors": 4,
+                                               "captions with it": "template", "trains until step": "the end"}]
+    assert plan["sections"]["schedule"]  # the A1111 schedule string plans like a number
+    missing = run_json("train", "plan", config, "--set", 'data.template=""', "--set",
+                       'embeddings=[{placeholder = "zz", token_count = 70}]')
+    assert any("'zz': the placeholder is in none of the captions" in w for w in missing["warnings"])
+    assert any("70 vectors that is past 75" in w for w in missing["warnings"])
 
 
 def test_embedding_config_errors(tmp_path, base):

@@ -16,16 +16,23 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 @app.command()
 def init(
-    preset: Annotated[str, typer.Option(help="sd15, sd15-prodigy, sdxl, sdxl-prodigy or style.")] = "sd15",
+    preset: Annotated[str, typer.Option(help="sd15, sd15-prodigy, sdxl, sdxl-prodigy, style or ti.")] = "sd15",
     image_root: Annotated[str, typer.Option(help="Folder holding the N_name folders.")] = "dataset",
     base: Annotated[str, typer.Option(help="Base model: diffusers folder, repo id or .safetensors.")] = "",
+    trigger: Annotated[Optional[str], typer.Option(
+        help="The embedding's placeholder (default: the name of the first N_name folder).")] = None,
 ) -> None:
     """Print a complete, commented config with the training guide's values: train init > lora.toml"""
+    from lorakit.captions import parse_repeats_folder
     from train.presets import PRESETS, render
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
-    typer.echo(render(preset, image_root, base))
+    if trigger is None:
+        root = Path(image_root)
+        names = [parse_repeats_folder(p.name) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+        trigger = next((n[1] for n in names if n and n[1]), "trigger")
+    typer.echo(render(preset, image_root, base, trigger))
 
 
 @app.command()

@@ -161,7 +161,8 @@ def read_embedding(path: str | Path) -> list[EmbeddingFile]:
                     bundled.setdefault(emb, {})[rest.split(".", 1)[0] if rest.startswith("clip_") else SD_KEY] = \
                         f.get_tensor(key).float()
             if bundled:
-                return [EmbeddingFile(name, v, None, meta.get("ss_sd_model_name"), "bundled in a LoRA")
+                step = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else None
+                return [EmbeddingFile(name, v, step, meta.get("ss_sd_model_name"), "bundled in a LoRA")
                         for name, v in bundled.items()]
             if any(k.endswith((".lora_down.weight", ".alpha")) for k in keys):
                 raise UserError(f"{where}: a LoRA without bundled embeddings")

@@ -43,7 +43,7 @@ class Embedding:
         return self.config.train and (self.stop_step is None or step < self.stop_step)
 
 
-def _placeholder_pattern(placeholder: str) -> re.Pattern:
+def placeholder_pattern(placeholder: str) -> re.Pattern:
     words = [re.escape(w) for w in placeholder.split()]
     # whole words only, any case and spacing: CLIP lowercases and splits on spaces anyway
     return re.compile(r"(?<![\w])" + r"\s+".join(words) + r"(?![\w])", re.IGNORECASE)
@@ -95,7 +95,7 @@ class Embeddings:
                     ids += _first_id(tok, "*")[:1] * (count - len(ids))  # padded with "*"
                     init = weight.detach()[ids].float()
                 vectors.append(nn.Parameter(init.clone(), requires_grad=cfg.train))
-            items.append(Embedding(cfg, name, tokens, vectors, _placeholder_pattern(cfg.placeholder)))
+            items.append(Embedding(cfg, name, tokens, vectors, placeholder_pattern(cfg.placeholder)))
         for tok, first in zip(tokenizers, first_ids):
             tok.add_tokens([t for item in items for t in item.tokens])
             added = tok.convert_tokens_to_ids([t for item in items for t in item.tokens])

@@ -18,6 +18,7 @@ from lorakit.images import ImageError, read_header
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from train.buckets import assign
 from train.config import Config
+from train.schedule import base_rate
 
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
 MAX_TAGS = 20
@@ -134,10 +135,15 @@ def plan(config: Config) -> Report:
     longest = max(_pair(data.resolution))
     if family and longest > NATIVE[family]:
         warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
-    if config.network.alpha / max(1, config.network.dim) < 0.1 and config.optimizer.learning_rate < 1e-5 \
+    if config.network.alpha / max(1, config.network.dim) < 0.1 and base_rate(config.optimizer.learning_rate) < 1e-5 \
             and config.optimizer.type not in ("prodigy", "dadaptadam"):
         warnings.append("alpha much smaller than dim with a tiny learning rate (kohya's defaults) "
                         "barely trains: see train init for the guide's values")
+    if config.embeddings:
+        rows_e, more = _embeddings(config, all_subsets, steps_per_epoch)
+        report.sections.append(Section("embeddings", ["embedding", "placeholder", "vectors", "captions with it",
+                                                      "trains until step"], rows_e))
+        warnings += more
     report.sections += [
         Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
         Section("buckets", ["bucket", "images"],
@@ -152,3 +158,45 @@ def plan(config: Config) -> Report:
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
                        warnings=warnings, train_images=train_images)
     return report
+
+
+def _tokenizer(config: Config):
+    """The base model's tokenizer when it is a local folder (a few files, no weights), else None."""
+    folder = Path(config.model.base) / "tokenizer"
+    if not any((folder / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+        return None
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def _embeddings(config: Config, all_subsets: list[Subset], steps_per_epoch: int) -> tuple[list, list[str]]:
+    """Per embedding: how many captions hold its placeholder, and when it stops training; the
+    longest caption's token count with the embeddings' vectors, where the tokenizer is at hand."""
+    from train.embeddings import placeholder_pattern, safe_name
+
+    captions = []
+    for s in all_subsets:
+        for image in s.images:
+            found = caption_file(image, s.caption_extension)
+            captions.append(", ".join(read_tags(found)) if found else (s.token or ""))
+    rows, warnings = [], []
+    for e in config.embeddings:
+        pattern = placeholder_pattern(e.placeholder) if e.placeholder.strip() else None
+        holding = sum(1 for c in captions if pattern and pattern.search(c))
+        stop = e.stop_training_after
+        until = "never" if not e.train else ("the end" if stop is None else
+                                             stop * (steps_per_epoch if e.stop_training_after_unit == "epochs" else 1))
+        vectors = e.token_count or ("as in its file" if e.base_embedding else 1)
+        rows.append([safe_name(e.name or e.placeholder), e.placeholder, vectors,
+                     "template" if config.data.template else holding, until])
+        if not holding and not config.data.template:
+            warnings.append(f"embedding {e.placeholder!r}: the placeholder is in none of the captions; it will not train")
+    tokenizer = _tokenizer(config) if captions else None
+    if tokenizer is not None:
+        vectors = sum(e.token_count or 1 for e in config.embeddings)
+        longest = max(len(tokenizer(c, add_special_tokens=False).input_ids) for c in captions)
+        if longest + vectors > 75:
+            warnings.append(f"the longest caption takes {longest} tokens; with the embeddings' {vectors} vectors "
+                            f"that is past 75, and the rest is cut off")
+    return rows, warnings

@@ -50,7 +50,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scheduler.warmup_ratio": 0.1, "loss.min_snr_gamma": 5.0, "data.resolution": 512,
         "training.max_epochs": 10,
     },
+    "ti": {  # A1111's textual inversion: only the embedding trains, prompts from a template
+        "model.family": "sd1", "network.module": "none", "optimizer.type": "adamw",
+        "optimizer.learning_rate": "0.005:500, 1e-3:2000, 5e-4", "scheduler.type": "constant",
+        "data.template": "subject", "data.resolution": 512, "training.max_epochs": 10,
+    },
 }
+
+# presets whose [[embeddings]] table is active (the others show it commented out)
+WITH_EMBEDDING = {"ti": {"token_count": 4}}
 
 COMMENTS = {
     "version": "config format version",
@@ -68,6 +76,14 @@ COMMENTS = {
     "data.keep_tokens": "tags kept in place when captions are shuffled: the trigger (and class)",
     "training.max_epochs": "the guide aims at ~100 passes per image: epochs x repeats",
     "training.max_steps": "wins over max_epochs when set",
+    "data.template": "textual inversion: subject | style | a file of lines with [name] and [filewords]",
+    "saving.bundle_embeddings": "false: standalone files in NAME_embeddings/ (diffusers, ComfyUI)",
+    "embeddings.placeholder": "the trigger word of the captions (several words allowed)",
+    "embeddings.token_count": "vectors: each takes one of the prompt's 75 tokens",
+    "embeddings.init_text": "start from these words' vectors (padded with *, cut to token_count)",
+    "embeddings.stop_training_after": "then the embedding stays fixed and the LoRA goes on (the pivot)",
+    "embeddings.learning_rate": "unset: optimizer.learning_rate; A1111's \"0.005:100, 1e-3\" works too",
+    "embeddings.preserve_norm": "keep the vectors at the vocabulary's median norm",
 }
 
 
@@ -93,7 +109,23 @@ def build(preset: str) -> Config:
     return config
 
 
-def render(preset: str, image_root: str = "dataset", base: str = "") -> str:
+def _embedding_table(preset: str, trigger: str) -> list[str]:
+    from train.config import EmbeddingConfig
+
+    active = preset in WITH_EMBEDDING
+    emb = EmbeddingConfig(placeholder=trigger, **WITH_EMBEDDING.get(preset, {}))
+    mark = "" if active else "# "
+    lines = ["", "# An additional embedding trained with the network (pivotal tuning; any number of these"
+                 " tables)." if not active else "# The embedding to train.", f"{mark}[[embeddings]]"]
+    for f in fields(emb):
+        v = getattr(emb, f.name)
+        comment = COMMENTS.get(f"embeddings.{f.name}")
+        text = f"# {f.name} =" if v is None else f"{mark}{f.name} = {_toml_value(v)}"
+        lines.append(text + (f"  # {comment}" if comment else ""))
+    return lines
+
+
+def render(preset: str, image_root: str = "dataset", base: str = "", trigger: str = "trigger") -> str:
     config = build(preset)
     config.data.image_root = image_root
     config.model.base = base
@@ -111,6 +143,7 @@ def render(preset: str, image_root: str = "dataset", base: str = "") -> str:
             comment = COMMENTS.get(f"{section.name}.{f.name}")
             text = f"# {f.name} =" if v is None else f"{f.name} = {_toml_value(v)}"
             lines.append(text + (f"  # {comment}" if comment else ""))
+    lines += _embedding_table(preset, trigger)
     lines += ["", "# kohya-style datasets can be used instead of data.image_root, e.g. the file",
               "# `tag balance DIR --toml dataset.toml` writes: [[datasets]] / [[datasets.subsets]].", ""]
     return "\n".join(lines)
