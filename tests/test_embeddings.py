@@ -1,5 +1,6 @@
 """Additional embeddings (pivotal tuning) and textual inversion on the tiny SD1.5 / SDXL models."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import run, run_json, train_config
+from conftest import train, train_config, train_json
 from lorakit.errors import UserError
 
 EMB = '''
@@ -85,6 +86,21 @@ def test_init_text_is_padded_or_truncated_and_placeholders_are_whole_words(base)
     assert embeddings.token_cost("kitchan, red") == 3 + len(ids(", red"))
     first = len(rows)
     assert tokenizer(text, add_special_tokens=False).input_ids[:3] == [first, first + 1, first + 2]
+
+
+def test_train_switch_and_stop_units(base):
+    from train.config import EmbeddingConfig
+    from train.embeddings import Embeddings
+
+    embeddings = Embeddings.build([EmbeddingConfig(placeholder="a", train=False),
+                                   EmbeddingConfig(placeholder="b", stop_training_after=2, stop_training_after_unit="epochs"),
+                                   EmbeddingConfig(placeholder="c", stop_training_after=3)], *[[m] for m in tiny_text_model(base)])
+    fixed, by_epochs, by_steps = embeddings.items
+    assert embeddings.parameters() == by_epochs.vectors + by_steps.vectors  # train = false: not optimised
+    embeddings.resolve_stops(steps_per_epoch=5)
+    assert (by_epochs.stop_step, by_steps.stop_step) == (10, 3)
+    assert embeddings.set_step(9) and by_epochs.vectors[0].requires_grad and not by_steps.vectors[0].requires_grad
+    assert not embeddings.set_step(10) and not fixed.vectors[0].requires_grad
 
 
 def test_base_embedding_continues_from_a_file(tmp_path, base):
@@ -176,8 +192,10 @@ prompts = "{prompts}"
     args = [a for s in settings for a in ("--set", s)]
     whole_cfg = train_config(tmp_path, base, "whole", extra)
     log = tmp_path / "whole" / "log"
-    whole = run_json("train", "run", whole_cfg, *args, "--set", f'output.log_dir="{log}"')
+    whole = train_json("run", whole_cfg, *args, "--set", f'output.log_dir="{log}"')
     out = tmp_path / "whole" / "out"
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["lr"] for line in logged] == [0.05, 0.05, 0.01, 0.01, 0.01, 0.01]  # the rate of the next step
     assert sorted(p.name for p in out.glob("kitchan*")) == ["kitchan-000002.pt", "kitchan.pt"]
     data = torch.load(out / "kitchan.pt", weights_only=True)
     assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
@@ -194,13 +212,13 @@ prompts = "{prompts}"
     (from_png,) = read_embedding(log / "image_embeddings" / "kitchan-6.png")
     assert from_png.name == "kitchan" and from_png.step == 6
     assert torch.equal(from_png.vectors["emb_params"], data["string_to_param"]["*"])
-    info = run_json("train", "embedding", "inspect", out / "kitchan.pt")
+    info = train_json("embedding", "inspect", out / "kitchan.pt")
     assert info["embeddings"][0]["vectors"] == 3 and info["embeddings"][0]["step"] == 6
     assert info["embeddings"][0]["kind"] == "A1111 .pt" and info["embeddings"][0]["base_model"] == "sd15"
 
     parts_cfg = train_config(tmp_path, base, "parts", extra)
-    run_json("train", "run", parts_cfg, *args, "--stop-at", "3")
-    resumed = run_json("train", "resume", tmp_path / "parts" / "out")
+    train_json("run", parts_cfg, *args, "--stop-at", "3")
+    resumed = train_json("resume", tmp_path / "parts" / "out")
     assert resumed["step"] == 6 and resumed["losses"] == whole["losses"][3:]
     again = torch.load(tmp_path / "parts" / "out" / "kitchan.pt", weights_only=True)
     assert again["step"] == 6 and torch.equal(again["string_to_param"]["*"], data["string_to_param"]["*"])
@@ -217,7 +235,7 @@ def test_pivotal_tuning_stops_the_embedding_keeps_its_norm_and_exports(tmp_path,
     extra = EMB + f"stop_training_after = 2\npreserve_norm = true\nlearning_rate = 0.05\n" \
                   f'[sampling]\nevery_n_steps = 2\nprompts = "{prompts}"\n'
     cfg = train_config(tmp_path, base, "pivot", extra)
-    result = run_json("train", "run", cfg, "--set", "saving.every_n_steps=1", "--set", "saving.every_n_epochs=0",
+    result = train_json("run", cfg, "--set", "saving.every_n_steps=1", "--set", "saving.every_n_epochs=0",
                       "--set", "saving.bundle_embeddings=false", "--set", "training.max_steps=4")
     assert result["step"] == 4
     out = tmp_path / "pivot" / "out"
@@ -238,38 +256,38 @@ def test_pivotal_tuning_stops_the_embedding_keeps_its_norm_and_exports(tmp_path,
     assert torch.allclose(vectors[4].norm(dim=1), torch.full((3,), target), rtol=0.01)  # preserve_norm
 
     # export: A1111 gets them bundled; diffusers a clean LoRA and standalone embeddings
-    a1111 = run_json("train", "export", out / "kit.safetensors", "--for", "a1111")
+    a1111 = train_json("export", out / "kit.safetensors", "--for", "a1111")
     bundled = tensors(out / "export-a1111" / "kit.safetensors")
     assert a1111["embeddings"] == ["kitchan"]
     assert torch.equal(bundled["bundle_emb.kitchan.string_to_param.*"], vectors[4])
-    run_json("train", "export", out / "export-a1111" / "kit.safetensors", "--for", "diffusers", "--out", tmp_path / "d")
-    comfy = run_json("train", "export", out / "kit.safetensors", "--for", "comfyui", "--out", tmp_path / "c")
+    train_json("export", out / "export-a1111" / "kit.safetensors", "--for", "diffusers", "--out", tmp_path / "d")
+    comfy = train_json("export", out / "kit.safetensors", "--for", "comfyui", "--out", tmp_path / "c")
     assert sorted(i["path"] for i in comfy["items"]) == ["embeddings/kitchan.safetensors", "loras/kit.safetensors"]
     clean = tensors(tmp_path / "d" / "kit.safetensors")
     assert set(clean) == {k for k in bundled if not k.startswith("bundle_emb")}
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
-    with pytest.raises(Exception):  # why export exists: diffusers rejects bundled keys
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):  # why export exists: diffusers rejects bundled keys
         pipe.load_lora_weights(str(out / "export-a1111" / "kit.safetensors"))
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     pipe.load_lora_weights(str(tmp_path / "d" / "kit.safetensors"))
     pipe.load_textual_inversion(str(tmp_path / "d" / "kit_embeddings" / "kitchan.safetensors"), token="kitchan")
-    run("train", "export", out / "kit.safetensors", "--for", "a1111", "--out", out, check=2)  # never over the source
+    train("export", out / "kit.safetensors", "--for", "a1111", "--out", out, check=2)  # never over the source
 
 
 def test_sdxl_bundled_embedding_with_a_unet_lora_and_standalone_clip_l_clip_g(tmp_path, base_xl):
     cfg = train_config(tmp_path, base_xl, "xl", EMB)
-    result = run_json("train", "run", cfg, "--set", 'model.family="auto"', "--set", "training.max_steps=2",
+    result = train_json("run", cfg, "--set", 'model.family="auto"', "--set", "training.max_steps=2",
                       "--set", "network.train_text_encoder=false", "--set", "saving.every_n_epochs=0")
     assert result["step"] == 2
     out = tmp_path / "xl" / "out"
     saved = tensors(out / "kit.safetensors")
     assert saved["bundle_emb.kitchan.clip_l"].shape == (3, 32) and saved["bundle_emb.kitchan.clip_g"].shape == (3, 32)
     assert not any(k.startswith("lora_te") for k in saved)  # the UNet LoRA only
-    info = run_json("train", "embedding", "inspect", out / "kit.safetensors")
+    info = train_json("embedding", "inspect", out / "kit.safetensors")
     assert info["embeddings"][0]["kind"] == "bundled in a LoRA"
     assert set(info["embeddings"][0]["encoders"]) == {"clip_l", "clip_g"}
-    run_json("train", "export", out / "kit.safetensors", "--for", "diffusers")
+    train_json("export", out / "kit.safetensors", "--for", "diffusers")
     standalone = tensors(out / "export-diffusers" / "kit_embeddings" / "kitchan.safetensors")
     assert set(standalone) == {"clip_l", "clip_g"}
     assert torch.equal(standalone["clip_g"], saved["bundle_emb.kitchan.clip_g"])
@@ -314,7 +332,7 @@ token_count = 70
 [[embeddings]]
 placeholder = "nowhere"
 '''
-    proc = run("train", "run", train_config(tmp_path, base, "long", extra), "--set", "training.max_steps=1",
+    proc = train("run", train_config(tmp_path, base, "long", extra), "--set", "training.max_steps=1",
                "--set", 'network.module="none"', "--set", "saving.every_n_epochs=0")
     assert "past 75 the rest is cut off" in proc.stderr
     assert "'nowhere' is in none of the captions" in proc.stderr
@@ -324,27 +342,36 @@ def test_ti_preset_takes_the_folder_trigger_and_plans(tmp_path, base):
     from conftest import tiny_dataset
 
     root = tiny_dataset(tmp_path)
-    text = run("train", "init", "--preset", "ti", "--image-root", root, "--base", base).stdout
+    text = train("init", "--preset", "ti", "--image-root", root, "--base", base).stdout
     assert '\n[[embeddings]]\nplaceholder = "kitchan"' in text and 'module = "none"' in text
     config = tmp_path / "ti.toml"
     config.write_text(text)
-    plan = run_json("train", "plan", config)
+    plan = train_json("plan", config)
     assert plan["sections"]["embeddings"] == [{"embedding": "kitchan", "placeholder": "kitchan", "vectors": 4,
                                                "captions with it": "template", "trains until step": "the end"}]
     assert plan["sections"]["schedule"]  # the A1111 schedule string plans like a number
-    missing = run_json("train", "plan", config, "--set", 'data.template=""', "--set",
+    missing = train_json("plan", config, "--set", 'data.template=""', "--set",
                        'embeddings=[{placeholder = "zz", token_count = 70}]')
     assert any("'zz': the placeholder is in none of the captions" in w for w in missing["warnings"])
     assert any("70 vectors that is past 75" in w for w in missing["warnings"])
 
 
 def test_embedding_config_errors(tmp_path, base):
-    run("train", "run", train_config(tmp_path, base, "none", ""), "--set", 'network.module="none"', check=2)
-    bad = run("train", "run", train_config(tmp_path, base, "dup", EMB + EMB), check=2)
-    assert "a second embedding named 'kitchan'" in bad.stderr
-    other = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
-    save_file({"emb_params": torch.zeros(2, 768)}, str(other))
-    wrong = run("train", "run", train_config(tmp_path, base, "wrong", EMB.replace("token_count = 3", f'base_embedding = "{other}"')),
-                check=2)
-    assert "dimension 768" in wrong.stderr
+
+    from train.config import EmbeddingConfig
+    from train.embeddings import Embeddings
+
+    proc = train("run", train_config(tmp_path, base, "none", ""), "--set", 'network.module="none"', check=2)
+    assert "nothing to train" in proc.stderr
+    with pytest.raises(UserError, match="a second embedding named 'kitchan'"):
+        Embeddings.build([EmbeddingConfig(placeholder="kitchan")] * 2, *[[m] for m in tiny_text_model(base)])
+    with pytest.raises(UserError, match="placeholder is empty"):
+        Embeddings.build([EmbeddingConfig()], *[[m] for m in tiny_text_model(base)])
+    save_file({"emb_params": torch.zeros(2, 768)}, str(tmp_path / "sd1.safetensors"))
+    save_file({"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 32)}, str(tmp_path / "xl.safetensors"))
+    for file, message in (("sd1.safetensors", "dimension 768"), ("xl.safetensors", "not for this model"),
+                          ("none.pt", "no such file")):
+        with pytest.raises(UserError, match=message):
+            Embeddings.build([EmbeddingConfig(placeholder="k", base_embedding=str(tmp_path / file))],
+                             *[[m] for m in tiny_text_model(base)])

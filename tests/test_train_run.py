@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import make_demo_model as tiny_sd
-from conftest import run, run_json, train_config as config
+from conftest import run, run_json, train, train_config as config, train_json
 
 
 def weights(path):
@@ -17,7 +17,7 @@ def weights(path):
 
 
 def test_run_writes_a_kohya_file_and_resume_is_exact(tmp_path, base):
-    whole = run_json("train", "run", config(tmp_path, base, "whole"))
+    whole = run_json("train", "run", config(tmp_path, base, "whole"))  # the console script, as a user runs it
     assert whole["step"] == 6 and whole["steps_per_epoch"] == 2
     out = tmp_path / "whole" / "out"
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["kit-000002.safetensors", "kit.safetensors"]
@@ -29,18 +29,18 @@ def test_run_writes_a_kohya_file_and_resume_is_exact(tmp_path, base):
     assert len((out / "log.jsonl").read_text().splitlines()) == 6
 
     parts = config(tmp_path, base, "parts")
-    first = run_json("train", "run", parts, "--stop-at", "2")
+    first = train_json("run", parts, "--stop-at", "2")
     assert first["step"] == 2
     out2 = tmp_path / "parts" / "out"
-    assert run_json("train", "resume", out2, "--stop-at", "4")["step"] == 4  # a second resume too
-    assert run_json("train", "resume", out2)["step"] == 6
+    assert train_json("resume", out2, "--stop-at", "4")["step"] == 4  # a second resume too
+    assert train_json("resume", out2)["step"] == 6
     resumed, _ = weights(out2 / "kit.safetensors")
     for key in final:
         assert torch.equal(final[key], resumed[key]), key
 
 
 def test_loss_falls_when_overfitting_and_diffusers_loads_the_result(tmp_path, base):
-    result = run_json("train", "run", config(tmp_path, base, "fit"), "--set", "training.max_steps=40",
+    result = train_json("run", config(tmp_path, base, "fit"), "--set", "training.max_steps=40",
                       "--set", "training.log_every_n_steps=10", "--set", "loss.min_snr_gamma=5.0")
     losses = result["losses"]
     assert len(losses) == 4 and losses[-1] < losses[0]
@@ -56,13 +56,13 @@ def test_resume_needs_a_state(tmp_path):
 
 
 def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
-    proc = run("train", "run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
+    proc = train("run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
                "--set", "loss.adaptive_noise_scale=0.1", check=2)
     assert "data.flip_aug = True" in proc.stderr and "adaptive_noise_scale" in proc.stderr
 
 
 def test_sdxl_lora_with_sgm_names_loads_in_diffusers(tmp_path, base_xl):
-    result = run_json("train", "run", config(tmp_path, base_xl, "xl"), "--set", "model.family=\"auto\"",
+    result = train_json("run", config(tmp_path, base_xl, "xl"), "--set", "model.family=\"auto\"",
                       "--set", "training.max_steps=2")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
     tensors, meta = weights(tmp_path / "xl" / "out" / "kit.safetensors")
@@ -85,8 +85,8 @@ def test_sdxl_lora_with_sgm_names_loads_in_diffusers(tmp_path, base_xl):
 
 
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, base_xl):
-    plain = run_json("train", "run", config(tmp_path, base_xl, "a"), "--set", "training.max_steps=2")
-    checkpointed = run_json("train", "run", config(tmp_path, base_xl, "b"), "--set", "training.max_steps=2",
+    plain = train_json("run", config(tmp_path, base_xl, "a"), "--set", "training.max_steps=2")
+    checkpointed = train_json("run", config(tmp_path, base_xl, "b"), "--set", "training.max_steps=2",
                             "--set", "training.gradient_checkpointing=true")
     assert plain["losses"] == checkpointed["losses"]
     a, _ = weights(tmp_path / "a" / "out" / "kit.safetensors")
@@ -96,7 +96,7 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, base_xl):
 
 @pytest.mark.parametrize("optimizer,lr", [("prodigy", 1.0), ("dadaptadam", 1.0), ("lion", 1e-4), ("adafactor", 1e-4)])
 def test_optimizers(tmp_path, base, optimizer, lr):
-    result = run_json("train", "run", config(tmp_path, base, optimizer), "--set", "training.max_steps=2",
+    result = train_json("run", config(tmp_path, base, optimizer), "--set", "training.max_steps=2",
                       "--set", f'optimizer.type="{optimizer}"', "--set", f"optimizer.learning_rate={lr}")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
     tensors, _ = weights(tmp_path / optimizer / "out" / "kit.safetensors")
@@ -106,14 +106,14 @@ def test_optimizers(tmp_path, base, optimizer, lr):
 def test_accumulation_resume_and_step_saves(tmp_path, base):
     extra = ["--set", "data.batch_size=1", "--set", "training.gradient_accumulation_steps=2",
              "--set", "saving.every_n_steps=1", "--set", "saving.keep_last_n=2", "--set", "saving.every_n_epochs=0"]
-    whole = run_json("train", "run", config(tmp_path, base, "w"), *extra)
+    whole = train_json("run", config(tmp_path, base, "w"), *extra)
     assert whole["steps_per_epoch"] == 2  # 2 images x 2 repeats, batch 1, 2 batches per step
     out = tmp_path / "w" / "out"
     assert sorted(p.name for p in out.glob("kit-*.safetensors")) == ["kit-step00000004.safetensors",
                                                                      "kit-step00000005.safetensors"]
     parts = config(tmp_path, base, "p")
-    run_json("train", "run", parts, *extra, "--stop-at", "3")
-    run_json("train", "resume", tmp_path / "p" / "out")
+    train_json("run", parts, *extra, "--stop-at", "3")
+    train_json("resume", tmp_path / "p" / "out")
     a, _ = weights(out / "kit.safetensors")
     b, _ = weights(tmp_path / "p" / "out" / "kit.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -125,7 +125,7 @@ def test_noise_and_snr_options(tmp_path, base):
     g = torch.Generator().manual_seed(0)
     pyramid = L.multires_noise(torch.randn(2, 4, 16, 16, generator=g), 6, 0.3, g)
     assert pyramid.shape == (2, 4, 16, 16) and abs(float(pyramid.std()) - 1) < 1e-4
-    result = run_json("train", "run", config(tmp_path, base, "n"), "--set", "training.max_steps=2",
+    result = train_json("run", config(tmp_path, base, "n"), "--set", "training.max_steps=2",
                       "--set", "loss.zero_terminal_snr=true", "--set", "model.v_parameterization=true",
                       "--set", "loss.min_snr_gamma=5.0", "--set", "loss.multires_noise_iterations=4",
                       "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05")

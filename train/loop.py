@@ -71,8 +71,7 @@ def make_optimizer(config: Config, network: LoRANetwork, unet_names: set[str], e
             groups.append({"params": list(item.vectors), "weight_decay": 0.0})
             rates.append(item.config.learning_rate or o.learning_rate)
     if not groups:
-        raise UserError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] "
-                        "with train = true, and a network needs train_unet or train_text_encoder")
+        raise UserError("nothing to train: the network needs train_unet or train_text_encoder")
     for group, rate in zip(groups, rates):
         group["lr"] = base_rate(rate)
     optimizer = optimizers.build(groups, o)
@@ -165,6 +164,9 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if unsupported:
         raise UserError("train run does not support these settings yet; set them back to their "
                         "defaults or remove them: " + ", ".join(unsupported))
+    if config.network.module == "none" and not any(e.train for e in config.embeddings):
+        raise UserError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
+                        "with train = true")
     out_dir = Path(out_dir or config.output.dir)
     state_path = out_dir / STATE
     state = torch.load(state_path, weights_only=True) if resume_from_state else None
