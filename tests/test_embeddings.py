@@ -130,7 +130,8 @@ def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, ba
     and diffusers' load_textual_inversion gives the prompt the same encoding as training did."""
     from train.config import load
     from train.data import load_items
-    from train.loop import _cache_latents, run as train_run, training_step
+    from train.latents import Latents
+    from train.loop import run as train_run, training_step
     from train.models import encode_text, load_models
 
     cfg = load(train_config(tmp_path, base, "ti", EMB), [
@@ -140,7 +141,7 @@ def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, ba
 
     def inspect(models, network, embeddings):
         items = load_items(cfg)
-        latents = torch.stack(_cache_latents(items, models.vae, torch.device("cpu"))[0])
+        latents = Latents(items, models.vae, torch.device("cpu"), cfg).batch(list(range(len(items))), None)[0]
 
         def fixed_loss():
             with torch.no_grad():

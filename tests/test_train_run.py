@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 import make_demo_model as tiny_sd
@@ -56,9 +57,11 @@ def test_resume_needs_a_state(tmp_path):
 
 
 def test_settings_not_implemented_yet_are_refused_not_ignored(tmp_path, base):
-    proc = train("run", config(tmp_path, base, "x"), "--set", "data.flip_aug=true",
-               "--set", "loss.adaptive_noise_scale=0.1", check=2)
-    assert "data.flip_aug = True" in proc.stderr and "adaptive_noise_scale" in proc.stderr
+    proc = train("run", config(tmp_path, base, "x"), "--set", "data.cache_latents_to_disk=true",
+               "--set", "data.max_token_length=150", check=2)
+    assert "data.cache_latents_to_disk = True" in proc.stderr and "max_token_length = 150" in proc.stderr
+    proc = train("run", config(tmp_path, base, "y"), "--set", "loss.adaptive_noise_scale=0.1", check=2)
+    assert "adaptive_noise_scale adds to loss.noise_offset" in proc.stderr
 
 
 def test_sdxl_lora_with_sgm_names_loads_in_diffusers(tmp_path, base_xl):
@@ -128,9 +131,76 @@ def test_noise_and_snr_options(tmp_path, base):
     result = train_json("run", config(tmp_path, base, "n"), "--set", "training.max_steps=2",
                       "--set", "loss.zero_terminal_snr=true", "--set", "model.v_parameterization=true",
                       "--set", "loss.min_snr_gamma=5.0", "--set", "loss.multires_noise_iterations=4",
-                      "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05")
+                      "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05",
+                      "--set", "loss.adaptive_noise_scale=0.01")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
     from train.config import load
     from train.loop import load_models
     cfg = load(config(tmp_path, base, "z"), ["loss.zero_terminal_snr=true"])
     assert float(load_models(cfg).scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise
+
+
+def test_rank_and_module_dropout_and_max_norm(tmp_path, base):
+    """Dropouts change the result, stay finite and resume exactly (their draws are seeded per
+    step); scale_weight_norms keeps every module's change within the norm."""
+    extra = ["--set", "network.rank_dropout=0.3", "--set", "network.module_dropout=0.2", "--set", "network.dropout=0.1",
+             "--set", "network.scale_weight_norms=0.05", "--set", "optimizer.learning_rate=1e-2"]
+    whole = train_json("run", config(tmp_path, base, "d"), *extra)
+    assert all(np.isfinite(l) for l in whole["losses"])
+    out = tmp_path / "d" / "out"
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(line["keys_scaled"] > 0 for line in logged)  # lr 1e-2 pushes past the norm
+    tensors, meta = weights(out / "kit.safetensors")
+    assert json.loads(meta["ss_network_args"]) == {"rank_dropout": 0.3, "module_dropout": 0.2}
+    assert meta["ss_scale_weight_norms"] == "0.05"
+    for module in {k.rsplit(".", 2)[0] for k in tensors}:
+        down, up = tensors[f"{module}.lora_down.weight"].float(), tensors[f"{module}.lora_up.weight"].float()
+        delta = up.flatten(1) @ down.flatten(1) if down.dim() == 2 else up[:, :, 0, 0] @ down.flatten(1)
+        assert float(delta.norm()) * float(tensors[f"{module}.alpha"]) / down.shape[0] <= 0.05 * 1.01
+    train_json("run", config(tmp_path, base, "e"), *extra, "--stop-at", "3")
+    resumed = train_json("resume", tmp_path / "e" / "out")
+    assert resumed["losses"] == whole["losses"][3:]
+    plain = train_json("run", config(tmp_path, base, "f"), "--set", "optimizer.learning_rate=1e-2")
+    assert plain["losses"] != whole["losses"]
+
+
+def test_augmentations(tmp_path, base):
+    """flip_aug caches both orientations; random_crop and color_aug need per-step encoding and
+    say so; a run with all three trains."""
+    import random
+
+    from diffusers import AutoencoderKL
+
+    from train.config import load
+    from train.data import load_items, pixels
+    from train.latents import Latents
+
+    cfg = load(config(tmp_path, base, "aug"), ["data.flip_aug=true"])
+    items = load_items(cfg)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    latents = Latents(items, vae, torch.device("cpu"), cfg)
+    assert sorted(latents.cache) == [(0, False), (0, True), (1, False), (1, True)]
+    image, _, _ = pixels(items[0])
+    with torch.no_grad():
+        mirrored = vae.encode(image.flip(-1)[None]).latent_dist.mean[0] * vae.config.scaling_factor
+    assert torch.allclose(latents.cache[0, True][0], mirrored, atol=1e-5)
+    chosen = [latents.batch([0], random.Random(s))[0][0] for s in range(8)]
+    assert any(torch.equal(c, latents.cache[0, True][0]) for c in chosen)
+    assert any(torch.equal(c, latents.cache[0, False][0]) for c in chosen)
+
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 160, 3), dtype=np.uint8)).save(wide)
+    item = items[0].__class__(wide, "", (64, 64), 1, False)
+    crops = {pixels(item, random.Random(s), random_crop=True)[2] for s in range(6)}
+    assert len(crops) > 1 and all(top == 0 and 0 <= left <= 96 for top, left in crops)
+    plain = pixels(item)[0]
+    shifted = [pixels(item, random.Random(s), color_aug=True)[0] for s in range(12)]
+    changed = [float((s - plain).abs().mean()) for s in shifted if not torch.equal(s, plain)]
+    assert changed and max(changed) < 0.1  # sometimes, and weakly
+
+    proc = train("run", config(tmp_path, base, "crop"), "--set", "data.random_crop=true", check=2)
+    assert "set data.cache_latents = false" in proc.stderr
+    result = train_json("run", config(tmp_path, base, "all"), "--set", "data.random_crop=true", "--set",
+                        "data.color_aug=true", "--set", "data.flip_aug=true", "--set", "data.cache_latents=false",
+                        "--set", "training.max_steps=2")
+    assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -53,18 +54,38 @@ def _caption_text(image: Path, subset: Subset, config: Config) -> str:
     return subset.token or ""  # no caption: the folder's class tokens, as kohya does
 
 
-def pixels(item: Item) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """The image scaled to cover its bucket and centre-cropped, as [3, H, W] in -1..1, with its
-    original (h, w) and the crop's top-left corner (SDXL conditions on both)."""
+def pixels(item: Item, rng: random.Random | None = None, random_crop: bool = False,
+           color_aug: bool = False) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """The image scaled to cover its bucket and cropped (centred, or at a random place with
+    random_crop), as [3, H, W] in -1..1, with its original (h, w) and the crop's top-left corner
+    (SDXL conditions on both). color_aug: kohya's weak colour change, drawn from `rng`."""
     img = flatten(load_image(item.image)).convert("RGB")  # alpha over white
     original = (img.height, img.width)
     bw, bh = item.bucket
     scale = max(bw / img.width, bh / img.height)
     size = (max(bw, round(img.width * scale)), max(bh, round(img.height * scale)))
     img = img.resize(size, Image.LANCZOS if scale > 1 else Image.BICUBIC)
-    left, top = (size[0] - bw) // 2, (size[1] - bh) // 2
-    arr = np.asarray(img.crop((left, top, left + bw, top + bh)), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1), original, (top, left)
+    if random_crop and rng is not None:
+        left, top = rng.randint(0, size[0] - bw), rng.randint(0, size[1] - bh)
+    else:
+        left, top = (size[0] - bw) // 2, (size[1] - bh) // 2
+    arr = np.asarray(img.crop((left, top, left + bw, top + bh)), dtype=np.float32)
+    if color_aug and rng is not None:
+        arr = _color_aug(arr, rng)
+    arr = arr / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), original, (top, left)
+
+
+def _color_aug(arr: np.ndarray, rng: random.Random) -> np.ndarray:
+    """One time in three: a hue shift of up to 8 of OpenCV's 180 hue steps, or a gamma of
+    0.95-1.05; weak on purpose, so the colours the model learns stay the dataset's."""
+    if rng.random() > 1 / 3:
+        return arr
+    if rng.random() < 0.5:
+        hsv = cv2.cvtColor(arr.astype(np.uint8), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(rng.uniform(-8, 8))) % 180
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+    return np.clip(255.0 * (arr / 255.0) ** rng.uniform(0.95, 1.05), 0, 255)
 
 
 def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) -> str:

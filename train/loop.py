@@ -19,8 +19,9 @@ import torch
 from lorakit.errors import UserError
 from train import loss as L, optimizers
 from train.config import Config, from_dict
-from train.data import Item, caption_for_step, epoch_batches, load_items, pixels
+from train.data import Item, caption_for_step, epoch_batches, load_items
 from train.embeddings import Embeddings
+from train.latents import Latents
 from train.models import encode_text, load_models
 from train.naming import text_encoder_targets, unet_targets
 from train.network import LoRANetwork
@@ -33,11 +34,8 @@ CHUNK = 75  # CLIP tokens per prompt chunk (77 with the start and end tokens)
 
 # Config keys `train run` does not implement yet: a run refuses to start when one differs from
 # its default, rather than train for hours without a setting the user asked for.
-NOT_YET = ("network.rank_dropout", "network.module_dropout", "network.scale_weight_norms",
-           "data.flip_aug", "data.color_aug", "data.random_crop", "data.cache_latents",
-           "data.cache_latents_to_disk",
-           "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split",
-           "loss.adaptive_noise_scale")
+NOT_YET = ("data.cache_latents_to_disk",
+           "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split")
 
 
 def not_yet_supported(config: Config) -> list[str]:
@@ -84,13 +82,16 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     """Noise the latents at random timesteps, predict, and weigh the loss of each sample."""
     loss_cfg = config.loss
     # drawn on the CPU from a seeded generator, so every device draws the same numbers
-    noise = torch.randn(latents.shape, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     if loss_cfg.noise_offset:
-        noise = L.offset_noise(noise, loss_cfg.noise_offset, generator)
+        offset = loss_cfg.noise_offset
+        if loss_cfg.adaptive_noise_scale is not None:  # kohya: more offset where a latent's mean is far from 0
+            offset = (offset + loss_cfg.adaptive_noise_scale * latents.float().mean((2, 3), keepdim=True).abs()).clamp_min(0)
+        noise = L.offset_noise(noise, offset, generator)
     if loss_cfg.multires_noise_iterations:
         noise = L.multires_noise(noise, loss_cfg.multires_noise_iterations, loss_cfg.multires_noise_discount, generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(latents.device)
     model_noise = L.perturb_input(noise, loss_cfg.ip_noise_gamma, generator) if loss_cfg.ip_noise_gamma else noise
     noisy = noise_scheduler.add_noise(latents, model_noise, timesteps)
     prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
@@ -106,20 +107,6 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     return loss.mean()
 
 
-def _cache_latents(items: list[Item], vae, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each image encoded once (the distribution's mean, so the cache is deterministic), with
-    SDXL's size conditioning: original size, crop corner, target size, as (h, w) pairs."""
-    scale = vae.config.scaling_factor
-    latents, sizes = [], []
-    with torch.no_grad():
-        for item in items:
-            image, original, crop = pixels(item)
-            latents.append(vae.encode(image[None].to(device)).latent_dist.mean[0] * scale)
-            sizes.append(torch.tensor([*original, *crop, item.bucket[1], item.bucket[0]],
-                                      dtype=torch.float32, device=device))
-    return latents, sizes
-
-
 def _network(config: Config, models, device) -> tuple[LoRANetwork, list, list]:
     n = config.network
     if n.module not in ("lora", "locon", "none"):
@@ -131,7 +118,7 @@ def _network(config: Config, models, device) -> tuple[LoRANetwork, list, list]:
         te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
                 for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
     network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
-                          n.conv_alpha, n.dropout)
+                          n.conv_alpha, n.dropout, n.rank_dropout, n.module_dropout)
     network.to(device)
     network.attach()
     return network, unet_t, te_t
@@ -164,6 +151,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if unsupported:
         raise UserError("train run does not support these settings yet; set them back to their "
                         "defaults or remove them: " + ", ".join(unsupported))
+    if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
+        raise UserError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
     if config.network.module == "none" and not any(e.train for e in config.embeddings):
         raise UserError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
                         "with train = true")
@@ -191,7 +180,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     items = load_items(config)
     for warning in embedding_warnings(items, embeddings, templates, placeholder):
         log(json.dumps({"warning": warning}))
-    latents, sizes = _cache_latents(items, models.vae, device)
+    latents = Latents(items, models.vae, device, config)
     batch_size = config.data.batch_size
     accumulation = config.training.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / accumulation)
@@ -236,14 +225,15 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         run draws the same."""
         generator = torch.Generator().manual_seed(seed * 7919 + step * 64 + micro)
         rng = random.Random(seed * 31 + step * 64 + micro)
+        torch.manual_seed(seed * 104729 + step * 64 + micro)  # the network's dropouts: the same on resume
         captions = [prompt(items[i], rng, epoch) for i in batch]
         with torch.set_grad_enabled(text_grad):
             text, pooled = encode_text(models, captions, config.model.clip_skip)
-        added = {"text_embeds": pooled, "time_ids": torch.stack([sizes[i] for i in batch])} if models.sdxl else None
+        batch_latents, sizes = latents.batch(batch, random.Random(seed * 53 + step * 64 + micro))
+        added = {"text_embeds": pooled, "time_ids": sizes} if models.sdxl else None
         weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch],
                                device=device)
-        return training_step(torch.stack([latents[i] for i in batch]), text, weights, unet, noise_scheduler,
-                             config, generator, added)
+        return training_step(batch_latents, text, weights, unet, noise_scheduler, config, generator, added)
 
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     sampling = config.sampling
@@ -264,6 +254,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             scaler.update()
             if embeddings:
                 embeddings.after_step(step)
+            if config.network.scale_weight_norms:
+                scaled = network.scale_weight_norms(config.network.scale_weight_norms)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -272,7 +264,10 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                 if not math.isfinite(value):
                     raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
                 losses.append(value)
-                log(json.dumps({"step": step, "epoch": epoch + 1, "loss": value, "lr": schedule.get_last_lr()[0]}))
+                line = {"step": step, "epoch": epoch + 1, "loss": value, "lr": schedule.get_last_lr()[0]}
+                if config.network.scale_weight_norms:
+                    line["keys_scaled"] = scaled
+                log(json.dumps(line))
             every = config.saving.every_n_steps
             if every and step % every == 0 and step < total:
                 saver.checkpoint(step, f"step{step:08d}")

@@ -23,9 +23,9 @@ def debiased_weight(snr_t: torch.Tensor) -> torch.Tensor:
     return 1 / torch.sqrt(torch.clamp(snr_t, min=1e-3))
 
 
-def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
+def offset_noise(noise: torch.Tensor, offset: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Noise offset (crosslabs 2023): a per-channel constant shift, so the model learns to change
-    an image's overall brightness."""
+    an image's overall brightness. `offset` may be per sample and channel ([B, C, 1, 1])."""
     shift = torch.randn(noise.shape[0], noise.shape[1], 1, 1, generator=generator)
     return noise + offset * shift.to(noise.device, noise.dtype)
 

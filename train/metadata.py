@@ -30,12 +30,14 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         frequency.setdefault(folder, Counter()).update(tags)
         entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
+    network_args = {"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha} if n.module == "locon" else {}
+    network_args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})
     resolution = d.resolution if isinstance(d.resolution, list) else [d.resolution, d.resolution]
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(n.dim), "ss_network_alpha": str(n.alpha),
-        "ss_network_args": json.dumps({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha}
-                                      if n.module == "locon" else {}),
+        "ss_network_args": json.dumps(network_args), "ss_network_dropout": str(n.dropout),
+        "ss_scale_weight_norms": str(n.scale_weight_norms),
         "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})", "ss_clip_skip": str(config.model.clip_skip),
         "ss_learning_rate": str(o.learning_rate), "ss_unet_lr": str(n.unet_lr or o.learning_rate),

@@ -23,7 +23,8 @@ from train.naming import Target
 
 
 class LoRAModule(nn.Module):
-    def __init__(self, target: Target, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, target: Target, rank: int, alpha: float, dropout: float = 0.0, rank_dropout: float = 0.0,
+                 module_dropout: float = 0.0):
         super().__init__()
         self.lora_name = target.name
         base = target.module
@@ -39,6 +40,8 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
         self.rank = rank
         self.dropout = dropout  # kohya's network_dropout: on the down projection's output
+        self.rank_dropout = rank_dropout  # whole ranks, per sample, rescaled by 1 / (1 - p)
+        self.module_dropout = module_dropout  # the whole module, for a step
         self.multiplier = 1.0
         self._base = [base]  # a list, so the base module is not registered (and not trained) here
         self._base_forward = None
@@ -59,10 +62,20 @@ class LoRAModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._base_forward(x)
+        if self.module_dropout and self.training and float(torch.rand(1)) < self.module_dropout:
+            return out
         hidden = self.lora_down(x.to(self.lora_down.weight.dtype))
         if self.dropout and self.training:
             hidden = nn.functional.dropout(hidden, self.dropout)
-        return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
+        scale = self.scale
+        if self.rank_dropout and self.training:
+            keep = torch.rand(hidden.shape[0], self.rank, device=hidden.device) > self.rank_dropout
+            # ranks sit last for linear layers ([B, r] or [B, L, r]), second for convolutions
+            shape = (hidden.shape[0], self.rank, 1, 1) if hidden.dim() == 4 else \
+                (hidden.shape[0],) + (1,) * (hidden.dim() - 2) + (self.rank,)
+            hidden = hidden * keep.view(shape).to(hidden.dtype)
+            scale = scale / (1.0 - self.rank_dropout)
+        return out + (self.lora_up(hidden) * (self.multiplier * scale)).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The change this module makes to the base weight, with its scale applied."""
@@ -78,16 +91,31 @@ class LoRAModule(nn.Module):
 
 class LoRANetwork(nn.Module):
     def __init__(self, targets: list[Target], rank: int, alpha: float, conv_rank: int = 0,
-                 conv_alpha: float = 1.0, dropout: float = 0.0):
+                 conv_alpha: float = 1.0, dropout: float = 0.0, rank_dropout: float = 0.0,
+                 module_dropout: float = 0.0):
         super().__init__()
         modules = []
         for target in targets:
             if target.is_conv3x3:
                 if conv_rank > 0:
-                    modules.append(LoRAModule(target, conv_rank, conv_alpha, dropout))
+                    modules.append(LoRAModule(target, conv_rank, conv_alpha, dropout, rank_dropout, module_dropout))
             else:
-                modules.append(LoRAModule(target, rank, alpha, dropout))
+                modules.append(LoRAModule(target, rank, alpha, dropout, rank_dropout, module_dropout))
         self.loras = nn.ModuleList(modules)
+
+    @torch.no_grad()
+    def scale_weight_norms(self, max_norm: float) -> int:
+        """kohya's max-norm regularisation: where a module's change ||up·down·alpha/r||_F exceeds
+        max_norm, scale up and down by sqrt(max_norm / norm). Returns how many were scaled."""
+        scaled = 0
+        for lora in self.loras:
+            norm = float(lora.delta_weight().norm()) / abs(lora.multiplier or 1.0)
+            if norm > max_norm:
+                ratio = (max_norm / norm) ** 0.5
+                lora.lora_up.weight.mul_(ratio)
+                lora.lora_down.weight.mul_(ratio)
+                scaled += 1
+        return scaled
 
     def attach(self) -> None:
         for lora in self.loras:
