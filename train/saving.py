@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, write_text
 from train.config import Config
 from train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
@@ -40,6 +41,8 @@ class Saver:
         self.saved: list[str] = []
         self.has_network = config.network.module != "none"
         self.ext = "." + config.saving.embedding_format
+        if not self.has_network and any(f"{i.name}{self.ext}" == "state.pt" for i in self._embedding_items()):
+            raise UserError("an embedding named 'state' would be saved over the run's state.pt: give it another name")
         self._sampled_at: int | None = None
         base = config.model.base  # recorded in embedding files: a folder's name, or the hub id
         self.base_name = Path(base).name if Path(base).exists() else base
