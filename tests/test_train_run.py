@@ -204,3 +204,17 @@ def test_augmentations(tmp_path, base):
                         "data.color_aug=true", "--set", "data.flip_aug=true", "--set", "data.cache_latents=false",
                         "--set", "training.max_steps=2")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
+
+
+def test_text_encoder_output_cache(tmp_path, base_xl):
+    """Captions encoded once give the run an uncached one gives; refused where they would not."""
+    frozen = ["--set", "network.train_text_encoder=false", "--set", "data.shuffle_caption=false",
+              "--set", "training.max_steps=2", "--set", 'model.family="auto"']
+    plain = train_json("run", config(tmp_path, base_xl, "p"), *frozen)
+    cached = train_json("run", config(tmp_path, base_xl, "c"), *frozen, "--set", "data.cache_text_encoder_outputs=true")
+    assert np.allclose(plain["losses"], cached["losses"], rtol=1e-5)
+    a, _ = weights(tmp_path / "p" / "out" / "kit.safetensors")
+    b, _ = weights(tmp_path / "c" / "out" / "kit.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    proc = train("run", config(tmp_path, base_xl, "r"), "--set", "data.cache_text_encoder_outputs=true", check=2)
+    assert "a text-encoder LoRA trains, data.shuffle_caption" in proc.stderr

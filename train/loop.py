@@ -35,7 +35,7 @@ CHUNK = 75  # CLIP tokens per prompt chunk (77 with the start and end tokens)
 # Config keys `train run` does not implement yet: a run refuses to start when one differs from
 # its default, rather than train for hours without a setting the user asked for.
 NOT_YET = ("data.cache_latents_to_disk",
-           "data.cache_text_encoder_outputs", "data.max_token_length", "data.validation_split")
+           "data.max_token_length", "data.validation_split")
 
 
 def not_yet_supported(config: Config) -> list[str]:
@@ -143,6 +143,29 @@ def embedding_warnings(items: list[Item], embeddings: Embeddings | None, templat
             f"past {CHUNK} the rest is cut off: shorten the captions or use fewer vectors"]
 
 
+def _text_cache(config: Config, items: list[Item], models, te_t: list, embeddings: Embeddings | None,
+                templates, prompt) -> list | None:
+    """data.cache_text_encoder_outputs: each caption encoded once, which is only right when the
+    encoders do not train and every step would give the same prompt."""
+    d = config.data
+    if not d.cache_text_encoder_outputs:
+        return None
+    varying = [name for name, on in (
+        ("a text-encoder LoRA trains", bool(te_t)), ("an embedding trains", bool(embeddings and embeddings.parameters())),
+        ("data.shuffle_caption", d.shuffle_caption), ("data.caption_dropout_rate", d.caption_dropout_rate),
+        ("data.caption_dropout_every_n_epochs", d.caption_dropout_every_n_epochs),
+        ("data.caption_tag_dropout_rate", d.caption_tag_dropout_rate), ("data.template", bool(templates))) if on]
+    if varying:
+        raise UserError("data.cache_text_encoder_outputs needs fixed captions and frozen text encoders; "
+                        "this run has: " + ", ".join(varying))
+    cache = []
+    with torch.no_grad():
+        for item in items:
+            text, pooled = encode_text(models, [prompt(item, random.Random(0), 0)], config.model.clip_skip)
+            cache.append((text[0], pooled[0] if pooled is not None else None))
+    return cache
+
+
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
         resume_from_state: bool = False, inspect=None) -> dict:
     """Train until the configured total (or `stop_at`, as if interrupted: the state is kept).
@@ -226,15 +249,20 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         generator = torch.Generator().manual_seed(seed * 7919 + step * 64 + micro)
         rng = random.Random(seed * 31 + step * 64 + micro)
         torch.manual_seed(seed * 104729 + step * 64 + micro)  # the network's dropouts: the same on resume
-        captions = [prompt(items[i], rng, epoch) for i in batch]
-        with torch.set_grad_enabled(text_grad):
-            text, pooled = encode_text(models, captions, config.model.clip_skip)
+        if text_cache:
+            text = torch.stack([text_cache[i][0] for i in batch])
+            pooled = torch.stack([text_cache[i][1] for i in batch]) if models.sdxl else None
+        else:
+            captions = [prompt(items[i], rng, epoch) for i in batch]
+            with torch.set_grad_enabled(text_grad):
+                text, pooled = encode_text(models, captions, config.model.clip_skip)
         batch_latents, sizes = latents.batch(batch, random.Random(seed * 53 + step * 64 + micro))
         added = {"text_embeds": pooled, "time_ids": sizes} if models.sdxl else None
         weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch],
                                device=device)
         return training_step(batch_latents, text, weights, unet, noise_scheduler, config, generator, added)
 
+    text_cache = _text_cache(config, items, models, te_t, embeddings, templates, prompt)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     sampling = config.sampling
     while step < total:
