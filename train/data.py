@@ -55,10 +55,11 @@ def _caption_text(image: Path, subset: Subset, config: Config) -> str:
 
 
 def pixels(item: Item, rng: random.Random | None = None, random_crop: bool = False,
-           color_aug: bool = False) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+           color_aug: bool = False, flip: bool = False) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
     """The image scaled to cover its bucket and cropped (centred, or at a random place with
     random_crop), as [3, H, W] in -1..1, with its original (h, w) and the crop's top-left corner
-    (SDXL conditions on both). color_aug: kohya's weak colour change, drawn from `rng`."""
+    (SDXL conditions on both). color_aug: kohya's weak colour change, drawn from `rng`; flip:
+    mirrored, and so is the crop's corner."""
     img = flatten(load_image(item.image)).convert("RGB")  # alpha over white
     original = (img.height, img.width)
     bw, bh = item.bucket
@@ -73,6 +74,8 @@ def pixels(item: Item, rng: random.Random | None = None, random_crop: bool = Fal
     if color_aug and rng is not None:
         arr = _color_aug(arr, rng)
     arr = arr / 127.5 - 1.0
+    if flip:
+        arr, left = arr[:, ::-1], size[0] - left - bw
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), original, (top, left)
 
 

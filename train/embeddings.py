@@ -49,7 +49,15 @@ def placeholder_pattern(placeholder: str) -> re.Pattern:
     return re.compile(r"(?<![\w])" + r"\s+".join(words) + r"(?![\w])", re.IGNORECASE)
 
 
-def _first_id(tokenizer, text: str) -> list[int]:
+def stop_step(cfg: EmbeddingConfig, steps_per_epoch: int) -> int | None:
+    """The first step an embedding no longer trains (its pivot), or None: until the end."""
+    after = cfg.stop_training_after
+    if after is None:
+        return None
+    return after * (steps_per_epoch if cfg.stop_training_after_unit == "epochs" else 1)
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
@@ -91,8 +99,8 @@ class Embeddings:
                 if base:
                     init = base[e].to(weight.device, torch.float32)
                 else:
-                    ids = _first_id(tok, cfg.init_text)[:count]
-                    ids += _first_id(tok, "*")[:1] * (count - len(ids))  # padded with "*"
+                    ids = _token_ids(tok, cfg.init_text)[:count]
+                    ids += _token_ids(tok, "*")[:1] * (count - len(ids))  # padded with "*"
                     init = weight.detach()[ids].float()
                 vectors.append(nn.Parameter(init.clone(), requires_grad=cfg.train))
             items.append(Embedding(cfg, name, tokens, vectors, placeholder_pattern(cfg.placeholder)))
@@ -117,7 +125,7 @@ class Embeddings:
 
     def token_cost(self, text: str) -> int:
         """How many CLIP tokens `text` takes once its placeholders are substituted."""
-        return len(_first_id(self.tokenizers[0], self.substitute(text)))
+        return len(_token_ids(self.tokenizers[0], self.substitute(text)))
 
     # --- training -------------------------------------------------------------------------
 
@@ -147,9 +155,7 @@ class Embeddings:
 
     def resolve_stops(self, steps_per_epoch: int) -> None:
         for item in self.items:
-            after = item.config.stop_training_after
-            if after is not None:
-                item.stop_step = after * (steps_per_epoch if item.config.stop_training_after_unit == "epochs" else 1)
+            item.stop_step = stop_step(item.config, steps_per_epoch)
 
     def set_step(self, step: int) -> bool:
         """Freeze what has passed its pivot (its gradient stays None, so the optimizer skips it:

@@ -21,7 +21,7 @@ from safetensors.torch import save as save_bytes
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.report import OK, WRITTEN, Outcome, Report, Section
-from train.embedding_files import BUNDLE, XL_KEYS, EmbeddingFile, bundle_keys, read_embedding, save_standalone
+from train.embedding_files import BUNDLE, EmbeddingFile, bundle_keys, read_embedding, save_standalone
 from train.network import model_hashes
 
 TARGETS = ("a1111", "diffusers", "comfyui")
@@ -48,10 +48,6 @@ def _embeddings(path: Path, tensors: dict) -> list[EmbeddingFile]:
     return [found for file in files for found in read_embedding(file)]
 
 
-def _as_list(found: EmbeddingFile) -> list:
-    return [found.vectors[k] for k in XL_KEYS] if "clip_l" in found.vectors else list(found.vectors.values())
-
-
 def _write_lora(path: Path, tensors: dict, meta: dict, source: Path) -> Path:
     if path.resolve() == source.resolve():
         raise UserError(f"{path}: export never overwrites its source; choose another --out")
@@ -74,14 +70,14 @@ def export(source: Path, target: str, out: Path | None = None) -> Report:
     if target == "a1111":
         bundled = dict(clean)
         for found in embeddings:
-            bundled.update(bundle_keys(found.name, _as_list(found)))
+            bundled.update(bundle_keys(found.name, list(found.vectors.values())))
         written.append(_write_lora(out / source.name, bundled, meta, source))
     else:
         lora_path = out / ("loras" if target == "comfyui" else "") / source.name
         emb_dir = out / "embeddings" if target == "comfyui" else out / f"{source.stem}_embeddings"
         written.append(_write_lora(lora_path, clean, meta, source))
         for found in embeddings:
-            written.append(save_standalone(emb_dir / f"{found.name}.safetensors", found.name, _as_list(found),
+            written.append(save_standalone(emb_dir / f"{found.name}.safetensors", found.name, list(found.vectors.values()),
                                            found.step or 0, found.base_model or meta.get("ss_sd_model_name")))
     report = Report("export", str(source), str(out))
     report.outcomes = [Outcome(str(p.relative_to(out)), WRITTEN) for p in written]

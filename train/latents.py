@@ -32,11 +32,7 @@ class Latents:
     def encode(self, i: int, flip: bool, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent, SDXL size conditioning: original h, w, crop top, left, target h, w)."""
         item = self.items[i]
-        image, original, (top, left) = pixels(item, rng, self.random_crop, self.color_aug)
-        if flip:
-            image = image.flip(-1)
-            resized_w = round(original[1] * max(item.bucket[0] / original[1], item.bucket[1] / original[0]))
-            left = max(0, max(item.bucket[0], resized_w) - left - item.bucket[0])  # the corner, mirrored
+        image, original, (top, left) = pixels(item, rng, self.random_crop, self.color_aug, flip)
         latent = self.vae.encode(image[None].to(self.device)).latent_dist.mean[0] * self.vae.config.scaling_factor
         size = torch.tensor([*original, top, left, item.bucket[1], item.bucket[0]], dtype=torch.float32,
                             device=self.device)

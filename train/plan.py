@@ -173,7 +173,7 @@ def _tokenizer(config: Config):
 def _embeddings(config: Config, all_subsets: list[Subset], steps_per_epoch: int) -> tuple[list, list[str]]:
     """Per embedding: how many captions hold its placeholder, and when it stops training; the
     longest caption's token count with the embeddings' vectors, where the tokenizer is at hand."""
-    from train.embeddings import placeholder_pattern, safe_name
+    from train.embeddings import placeholder_pattern, safe_name, stop_step
 
     captions = []
     for s in all_subsets:
@@ -184,9 +184,8 @@ def _embeddings(config: Config, all_subsets: list[Subset], steps_per_epoch: int)
     for e in config.embeddings:
         pattern = placeholder_pattern(e.placeholder) if e.placeholder.strip() else None
         holding = sum(1 for c in captions if pattern and pattern.search(c))
-        stop = e.stop_training_after
-        until = "never" if not e.train else ("the end" if stop is None else
-                                             stop * (steps_per_epoch if e.stop_training_after_unit == "epochs" else 1))
+        stop = stop_step(e, steps_per_epoch)
+        until = "never" if not e.train else ("the end" if stop is None else stop)
         vectors = e.token_count or ("as in its file" if e.base_embedding else 1)
         rows.append([safe_name(e.name or e.placeholder), e.placeholder, vectors,
                      "template" if config.data.template else holding, until])

@@ -44,6 +44,7 @@ class Saver:
         if not self.has_network and any(f"{i.name}{self.ext}" == "state.pt" for i in self._embedding_items()):
             raise UserError("an embedding named 'state' would be saved over the run's state.pt: give it another name")
         self._sampled_at: int | None = None
+        self._last_samples: list = []
         base = config.model.base  # recorded in embedding files: a folder's name, or the hub id
         self.base_name = Path(base).name if Path(base).exists() else base
 
