@@ -13,6 +13,7 @@ LoRA (bundled, or with its `NAME_embeddings/` folder), the set of files each UI 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors import safe_open
@@ -25,6 +26,7 @@ from train.embedding_files import BUNDLE, EmbeddingFile, bundle_keys, read_embed
 from train.network import model_hashes
 
 TARGETS = ("a1111", "diffusers", "comfyui")
+PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 
 
 def _read_lora(path: Path) -> tuple[dict, dict]:
@@ -35,9 +37,15 @@ def _read_lora(path: Path) -> tuple[dict, dict]:
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = f.metadata() or {}
-    if not any(k.endswith(".lora_down.weight") for k in tensors):
-        raise UserError(f"{path}: not a LoRA (no lora_down weights); embedding files load as they are")
+    if not any(k.startswith(PREFIXES) for k in tensors):
+        raise UserError(f"{path}: not a LoRA (no lora_unet_/lora_te keys); embedding files load as they are")
     return tensors, meta
+
+
+def _lora_only(tensors: dict) -> bool:
+    """diffusers' load_lora_weights reads LoRA, LoCon and DyLoRA (lora_down/lora_up/alpha) only."""
+    return all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors
+               if k.startswith(PREFIXES))
 
 
 def _embeddings(path: Path, tensors: dict) -> list[EmbeddingFile]:
@@ -63,6 +71,10 @@ def export(source: Path, target: str, out: Path | None = None) -> Report:
     if target not in TARGETS:
         raise UserError(f"--for {target!r}: use one of {', '.join(TARGETS)}")
     tensors, meta = _read_lora(source)
+    if target == "diffusers" and not _lora_only(tensors):
+        algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "a LyCORIS network")
+        raise UserError(f"{source}: diffusers loads LoRA, LoCon and DyLoRA files only, not {algo}; "
+                        "use --for comfyui or --for a1111")
     embeddings = _embeddings(source, tensors)
     out = out or source.parent / f"export-{target}"
     clean = {k: v for k, v in tensors.items() if not k.startswith(BUNDLE)}

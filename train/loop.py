@@ -24,6 +24,7 @@ from train.embeddings import Embeddings
 from train.latents import Latents
 from train.models import encode_text, load_models
 from train.naming import text_encoder_targets, unet_targets
+from train.lycoris_net import ALGOS, LycorisNetwork, check_args, dylora_unit
 from train.network import LoRANetwork
 from train.saving import Saver, save_state
 from train.schedule import base_rate, group_lambda
@@ -49,7 +50,7 @@ def not_yet_supported(config: Config) -> list[str]:
     return found
 
 
-def make_optimizer(config: Config, network: LoRANetwork, unet_names: set[str], embeddings: Embeddings | None,
+def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Embeddings | None,
                    total: int):
     """The optimizer with one group per learning rate (UNet, text encoder, each embedding), and
     the schedule: the configured curve, or a group's own A1111 piecewise rate."""
@@ -107,18 +108,25 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     return loss.mean()
 
 
-def _network(config: Config, models, device) -> tuple[LoRANetwork, list, list]:
+def _network(config: Config, models, device):
+    """The network and its UNet and text-encoder targets: our LoRA/LoCon module, or one of
+    lycoris-lora's algorithms on the same targets (LoCon's set: attention and ResNet blocks)."""
     n = config.network
-    if n.module not in ("lora", "locon", "none"):
-        raise UserError(f"network.module = {n.module!r} is not supported yet by train run; use lora, locon or none")
     unet_t, te_t = [], []
     if n.module != "none":
-        unet_t = unet_targets(models.unet, locon=n.module == "locon", sgm=models.sdxl) if n.train_unet else []
+        locon = n.module != "lora"
+        unet_t = unet_targets(models.unet, locon=locon, sgm=models.sdxl) if n.train_unet else []
         prefixes = ["lora_te1", "lora_te2"] if models.sdxl else ["lora_te"]
         te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
                 for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
-    network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, n.conv_dim if n.module == "locon" else 0,
-                          n.conv_alpha, n.dropout, n.rank_dropout, n.module_dropout)
+    conv_rank = n.conv_dim if n.module != "lora" else 0
+    check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout)
+    if n.module in ALGOS:
+        network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
+                                 n.rank_dropout, n.module_dropout, n.args)
+    else:
+        network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
+                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None)
     network.to(device)
     network.attach()
     return network, unet_t, te_t

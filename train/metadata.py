@@ -9,12 +9,16 @@ from collections import Counter
 from pathlib import Path
 
 from train.config import Config
+from train.lycoris_net import dylora_unit
 from train.data import Item
 
 # kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
 PUBLIC = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
           "ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type")
 VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+NETWORK_MODULES = {"lora": "networks.lora", "locon": "networks.lora", "none": "networks.lora",
+                   "dylora": "networks.dylora"}
 
 
 def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int, total: int,
@@ -30,11 +34,16 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         frequency.setdefault(folder, Counter()).update(tags)
         entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
-    network_args = {"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha} if n.module == "locon" else {}
+    # what kohya writes: LyCORIS runs as `lycoris.kohya` with the algorithm among the args
+    module = NETWORK_MODULES.get(n.module, "lycoris.kohya")
+    network_args = {"algo": n.module, **n.args} if module == "lycoris.kohya" else \
+        {"unit": dylora_unit(n.args)} if n.module == "dylora" else {}
+    if n.module != "lora":
+        network_args.update({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha})
     network_args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})
     resolution = d.resolution if isinstance(d.resolution, list) else [d.resolution, d.resolution]
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": module,
         "ss_network_dim": str(n.dim), "ss_network_alpha": str(n.alpha),
         "ss_network_args": json.dumps(network_args), "ss_network_dropout": str(n.dropout),
         "ss_scale_weight_norms": str(n.scale_weight_norms),

@@ -89,18 +89,54 @@ class LoRAModule(nn.Module):
         return delta * self.scale * self.multiplier
 
 
+class DyLoRAModule(LoRAModule):
+    """DyLoRA (Valipour et al. 2022): each training forward draws a block b and uses the first
+    (b + 1) · unit ranks, training only block b (the ranks before it are detached), so every
+    prefix of the ranks is itself a usable LoRA. The file is a plain LoRA at full rank, read by
+    every loader; in eval (sampling, merging) all ranks apply. lycoris-lora's DyLoRA is not used:
+    its forward draws a random rank in eval too and its scale differs from what the file says."""
+
+    def __init__(self, target: Target, rank: int, alpha: float, unit: int, dropout: float = 0.0,
+                 module_dropout: float = 0.0):
+        super().__init__(target, rank, alpha, dropout, 0.0, module_dropout)
+        self.unit = unit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        out = self._base_forward(x)
+        if self.module_dropout and float(torch.rand(1)) < self.module_dropout:
+            return out
+        block = int(torch.randint(self.rank // self.unit, (1,)))
+        frozen, used = block * self.unit, (block + 1) * self.unit
+        down_w, up_w = self.lora_down.weight, self.lora_up.weight
+        down = torch.cat([down_w[:frozen].detach(), down_w[frozen:used]])
+        up = torch.cat([up_w[:, :frozen].detach(), up_w[:, frozen:used]], dim=1)
+        x = x.to(down.dtype)
+        if isinstance(self.lora_down, nn.Conv2d):
+            hidden = nn.functional.conv2d(x, down, None, self.lora_down.stride, self.lora_down.padding)
+        else:
+            hidden = nn.functional.linear(x, down)
+        if self.dropout:
+            hidden = nn.functional.dropout(hidden, self.dropout)
+        delta = nn.functional.conv2d(hidden, up) if up.dim() == 4 else nn.functional.linear(hidden, up)
+        return out + (delta * (self.multiplier * self.scale)).to(out.dtype)
+
+
 class LoRANetwork(nn.Module):
+    """LoRA, LoCon (conv_rank > 0) and, with `unit`, DyLoRA: kohya's plain LoRA file either way."""
+
     def __init__(self, targets: list[Target], rank: int, alpha: float, conv_rank: int = 0,
                  conv_alpha: float = 1.0, dropout: float = 0.0, rank_dropout: float = 0.0,
-                 module_dropout: float = 0.0):
+                 module_dropout: float = 0.0, unit: int | None = None):
         super().__init__()
         modules = []
         for target in targets:
-            if target.is_conv3x3:
-                if conv_rank > 0:
-                    modules.append(LoRAModule(target, conv_rank, conv_alpha, dropout, rank_dropout, module_dropout))
-            else:
-                modules.append(LoRAModule(target, rank, alpha, dropout, rank_dropout, module_dropout))
+            if target.is_conv3x3 and conv_rank <= 0:
+                continue
+            r, a = (conv_rank, conv_alpha) if target.is_conv3x3 else (rank, alpha)
+            modules.append(DyLoRAModule(target, r, a, unit, dropout, module_dropout) if unit else
+                           LoRAModule(target, r, a, dropout, rank_dropout, module_dropout))
         self.loras = nn.ModuleList(modules)
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from pathlib import Path
 from lorakit.captions import caption_file, parse_repeats_folder, read_tags
 from lorakit.discovery import discover
 from lorakit.errors import UserError
+from train.lycoris_net import check_args
 from lorakit.images import ImageError, read_header
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from train.buckets import assign
@@ -80,6 +81,8 @@ def _family(config: Config) -> str | None:
 
 def plan(config: Config) -> Report:
     data = config.data
+    n = config.network
+    check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout)
     report = Report("plan", data.image_root or "datasets")
     warnings: list[str] = []
     rows, bucket_counts = [], Counter()
