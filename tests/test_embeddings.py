@@ -335,7 +335,7 @@ placeholder = "nowhere"
 '''
     proc = train("run", train_config(tmp_path, base, "long", extra), "--set", "training.max_steps=1",
                "--set", 'network.module="none"', "--set", "saving.every_n_epochs=0")
-    assert "past 75 the rest is cut off" in proc.stderr
+    assert "past data.max_token_length = 75 tokens" in proc.stderr and "embeddings' 71 vectors" in proc.stderr
     assert "'nowhere' is in none of the captions" in proc.stderr
 
 
@@ -354,7 +354,7 @@ def test_ti_preset_takes_the_folder_trigger_and_plans(tmp_path, base):
     missing = train_json("plan", config, "--set", 'data.template=""', "--set",
                        'embeddings=[{placeholder = "zz", token_count = 70}]')
     assert any("'zz': the placeholder is in none of the captions" in w for w in missing["warnings"])
-    assert any("70 vectors that is past 75" in w for w in missing["warnings"])
+    assert any("past data.max_token_length = 75 tokens with the embeddings' vectors" in w for w in missing["warnings"])
 
 
 def test_embedding_config_errors(tmp_path, base):

@@ -22,7 +22,7 @@ from train.config import Config, from_dict
 from train.data import Item, caption_for_step, epoch_batches, load_items
 from train.embeddings import Embeddings
 from train.latents import Latents
-from train.models import encode_text, load_models
+from train.models import encode_text, load_models, set_attention
 from train.naming import text_encoder_targets, unet_targets
 from train.lycoris_net import ALGOS, LycorisNetwork, check_args, dylora_unit
 from train.network import LoRANetwork
@@ -31,12 +31,10 @@ from train.schedule import base_rate, group_lambda
 from train.templates import fill, load_template
 
 STATE = "state.pt"
-CHUNK = 75  # CLIP tokens per prompt chunk (77 with the start and end tokens)
 
 # Config keys `train run` does not implement yet: a run refuses to start when one differs from
 # its default, rather than train for hours without a setting the user asked for.
-NOT_YET = ("data.cache_latents_to_disk",
-           "data.max_token_length", "data.validation_split")
+NOT_YET = ("data.cache_latents_to_disk", "data.validation_split")
 
 
 def not_yet_supported(config: Config) -> list[str]:
@@ -132,23 +130,25 @@ def _network(config: Config, models, device):
     return network, unet_t, te_t
 
 
-def embedding_warnings(items: list[Item], embeddings: Embeddings | None, templates: list[str] | None,
-                       placeholder: str) -> list[str]:
-    """A placeholder in no caption never trains; a prompt past 75 tokens is cut, and with it
-    the tail of the caption or the embedding."""
-    if not embeddings:
-        return []
+def prompt_warnings(items: list[Item], tokenizer, embeddings: Embeddings | None, templates: list[str] | None,
+                    placeholder: str, limit: int) -> list[str]:
+    """A placeholder in no caption never trains; a prompt past `limit` tokens (data.max_token_length)
+    is cut, and with it the tail of the caption or the embedding."""
     warnings = [f"embedding {item.name}: its placeholder {item.config.placeholder!r} is in none of the captions"
-                for item in embeddings.items if not templates or item.config.placeholder != placeholder
+                for item in (embeddings.items if embeddings else []) if not templates or item.config.placeholder != placeholder
                 if not any(item.pattern.search(i.caption) for i in items)]
-    longest = max(items, key=lambda item: embeddings.token_cost(item.caption))
     longest_line = max(templates, key=len) if templates else "[filewords]"
-    cost = embeddings.token_cost(fill(longest_line, placeholder, longest.caption))
-    if cost <= CHUNK:
-        return warnings
-    vectors = sum(item.count for item in embeddings.items)
-    return warnings + [f"{longest.image.name}: its prompt takes {cost} tokens with the embeddings' {vectors} vectors; "
-            f"past {CHUNK} the rest is cut off: shorten the captions or use fewer vectors"]
+    substitute = embeddings.substitute if embeddings else (lambda text: text)
+    costs = [len(tokenizer(substitute(fill(longest_line, placeholder, item.caption)), add_special_tokens=False).input_ids)
+             for item in items]
+    over = [(cost, item) for cost, item in zip(costs, items) if cost > limit]
+    if over:
+        cost, item = max(over, key=lambda pair: pair[0])
+        vectors = f" with the embeddings' {sum(e.count for e in embeddings.items)} vectors" if embeddings else ""
+        warnings.append(f"{len(over)} prompts are past data.max_token_length = {limit} tokens and get cut off; the "
+                        f"longest, {item.image.name}, takes {cost}{vectors}: shorten the captions"
+                        + (" or set data.max_token_length = 150 or 225" if limit < 225 else ""))
+    return warnings
 
 
 def _text_cache(config: Config, items: list[Item], models, te_t: list, embeddings: Embeddings | None,
@@ -169,7 +169,8 @@ def _text_cache(config: Config, items: list[Item], models, te_t: list, embedding
     cache = []
     with torch.no_grad():
         for item in items:
-            text, pooled = encode_text(models, [prompt(item, random.Random(0), 0)], config.model.clip_skip)
+            text, pooled = encode_text(models, [prompt(item, random.Random(0), 0)], config.model.clip_skip,
+                                        config.data.max_token_length)
             cache.append((text[0], pooled[0] if pooled is not None else None))
     return cache
 
@@ -198,6 +199,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         model.to(device)
         model.requires_grad_(False)
     unet, noise_scheduler = models.unet, models.scheduler
+    set_attention(unet, config.training.attention)
     if config.training.gradient_checkpointing:  # recompute activations in backward: less memory
         unet.enable_gradient_checkpointing()
         for text_encoder in models.text_encoders:
@@ -209,7 +211,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         embeddings.attach()
     placeholder = config.embeddings[0].placeholder if config.embeddings else ""
     items = load_items(config)
-    for warning in embedding_warnings(items, embeddings, templates, placeholder):
+    for warning in prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
+                                   config.data.max_token_length):
         log(json.dumps({"warning": warning}))
     latents = Latents(items, models.vae, device, config)
     batch_size = config.data.batch_size
@@ -263,7 +266,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         else:
             captions = [prompt(items[i], rng, epoch) for i in batch]
             with torch.set_grad_enabled(text_grad):
-                text, pooled = encode_text(models, captions, config.model.clip_skip)
+                text, pooled = encode_text(models, captions, config.model.clip_skip, config.data.max_token_length)
         batch_latents, sizes = latents.batch(batch, random.Random(seed * 53 + step * 64 + micro))
         added = {"text_embeds": pooled, "time_ids": sizes} if models.sdxl else None
         weights = torch.tensor([config.data.prior_loss_weight if items[i].is_reg else 1.0 for i in batch],

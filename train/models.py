@@ -53,9 +53,54 @@ def load_models(config: Config) -> Models:
     return Models(tokenizers, text_encoders, vae, unet, scheduler)
 
 
-def _ids(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+def set_attention(unet, kind: str) -> None:
+    """training.attention: "sdpa" (torch's fused scaled-dot-product attention, which picks flash or
+    memory-efficient kernels on a GPU), "xformers" (when installed), or "math" (the plain matmul
+    softmax: slow, for comparisons)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if kind == "xformers":
+        try:
+            import xformers  # noqa: F401  (diffusers' own error would not say what to install)
+        except ImportError:
+            raise UserError('training.attention = "xformers" needs the xformers package (pip install xformers); '
+                            '"sdpa" is as fast on torch 2') from None
+        unet.enable_xformers_memory_efficient_attention()
+    else:
+        unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+CHUNK = 75  # caption tokens per CLIP pass (77 with the start and end tokens)
+
+
+def _ids(tokenizer, captions: list[str], max_tokens: int = CHUNK) -> torch.Tensor:
+    """[batch, chunks, 77] token ids: a caption of up to `max_tokens` (75, 150, 225) tokens cut
+    into 75-token chunks, each wrapped in its own start and end token (kohya's layout)."""
+    ids = tokenizer(captions, padding="max_length", max_length=max_tokens + 2, truncation=True,
+                    return_tensors="pt").input_ids
+    if max_tokens == CHUNK:
+        return ids[:, None]
+    bos, eos, pad = ids[:, :1], tokenizer.eos_token_id, tokenizer.pad_token_id
+    chunks = []
+    for start in range(1, max_tokens + 1, CHUNK):
+        chunk = torch.cat([bos, ids[:, start:start + CHUNK], ids[:, -1:]], dim=1)
+        if pad != eos:  # SD2 / SDXL's second tokenizer pad with "!", not with the end token
+            full = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+            chunk[full, -1] = eos  # a chunk of caption up to its end closes with an end token
+            empty = chunk[:, 1] == pad
+            chunk[empty, 1] = eos  # a chunk past the caption's end reads <start> <end> <pad>…
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1)
+
+
+def _join(hidden: torch.Tensor, batch: int) -> torch.Tensor:
+    """[batch·chunks, 77, D] -> [batch, 2 + 75·chunks, D]: the chunks' states in a row, without the
+    start and end states between chunks."""
+    hidden = hidden.reshape(batch, -1, *hidden.shape[1:])
+    if hidden.shape[1] == 1:
+        return hidden[:, 0]
+    inner = hidden[:, :, 1:-1].reshape(batch, -1, hidden.shape[-1])
+    return torch.cat([hidden[:, 0, :1], inner, hidden[:, -1, -1:]], dim=1)
 
 
 def _final_norm(text_encoder):
@@ -63,16 +108,24 @@ def _final_norm(text_encoder):
         else text_encoder.final_layer_norm
 
 
-def encode_text(models: Models, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_text(models: Models, captions: list[str], clip_skip: int, max_tokens: int = CHUNK
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states for cross-attention, pooled embedding or None). SD1/2: the last layer, or
     an earlier one through the final layer norm with clip_skip. SDXL ignores clip_skip: both
-    encoders' penultimate layers, concatenated, and the second encoder's pooled projection."""
+    encoders' penultimate layers, concatenated, and the second encoder's pooled projection (of
+    the first chunk, as kohya does). Captions past 75 tokens: see `_ids` and `_join`."""
+    batch = len(captions)
     if models.sdxl:
-        first = models.text_encoders[0](_ids(models.tokenizers[0], captions), output_hidden_states=True)
-        second = models.text_encoders[1](_ids(models.tokenizers[1], captions), output_hidden_states=True)
-        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+        first = models.text_encoders[0](_ids(models.tokenizers[0], captions, max_tokens).flatten(0, 1),
+                                        output_hidden_states=True)
+        second = models.text_encoders[1](_ids(models.tokenizers[1], captions, max_tokens).flatten(0, 1),
+                                         output_hidden_states=True)
+        pooled = second.text_embeds.reshape(batch, -1, second.text_embeds.shape[-1])[:, 0]
+        return torch.cat([_join(first.hidden_states[-2], batch), _join(second.hidden_states[-2], batch)],
+                         dim=-1), pooled
     text_encoder = models.text_encoders[0]
-    out = text_encoder(_ids(models.tokenizers[0], captions), output_hidden_states=clip_skip > 1)
+    out = text_encoder(_ids(models.tokenizers[0], captions, max_tokens).flatten(0, 1),
+                       output_hidden_states=clip_skip > 1)
     if clip_skip > 1:
-        return _final_norm(text_encoder)(out.hidden_states[-clip_skip]), None
-    return out[0], None
+        return _join(_final_norm(text_encoder)(out.hidden_states[-clip_skip]), batch), None
+    return _join(out[0], batch), None

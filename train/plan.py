@@ -147,6 +147,7 @@ def plan(config: Config) -> Report:
         report.sections.append(Section("embeddings", ["embedding", "placeholder", "vectors", "captions with it",
                                                       "trains until step"], rows_e))
         warnings += more
+    warnings += token_warnings(config, all_subsets)
     report.sections += [
         Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
         Section("buckets", ["bucket", "images"],
@@ -194,11 +195,23 @@ def _embeddings(config: Config, all_subsets: list[Subset], steps_per_epoch: int)
                      "template" if config.data.template else holding, until])
         if not holding and not config.data.template:
             warnings.append(f"embedding {e.placeholder!r}: the placeholder is in none of the captions; it will not train")
-    tokenizer = _tokenizer(config) if captions else None
-    if tokenizer is not None:
-        vectors = sum(e.token_count or 1 for e in config.embeddings)
-        longest = max(len(tokenizer(c, add_special_tokens=False).input_ids) for c in captions)
-        if longest + vectors > 75:
-            warnings.append(f"the longest caption takes {longest} tokens; with the embeddings' {vectors} vectors "
-                            f"that is past 75, and the rest is cut off")
     return rows, warnings
+
+
+def token_warnings(config: Config, all_subsets: list[Subset]) -> list[str]:
+    """Captions (with the embeddings' vectors) past data.max_token_length are cut off: said
+    here where the base model's tokenizer is at hand (a local folder)."""
+    tokenizer = _tokenizer(config)
+    captions = [", ".join(read_tags(found)) for s in all_subsets for image in s.images
+                if (found := caption_file(image, s.caption_extension))]
+    if tokenizer is None or not captions:
+        return []
+    limit = config.data.max_token_length
+    vectors = sum(max(0, (e.token_count or 1) - len(e.placeholder.split())) for e in config.embeddings)
+    lengths = [len(tokenizer(c, add_special_tokens=False).input_ids) + vectors for c in captions]
+    over = sum(1 for n in lengths if n > limit)
+    if not over:
+        return []
+    with_vectors = f" with the embeddings' vectors" if vectors else ""
+    return [f"{over} captions are past data.max_token_length = {limit} tokens{with_vectors} (the longest: "
+            f"{max(lengths)}) and get cut off" + (": set data.max_token_length = 150 or 225" if limit < 225 else "")]
