@@ -94,7 +94,8 @@ class DataConfig:
     color_aug: bool = False
     random_crop: bool = False
     cache_latents: bool = True
-    cache_latents_to_disk: bool = False
+    cache_latents_to_disk: bool = False  # kept between runs, keyed by image, bucket, flip and VAE
+    latent_cache_dir: str | None = None  # None: lorakit's user cache (~/.cache/lorakit/latents)
     cache_text_encoder_outputs: bool = False
     prior_loss_weight: float = 1.0
     num_workers: int = 2  # accepted; no effect yet: train run decodes each image once, for its latent cache

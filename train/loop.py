@@ -34,7 +34,7 @@ STATE = "state.pt"
 
 # Config keys `train run` does not implement yet: a run refuses to start when one differs from
 # its default, rather than train for hours without a setting the user asked for.
-NOT_YET = ("data.cache_latents_to_disk", "data.validation_split")
+NOT_YET = ("data.validation_split",)
 
 
 def not_yet_supported(config: Config) -> list[str]:
