@@ -100,7 +100,7 @@ class DataConfig:
     prior_loss_weight: float = 1.0
     num_workers: int = 2  # accepted; no effect yet: train run decodes each image once, for its latent cache
     persistent_workers: bool = True  # likewise
-    validation_split: float = 0.0
+    validation_split: float = 0.0  # images held out for a validation loss at fixed noise and timesteps
     # Textual inversion's prompt templates (A1111): "subject", "style" or a file of lines with
     # [name] and [filewords]. None: the captions are the prompts.
     template: str | None = None
@@ -152,6 +152,8 @@ class TrainingConfig:
     attention: Literal["sdpa", "xformers", "math"] = "sdpa"
     seed: int = 42
     log_every_n_steps: int = 10
+    validate_every_n_epochs: int | None = 1  # with data.validation_split
+    validate_every_n_steps: int | None = None
 
 
 @dataclass

@@ -29,24 +29,9 @@ from train.network import LoRANetwork
 from train.saving import Saver, save_state
 from train.schedule import base_rate, group_lambda
 from train.templates import fill, load_template
+from train.validation import Validation, split
 
 STATE = "state.pt"
-
-# Config keys `train run` does not implement yet: a run refuses to start when one differs from
-# its default, rather than train for hours without a setting the user asked for.
-NOT_YET = ("data.validation_split",)
-
-
-def not_yet_supported(config: Config) -> list[str]:
-    defaults = Config()
-    found = []
-    for dotted in NOT_YET:
-        section, key = dotted.split(".")
-        value = getattr(getattr(config, section), key)
-        if value != getattr(getattr(defaults, section), key):
-            found.append(f"{dotted} = {value!r}")
-    return found
-
 
 def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Embeddings | None,
                    total: int):
@@ -77,8 +62,10 @@ def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Em
 
 
 def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tensor, unet, noise_scheduler,
-                  config: Config, generator: torch.Generator, added: dict | None = None) -> torch.Tensor:
-    """Noise the latents at random timesteps, predict, and weigh the loss of each sample."""
+                  config: Config, generator: torch.Generator, added: dict | None = None,
+                  timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise the latents at random timesteps (or the given ones: validation), predict, and weigh
+    the loss of each sample."""
     loss_cfg = config.loss
     # drawn on the CPU from a seeded generator, so every device draws the same numbers
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
@@ -89,8 +76,9 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
         noise = L.offset_noise(noise, offset, generator)
     if loss_cfg.multires_noise_iterations:
         noise = L.multires_noise(noise, loss_cfg.multires_noise_iterations, loss_cfg.multires_noise_discount, generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
+    if timesteps is None:
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator).to(latents.device)
     model_noise = L.perturb_input(noise, loss_cfg.ip_noise_gamma, generator) if loss_cfg.ip_noise_gamma else noise
     noisy = noise_scheduler.add_noise(latents, model_noise, timesteps)
     prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
@@ -179,10 +167,6 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
         resume_from_state: bool = False, inspect=None) -> dict:
     """Train until the configured total (or `stop_at`, as if interrupted: the state is kept).
     `inspect`, for tests: called with (models, network, embeddings) when the run ends."""
-    unsupported = not_yet_supported(config)
-    if unsupported:
-        raise UserError("train run does not support these settings yet; set them back to their "
-                        "defaults or remove them: " + ", ".join(unsupported))
     if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
         raise UserError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
     if config.network.module == "none" and not any(e.train for e in config.embeddings):
@@ -210,11 +194,12 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if embeddings:
         embeddings.attach()
     placeholder = config.embeddings[0].placeholder if config.embeddings else ""
-    items = load_items(config)
+    items, held_out = split(load_items(config), config.data.validation_split, config.training.seed)
     for warning in prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
                                    config.data.max_token_length):
         log(json.dumps({"warning": warning}))
     latents = Latents(items, models.vae, device, config)
+    validation = Validation(held_out, models.vae, device, config, config.training.seed) if held_out else None
     batch_size = config.data.batch_size
     accumulation = config.training.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / accumulation)
@@ -273,6 +258,33 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                                device=device)
         return training_step(batch_latents, text, weights, unet, noise_scheduler, config, generator, added)
 
+    def validate(step: int, epoch: int) -> None:
+        """The loss on the held-out images at fixed draws (train/validation.py), logged."""
+        def encode(batch: list[Item]):
+            texts = [fill(templates[0], placeholder, i.caption) if templates else i.caption for i in batch]
+            texts = [f"{config.data.caption_prefix}{t}{config.data.caption_suffix}" for t in texts]
+            return encode_text(models, [embeddings.substitute(t) if embeddings else t for t in texts],
+                               config.model.clip_skip, config.data.max_token_length)
+
+        def step_loss(batch_latents, text, pooled, sizes, generator, timesteps):
+            added = {"text_embeds": pooled, "time_ids": sizes} if models.sdxl else None
+            return training_step(batch_latents, text, torch.ones(len(timesteps), device=device), unet,
+                                 noise_scheduler, config, generator, added, timesteps)
+
+        if validated_at and validated_at[-1] == step:
+            return  # a step and an epoch trigger at the same step: once
+        network.eval()
+        try:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                value = validation.loss(encode, step_loss)
+        finally:
+            network.train()
+        val_losses.append(value)
+        validated_at.append(step)
+        log(json.dumps({"step": step, "epoch": epoch, "val_loss": value}))
+
+    val_losses: list[float] = []
+    validated_at: list[int] = []
     text_cache = _text_cache(config, items, models, te_t, embeddings, templates, prompt)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     sampling = config.sampling
@@ -312,6 +324,9 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                 saver.checkpoint(step, f"step{step:08d}")
             if sampling.every_n_steps and step % sampling.every_n_steps == 0:
                 saver.sample(step)
+            if validation and config.training.validate_every_n_steps \
+                    and step % config.training.validate_every_n_steps == 0:
+                validate(step, epoch + 1)
             if step >= total or (stop_at is not None and step >= stop_at):
                 break
         epochs_done, rest = divmod(step, steps_per_epoch)
@@ -320,6 +335,9 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             saver.checkpoint(step, f"{epochs_done:06d}")
         if rest == 0 and sampling.every_n_epochs and epochs_done % sampling.every_n_epochs == 0:
             saver.sample(step)
+        every = config.training.validate_every_n_epochs
+        if validation and rest == 0 and every and epochs_done % every == 0:
+            validate(step, epochs_done)
         if stop_at is not None and step >= stop_at:
             break
     if config.saving.save_state or (stop_at is not None and step < total):
@@ -329,7 +347,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if inspect:
         inspect(models, network, embeddings)
     return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch,
-            "saved": saver.saved}
+            "saved": saver.saved, "val_losses": val_losses, "held_out": [str(i.image) for i in held_out]}
 
 
 def resume(out_dir: Path, stop_at: int | None = None, log=print) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lorakit.captions import caption_file, parse_repeats_folder, read_tags
@@ -87,7 +87,13 @@ def plan(config: Config) -> Report:
     warnings: list[str] = []
     rows, bucket_counts = [], Counter()
     steps_per_epoch = 0
+    from train.validation import held_out  # here: train.validation imports train.data, which imports this
+
     all_subsets = subsets(config)
+    held = held_out([i for s in all_subsets if not s.is_reg for i in s.images], data.validation_split,
+                    config.training.seed)
+    if held:  # held-out images never train: the steps below are without them
+        all_subsets = [replace(s, images=[i for i in s.images if i not in held]) for s in all_subsets]
     train_images = sum(len(s.images) * s.repeats for s in all_subsets if not s.is_reg)
     reg_images = sum(len(s.images) for s in all_subsets if s.is_reg)
     # kohya reuses regularisation images until they match the training images with repeats
@@ -154,13 +160,15 @@ def plan(config: Config) -> Report:
                 [[f"{w}x{h}", n] for (w, h), n in sorted(bucket_counts.items())]),
         Section("schedule", ["", ""], [
             ["training images x repeats", train_images], ["regularisation images", reg_images],
+            ["held out for validation", len(held)],
             ["steps per epoch", steps_per_epoch], ["epochs", epochs], ["total steps", total],
             ["saved after epochs", ", ".join(map(str, saves))]]),
     ]
     report.notes += [f"warning: {w}" for w in warnings]
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
-                       warnings=warnings, train_images=train_images)
+                       warnings=warnings, train_images=train_images,
+                       held_out=sorted(str(i) for i in held))
     return report
 
 
