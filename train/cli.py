@@ -63,18 +63,11 @@ def glossary(json: Json = False) -> None:
     emit(report, json)
 
 
-def _logger(out_dir: Path):
-    """Each logged step: one JSON line on stderr and in OUTPUT_DIR/log.jsonl."""
-    import sys
+def _run_log(config, out_dir: Path):
+    """log.jsonl, the display (rich on a terminal, JSON lines on stderr elsewhere), TensorBoard."""
+    from train.progress import RunLog
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8")
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr)
-        log_file.write(line + "\n")
-        log_file.flush()
-    return log
+    return RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard)
 
 
 def _report(result: dict, out_dir: Path):
@@ -103,7 +96,11 @@ def run(
     with user_errors():
         cfg = load(config, set_ or [])
         out_dir = Path(cfg.output.dir)
-        result = train_run(cfg, out_dir, stop_at, _logger(out_dir))
+        run_log = _run_log(cfg, out_dir)
+        try:
+            result = train_run(cfg, out_dir, stop_at, run_log, progress=run_log.step)
+        finally:
+            run_log.close()
     emit(_report(result, out_dir), json)
 
 
@@ -114,10 +111,14 @@ def resume(
     json: Json = False,
 ) -> None:
     """Continue a run from its saved state, exactly where it stopped."""
-    from train.loop import resume as train_resume
+    from train.loop import resume as train_resume, saved_config
 
     with user_errors():
-        result = train_resume(output_dir, stop_at, _logger(output_dir))
+        run_log = _run_log(saved_config(output_dir), output_dir)
+        try:
+            result = train_resume(output_dir, stop_at, run_log, progress=run_log.step)
+        finally:
+            run_log.close()
     emit(_report(result, output_dir), json)
 
 

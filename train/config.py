@@ -199,6 +199,7 @@ class OutputConfig:
     name: str = "lora"
     comment: str = ""
     log_dir: str | None = None
+    tensorboard: bool | None = None  # None: when the tensorboard package is installed
 
 
 @dataclass

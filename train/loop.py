@@ -164,8 +164,10 @@ def _text_cache(config: Config, items: list[Item], models, te_t: list, embedding
 
 
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
-        resume_from_state: bool = False, inspect=None) -> dict:
+        resume_from_state: bool = False, inspect=None, progress=None) -> dict:
     """Train until the configured total (or `stop_at`, as if interrupted: the state is kept).
+    `log(json_line)` gets each logged step, validation and warning; `progress(step, total, epoch,
+    images)` is called after every optimizer step (train/progress.py shows both).
     `inspect`, for tests: called with (models, network, embeddings) when the run ends."""
     if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
         raise UserError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
@@ -288,6 +290,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     text_cache = _text_cache(config, items, models, te_t, embeddings, templates, prompt)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     sampling = config.sampling
+    images = 0  # trained in this process (for img/s)
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         batches = epoch_batches(items, batch_size, seed, epoch)
@@ -310,12 +313,19 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            images += sum(len(batch) for batch in group)
+            if progress:
+                progress(step, total, epoch + 1, images)
             if step % config.training.log_every_n_steps == 0 or step == total:
                 value = float(loss.detach())  # read at the log interval only: each read stalls a GPU
                 if not math.isfinite(value):
                     raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
                 losses.append(value)
-                line = {"step": step, "epoch": epoch + 1, "loss": value, "lr": schedule.get_last_lr()[0]}
+                rates = schedule.get_last_lr()
+                line = {"step": step, "epoch": epoch + 1, "loss": value, "lr": rates[0],
+                        "time": round(time.time() - started, 3)}
+                if len(rates) > 1:  # UNet, text encoder, embeddings: each group's own rate
+                    line["lrs"] = rates
                 if config.network.scale_weight_norms:
                     line["keys_scaled"] = scaled
                 log(json.dumps(line))
@@ -350,9 +360,13 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             "saved": saver.saved, "val_losses": val_losses, "held_out": [str(i.image) for i in held_out]}
 
 
-def resume(out_dir: Path, stop_at: int | None = None, log=print) -> dict:
+def saved_config(out_dir: Path) -> Config:
+    """The config of a run that kept its state (written beside state.pt)."""
     config_path = out_dir / "config.json"
     if not (out_dir / STATE).is_file() or not config_path.is_file():
         raise UserError(f"{out_dir} holds no saved state: train with saving.save_state = true first")
-    config = from_dict(Config, json.loads(config_path.read_text()))
-    return run(config, out_dir, stop_at, log, resume_from_state=True)
+    return from_dict(Config, json.loads(config_path.read_text()))
+
+
+def resume(out_dir: Path, stop_at: int | None = None, log=print, progress=None) -> dict:
+    return run(saved_config(out_dir), out_dir, stop_at, log, resume_from_state=True, progress=progress)
