@@ -32,6 +32,7 @@ class ModelConfig:
     v_parameterization: bool = False  # SD2 768-v and v-prediction SDXL fine-tunes
     vae: str | None = None  # a separate VAE
     allow_pickle: bool = False  # .ckpt files run code when loaded: opt in explicitly
+    config: str | None = None  # a single file's diffusers-layout config folder (default: the shipped one)
     clip_skip: int = 1
 
 

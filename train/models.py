@@ -26,15 +26,23 @@ class Models:
 
 def load_models(config: Config) -> Models:
     """A diffusers folder (or hub id) with unet, vae, text_encoder(_2), tokenizer(_2) subfolders."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = config.model.base
     if not base:
         raise UserError("model.base is empty: set it to a diffusers folder or a hub repo id")
     if base.endswith((".safetensors", ".ckpt")):
-        raise UserError(f"{base}: single-file checkpoints are not supported yet; convert it to a diffusers "
-                        "folder (diffusers' convert_original_stable_diffusion_to_diffusers.py)")
+        from pathlib import Path
+
+        from train.single_file import load_single_file
+
+        m = config.model
+        tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, m.v_parameterization,
+                                                                m.allow_pickle, m.config)
+        if m.vae:
+            vae = _separate_vae(m.vae, config)
+        return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
         tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)]
@@ -42,15 +50,35 @@ def load_models(config: Config) -> Models:
         if unet.config.get("addition_embed_type") == "text_time":  # SDXL
             tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77))
             text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
-        vae = AutoencoderKL.from_pretrained(config.model.vae or base, subfolder=None if config.model.vae else "vae")
+        vae = _separate_vae(config.model.vae, config) if config.model.vae else \
+            AutoencoderKL.from_pretrained(base, subfolder="vae")
     except OSError as exc:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", clip_sample=False,
-                              # Lin et al. 2023 (arXiv 2305.08891): the last step is pure noise
-                              rescale_betas_zero_snr=config.loss.zero_terminal_snr,
-                              prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
-    return Models(tokenizers, text_encoders, vae, unet, scheduler)
+    return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
+
+
+def _separate_vae(vae: str, config: Config):
+    """model.vae: a diffusers VAE folder / hub id, or a single .safetensors VAE file (A1111's
+    `*.vae.safetensors`), read with the shipped SD1/SDXL VAE config."""
+    from diffusers import AutoencoderKL
+
+    if vae.endswith(".safetensors"):
+        from train.single_file import config_folder
+
+        family = "sdxl" if config.model.family == "sdxl" else "sd1"
+        return AutoencoderKL.from_single_file(vae, config=str(config_folder(family)), subfolder="vae",
+                                              local_files_only=True)
+    return AutoencoderKL.from_pretrained(vae)
+
+
+def _scheduler(config: Config):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", clip_sample=False,
+                         # Lin et al. 2023 (arXiv 2305.08891): the last step is pure noise
+                         rescale_betas_zero_snr=config.loss.zero_terminal_snr,
+                         prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
 
 
 def set_attention(unet, kind: str) -> None:
