@@ -241,3 +241,31 @@ def test_validation_loss_on_held_out_images(tmp_path, base):
     assert len(values) == 3 and values[0] == values[1] == values[2]
     proc = train("run", cfg, "--set", "data.validation_split=0.9", check=2)
     assert "would hold out all" in proc.stderr
+
+
+def test_accelerate_launch_on_two_processes_trains_what_accumulation_does(tmp_path, base):
+    """`accelerate launch` with 2 processes (gloo on this CPU machine): each trains half of every
+    step's batches and the gradients are summed, so the LoRA equals a 1-process run with twice
+    the gradient accumulation; only the first process writes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    args = ["--set", "data.batch_size=1", "--set", 'saving.precision="fp32"', "--set", "saving.every_n_epochs=0"]
+    two = config(tmp_path, base, "two")
+    proc = subprocess.run([str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(bin_dir / "train"), "run", str(two), *args, "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)  # one report: the second process prints nothing
+    assert result["steps_per_epoch"] == 2 and result["step"] == 6  # 4 batches a epoch, 2 per step
+    one = train_json("run", config(tmp_path, base, "one"), *args, "--set", "training.gradient_accumulation_steps=2")
+    assert one["steps_per_epoch"] == 2
+    ours, _ = weights(tmp_path / "two" / "out" / "kit.safetensors")
+    single, _ = weights(tmp_path / "one" / "out" / "kit.safetensors")
+    for key in single:  # equal up to the order of float sums (measured: 2e-6 at most, weights ~3e-3)
+        assert torch.allclose(ours[key], single[key], rtol=1e-3, atol=1e-5), key
+    assert any(single[k].abs().max() > 1e-3 for k in single if k.endswith("lora_up.weight"))  # it trained
+    assert len((tmp_path / "two" / "out" / "log.jsonl").read_text().splitlines()) == 6  # one process logged

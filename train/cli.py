@@ -63,11 +63,34 @@ def glossary(json: Json = False) -> None:
     emit(report, json)
 
 
+class _Quiet:
+    """The run log of a process other than the first under `accelerate launch`: nothing."""
+
+    def __call__(self, line: str) -> None:
+        pass
+
+    def step(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _run_log(config, out_dir: Path):
     """log.jsonl, the display (rich on a terminal, JSON lines on stderr elsewhere), TensorBoard."""
+    from train.distributed import is_main_process
     from train.progress import RunLog
 
+    if not is_main_process():
+        return _Quiet()
     return RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard)
+
+
+def _emit_run(result: dict, out_dir: Path, json: bool) -> None:
+    from train.distributed import is_main_process
+
+    if is_main_process():
+        emit(_report(result, out_dir), json)
 
 
 def _report(result: dict, out_dir: Path):
@@ -101,7 +124,7 @@ def run(
             result = train_run(cfg, out_dir, stop_at, run_log, progress=run_log.step)
         finally:
             run_log.close()
-    emit(_report(result, out_dir), json)
+    _emit_run(result, out_dir, json)
 
 
 @app.command()
@@ -119,7 +142,7 @@ def resume(
             result = train_resume(output_dir, stop_at, run_log, progress=run_log.step)
         finally:
             run_log.close()
-    emit(_report(result, output_dir), json)
+    _emit_run(result, output_dir, json)
 
 
 @app.command()

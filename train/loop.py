@@ -20,6 +20,7 @@ from lorakit.errors import UserError
 from train import loss as L, optimizers
 from train.config import Config, from_dict
 from train.data import Item, caption_for_step, epoch_batches, load_items
+from train.distributed import setup
 from train.embeddings import Embeddings
 from train.latents import Latents
 from train.models import encode_text, load_models, set_attention
@@ -180,7 +181,10 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     templates = load_template(config.data.template) if config.data.template else None
     torch.manual_seed(config.training.seed)
     models = load_models(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist = setup()
+    device = dist.device
+    if not dist.main:
+        log = lambda line: None  # noqa: E731  (only the first process logs)
     for model in (*models.text_encoders, models.vae, models.unet):
         model.to(device)
         model.requires_grad_(False)
@@ -204,7 +208,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     validation = Validation(held_out, models.vae, device, config, config.training.seed) if held_out else None
     batch_size = config.data.batch_size
     accumulation = config.training.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / accumulation)
+    per_step = accumulation * dist.world  # batches per optimizer step, over all processes
+    steps_per_epoch = math.ceil(len(epoch_batches(items, batch_size, config.training.seed, 0)) / per_step)
     total = config.training.max_steps or config.training.max_epochs * steps_per_epoch
     if embeddings:
         embeddings.resolve_stops(steps_per_epoch)
@@ -294,14 +299,16 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         batches = epoch_batches(items, batch_size, seed, epoch)
-        groups = [batches[k:k + accumulation] for k in range(0, len(batches), accumulation)]
+        groups = [batches[k:k + per_step] for k in range(0, len(batches), per_step)]
         for group in groups[done_in_epoch:]:
             embeddings_train = embeddings.set_step(step) if embeddings else False
-            for micro, batch in enumerate(group):
+            loss = None
+            for micro, batch in dist.share(group, accumulation):  # micro: the batch's index in the step
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss = batch_loss(batch, micro, epoch, bool(te_t) or embeddings_train)
                 if loss.requires_grad:  # false once every embedding has passed its pivot and no network trains
                     scaler.scale(loss / len(group)).backward()  # gradients of the group's mean loss
+            dist.sum_gradients([p for p in trained if p.requires_grad])
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in trained if p.grad is not None], config.loss.max_grad_norm)
             scaler.step(optimizer)
@@ -317,7 +324,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             if progress:
                 progress(step, total, epoch + 1, images)
             if step % config.training.log_every_n_steps == 0 or step == total:
-                value = float(loss.detach())  # read at the log interval only: each read stalls a GPU
+                value = dist.mean(loss)  # read at the log interval only: each read stalls a GPU
                 if not math.isfinite(value):
                     raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
                 losses.append(value)
@@ -330,30 +337,31 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                     line["keys_scaled"] = scaled
                 log(json.dumps(line))
             every = config.saving.every_n_steps
-            if every and step % every == 0 and step < total:
+            if every and step % every == 0 and step < total and dist.main:
                 saver.checkpoint(step, f"step{step:08d}")
-            if sampling.every_n_steps and step % sampling.every_n_steps == 0:
+            if sampling.every_n_steps and step % sampling.every_n_steps == 0 and dist.main:
                 saver.sample(step)
-            if validation and config.training.validate_every_n_steps \
+            if validation and dist.main and config.training.validate_every_n_steps \
                     and step % config.training.validate_every_n_steps == 0:
                 validate(step, epoch + 1)
             if step >= total or (stop_at is not None and step >= stop_at):
                 break
         epochs_done, rest = divmod(step, steps_per_epoch)
-        if rest == 0 and config.saving.every_n_epochs and step < total \
+        if rest == 0 and config.saving.every_n_epochs and step < total and dist.main \
                 and epochs_done % config.saving.every_n_epochs == 0:
             saver.checkpoint(step, f"{epochs_done:06d}")
-        if rest == 0 and sampling.every_n_epochs and epochs_done % sampling.every_n_epochs == 0:
+        if rest == 0 and sampling.every_n_epochs and epochs_done % sampling.every_n_epochs == 0 and dist.main:
             saver.sample(step)
         every = config.training.validate_every_n_epochs
-        if validation and rest == 0 and every and epochs_done % every == 0:
+        if validation and dist.main and rest == 0 and every and epochs_done % every == 0:
             validate(step, epochs_done)
         if stop_at is not None and step >= stop_at:
             break
-    if config.saving.save_state or (stop_at is not None and step < total):
+    if dist.main and (config.saving.save_state or (stop_at is not None and step < total)):
         save_state(network, optimizer, embeddings, step, config, state_path)
-    if step >= total:
+    if dist.main and step >= total:
         saver.checkpoint(step)
+    dist.close()
     if inspect:
         inspect(models, network, embeddings)
     return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch,
