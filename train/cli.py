@@ -63,33 +63,24 @@ def glossary(json: Json = False) -> None:
     emit(report, json)
 
 
-class _Quiet:
-    """The run log of a process other than the first under `accelerate launch`: nothing."""
-
-    def __call__(self, line: str) -> None:
-        pass
-
-    def step(self, *args) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _run_log(config, out_dir: Path):
-    """log.jsonl, the display (rich on a terminal, JSON lines on stderr elsewhere), TensorBoard."""
+def _train(config, out_dir: Path, stop_at: int | None, json: bool, resuming: bool) -> None:
+    """Run (or resume) with the run log: log.jsonl, the display (rich on a terminal, JSON lines on
+    stderr elsewhere) and TensorBoard; under `accelerate launch` only the first process shows,
+    writes and reports."""
     from train.distributed import is_main_process
+    from train.loop import run as train_run
     from train.progress import RunLog
 
-    if not is_main_process():
-        return _Quiet()
-    return RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard)
-
-
-def _emit_run(result: dict, out_dir: Path, json: bool) -> None:
-    from train.distributed import is_main_process
-
-    if is_main_process():
+    main = is_main_process()
+    run_log = RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard) \
+        if main else None
+    try:
+        result = train_run(config, out_dir, stop_at, run_log or (lambda line: None), resume_from_state=resuming,
+                           progress=run_log.step if run_log else None)
+    finally:
+        if run_log:
+            run_log.close()
+    if main:
         emit(_report(result, out_dir), json)
 
 
@@ -114,17 +105,10 @@ def run(
 ) -> None:
     """Train a LoRA / LoCon, additional embeddings, or textual inversion alone (network.module = "none")."""
     from train.config import load
-    from train.loop import run as train_run
 
     with user_errors():
         cfg = load(config, set_ or [])
-        out_dir = Path(cfg.output.dir)
-        run_log = _run_log(cfg, out_dir)
-        try:
-            result = train_run(cfg, out_dir, stop_at, run_log, progress=run_log.step)
-        finally:
-            run_log.close()
-    _emit_run(result, out_dir, json)
+        _train(cfg, Path(cfg.output.dir), stop_at, json, resuming=False)
 
 
 @app.command()
@@ -134,15 +118,10 @@ def resume(
     json: Json = False,
 ) -> None:
     """Continue a run from its saved state, exactly where it stopped."""
-    from train.loop import resume as train_resume, saved_config
+    from train.loop import saved_config
 
     with user_errors():
-        run_log = _run_log(saved_config(output_dir), output_dir)
-        try:
-            result = train_resume(output_dir, stop_at, run_log, progress=run_log.step)
-        finally:
-            run_log.close()
-    _emit_run(result, output_dir, json)
+        _train(saved_config(output_dir), output_dir, stop_at, json, resuming=True)
 
 
 @app.command()

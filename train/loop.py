@@ -375,6 +375,3 @@ def saved_config(out_dir: Path) -> Config:
         raise UserError(f"{out_dir} holds no saved state: train with saving.save_state = true first")
     return from_dict(Config, json.loads(config_path.read_text()))
 
-
-def resume(out_dir: Path, stop_at: int | None = None, log=print, progress=None) -> dict:
-    return run(saved_config(out_dir), out_dir, stop_at, log, resume_from_state=True, progress=progress)
