@@ -43,11 +43,13 @@ class DiskCache:
     def __init__(self, folder: Path, vae):
         self.folder = folder
         self.vae_key = vae_digest(vae)
-        self.encoded = 0  # latents this run had to compute (for the log and the tests)
+        self._digests: dict[Path, bytes] = {}
 
     def key(self, item: Item, flip: bool) -> str:
+        if item.image not in self._digests:  # read once for both orientations
+            self._digests[item.image] = hashlib.sha256(item.image.read_bytes()).digest()
         h = hashlib.sha256(f"{PIPELINE_VERSION}|{self.vae_key}|{item.bucket}|{flip}|".encode())
-        h.update(hashlib.sha256(item.image.read_bytes()).digest())
+        h.update(self._digests[item.image])
         return h.hexdigest()
 
     def get(self, item: Item, flip: bool, encode) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +62,6 @@ class DiskCache:
             except (SafetensorError, KeyError, OSError):
                 pass  # a truncated or foreign file: encode again and replace it
         latent, size = encode()
-        self.encoded += 1
         with atomic_path(path) as tmp:
             tmp.write_bytes(save_bytes({"latent": latent.detach().to("cpu", torch.float32).contiguous(),
                                         "size": size.detach().to("cpu").contiguous()}))
