@@ -278,7 +278,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
             return training_step(batch_latents, text, torch.ones(len(timesteps), device=device), unet,
                                  noise_scheduler, config, generator, added, timesteps)
 
-        if validated_at and validated_at[-1] == step:
+        if step in val_losses:
             return  # a step and an epoch trigger at the same step: once
         network.eval()
         try:
@@ -286,16 +286,14 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
                 value = validation.loss(encode, step_loss)
         finally:
             network.train()
-        val_losses.append(value)
-        validated_at.append(step)
+        val_losses[step] = value
         log(json.dumps({"step": step, "epoch": epoch, "val_loss": value}))
 
-    val_losses: list[float] = []
-    validated_at: list[int] = []
+    val_losses: dict[int, float] = {}  # step -> validation loss
     text_cache = _text_cache(config, items, models, te_t, embeddings, templates, prompt)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     sampling = config.sampling
-    images = 0  # trained in this process (for img/s)
+    images = 0  # trained since this process started, by all processes (for img/s)
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         batches = epoch_batches(items, batch_size, seed, epoch)
@@ -365,7 +363,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     if inspect:
         inspect(models, network, embeddings)
     return {"step": step, "total": total, "losses": losses, "steps_per_epoch": steps_per_epoch,
-            "saved": saver.saved, "val_losses": val_losses, "held_out": [str(i.image) for i in held_out]}
+            "saved": saver.saved, "val_losses": list(val_losses.values()), "held_out": [str(i.image) for i in held_out]}
 
 
 def saved_config(out_dir: Path) -> Config:

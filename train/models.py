@@ -41,32 +41,36 @@ def load_models(config: Config) -> Models:
         tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, m.v_parameterization,
                                                                 m.allow_pickle, m.config)
         if m.vae:
-            vae = _separate_vae(m.vae, config)
+            vae = _separate_vae(m.vae, _is_sdxl(unet))
         return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
         tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)]
         text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
-        if unet.config.get("addition_embed_type") == "text_time":  # SDXL
+        if _is_sdxl(unet):
             tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77))
             text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
-        vae = _separate_vae(config.model.vae, config) if config.model.vae else \
+        vae = _separate_vae(config.model.vae, _is_sdxl(unet)) if config.model.vae else \
             AutoencoderKL.from_pretrained(base, subfolder="vae")
     except OSError as exc:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
     return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
 
 
-def _separate_vae(vae: str, config: Config):
+def _is_sdxl(unet) -> bool:
+    return unet.config.get("addition_embed_type") == "text_time"  # SDXL's size and pooled-text conditioning
+
+
+def _separate_vae(vae: str, sdxl: bool):
     """model.vae: a diffusers VAE folder / hub id, or a single .safetensors VAE file (A1111's
-    `*.vae.safetensors`), read with the shipped SD1/SDXL VAE config."""
+    `*.vae.safetensors`), read with the shipped SD1 or SDXL VAE config (their scaling factors
+    differ), as the base model's UNet says."""
     from diffusers import AutoencoderKL
 
     if vae.endswith(".safetensors"):
         from train.single_file import config_folder
 
-        family = "sdxl" if config.model.family == "sdxl" else "sd1"
-        return AutoencoderKL.from_single_file(vae, config=str(config_folder(family)), subfolder="vae",
+        return AutoencoderKL.from_single_file(vae, config=str(config_folder("sdxl" if sdxl else "sd1")), subfolder="vae",
                                               local_files_only=True)
     return AutoencoderKL.from_pretrained(vae)
 

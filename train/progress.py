@@ -47,7 +47,7 @@ class RunLog:
             TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, disable=not self.live, transient=False)
         self.task = None
-        self.started: tuple[float, int, int] | None = None  # (time, step, images) when stepping began
+        self.started: tuple[float, int] | None = None  # (time, images) at the first step: img/s from there
 
     def __call__(self, line: str) -> None:
         self.file.write(line + "\n")
@@ -78,13 +78,13 @@ class RunLog:
         """After every optimizer step: `images` trained so far in this process."""
         now = time.perf_counter()
         if self.started is None:
-            self.started = (now, step, images)
+            self.started = (now, images)
             if self.live:
                 self.progress.start()
                 self.task = self.progress.add_task("train", total=total, completed=step, epoch=epoch, loss="-",
                                                    lr="-", rate="-")
             return
-        t0, _, i0 = self.started
+        t0, i0 = self.started
         rate = (images - i0) / max(now - t0, 1e-9)
         if self.task is not None:
             self.progress.update(self.task, completed=step, epoch=epoch, rate=f"{rate:.2f}")

@@ -68,7 +68,7 @@ def family_of(keys) -> str:
     raise UserError("not a Stable Diffusion checkpoint (no model.diffusion_model / cond_stage_model / conditioner keys)")
 
 
-def _vocab() -> dict[str, int]:
+def _vocab(merges: str) -> dict[str, int]:
     """CLIP's vocabulary: the 256 byte symbols, the same ending a word, each merge, then the start
     and end tokens (the order CLIP's tokenizer builds it in)."""
     byte_symbols = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
@@ -84,8 +84,7 @@ def _vocab() -> dict[str, int]:
     order = byte_symbols + [b for b in range(256) if b not in byte_symbols]
     ordered = [symbols[b] for b in order]
     words = ordered + [s + "</w>" for s in ordered]
-    merges = gzip.decompress(MERGES.read_bytes()).decode("utf-8").splitlines()[1:]
-    words += ["".join(m.split()) for m in merges if m]
+    words += ["".join(m.split()) for m in merges.splitlines()[1:] if m]  # after the #version line
     words += ["<|startoftext|>", "<|endoftext|>"]
     return {w: i for i, w in enumerate(words)}
 
@@ -93,11 +92,13 @@ def _vocab() -> dict[str, int]:
 def config_folder(name: str) -> Path:
     """A diffusers-layout folder of configs and tokenizers for `name`, written once to the cache."""
     pipeline, components, encoders, pads = CONFIGS[name]
-    digest = hashlib.sha256(json.dumps(CONFIGS[name], sort_keys=True).encode() + MERGES.read_bytes()).hexdigest()[:12]
+    packed = MERGES.read_bytes()
+    digest = hashlib.sha256(json.dumps(CONFIGS[name], sort_keys=True).encode() + packed).hexdigest()[:12]
     folder = cache_dir("model_configs", f"{name}-{digest}")
     if (folder / "model_index.json").is_file():
         return folder
-    vocab, merges = json.dumps(_vocab()), gzip.decompress(MERGES.read_bytes()).decode("utf-8")
+    merges = gzip.decompress(packed).decode("utf-8")
+    vocab = json.dumps(_vocab(merges))
     index = {"_class_name": pipeline, "_diffusers_version": "0.30.0", "scheduler": ["diffusers", "DDIMScheduler"],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     if pipeline == "StableDiffusionPipeline":
