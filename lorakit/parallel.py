@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -91,3 +91,22 @@ def run_all(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, label: st
         if pool is not None:
             pool.terminate()
     return results
+
+
+def forked_map(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> Iterator[Any]:
+    """`fn(item)` for each item, in order, on `jobs` forked processes. Forked workers inherit
+    the caller's state, so `fn` may be a closure over anything (only the results are pickled);
+    where fork is unavailable (macOS, Windows) it runs in this process. Call it only while no
+    other thread runs (a progress bar's refresh, a model's thread pool): a lock one of them
+    holds at the fork would stay held in the children."""
+    if jobs <= 1 or len(items) <= 1 or _context().get_start_method() != "fork":
+        yield from map(fn, items)
+        return
+    global _WORKER_FN
+    _WORKER_FN = fn  # read by the forked children through _call
+    try:
+        with _context().Pool(min(jobs, len(items))) as pool:
+            for _, result in pool.imap(_call, enumerate(items)):
+                yield result
+    finally:
+        _WORKER_FN = None

@@ -3,6 +3,7 @@ is where trainers read them), show a diff with --dry-run, and can be undone with
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,10 +26,15 @@ KeepTokens = Annotated[int, typer.Option(
 
 
 def _instance_keys(image: Path) -> frozenset[str]:
+    return _folder_instance_keys(image.parent)
+
+
+@lru_cache(maxsize=4096)  # once per folder, not per caption
+def _folder_instance_keys(folder: Path) -> frozenset[str]:
     from lorakit.captions import instance_tokens
     from tagging.spelling import key
 
-    return frozenset(key(t) for t in instance_tokens(image))
+    return frozenset(key(t) for t in instance_tokens(folder / "_"))
 
 
 @app.command()
@@ -105,7 +111,7 @@ def prune(dir: Dir, vocab: Vocab = "danbooru", keep_tokens: KeepTokens = 0,
     with user_errors():
         rel = relations.load(vocab)
         report = rewrite(dir, "prune", lambda image, tags: prune_tags(
-            tags, rel, _instance_keys(image), keep_tokens).tags, dry_run)
+            tags, rel, _instance_keys(image), keep_tokens).tags, dry_run, pure=True)
         report.notes.append(f"relations: {vocab}, {rel.source}")
     emit(report, json)
 
@@ -137,7 +143,7 @@ def edit(
             pairs.append((old, new))
         ops = EditOps(add or [], at, expand(remove or []), pairs, front or [], where or [], folder)
         report = rewrite(dir, "edit", lambda image, tags: apply(tags, ops) if selected(image, tags, ops)
-                         else None, dry_run, create=bool(ops.add) and not ops.where)
+                         else None, dry_run, create=bool(ops.add) and not ops.where, pure=True)
     emit(report, json)
 
 

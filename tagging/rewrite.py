@@ -9,19 +9,22 @@ small; one file per command, not one per caption, keeps a 100,000-caption edit f
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from lorakit.captions import CAPTION_SUFFIXES, format_tags, parse_tags
 from lorakit.discovery import check_source, discover_names
 from lorakit.errors import UserError
-from lorakit.fsio import write_text
-from lorakit.report import OK, PLANNED, Outcome, Report, Section
+from lorakit.fsio import sync_folder, write_text, write_texts
+from lorakit.parallel import default_jobs, forked_map
+from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 
 CHANGED, CREATED = "changed", "created"
 BACKUPS = Path(".lorakit") / "backups"
@@ -75,50 +78,93 @@ class Backup:
     def commit(self) -> None:
         if self.changed or self.created:
             write_text(self.path, json.dumps(
-                {"command": self.command, "changed": self.changed, "created": self.created}))
+                {"command": self.command, "changed": self.changed, "created": self.created}), durable=True)
 
 
-WRITERS = 4  # renames in different folders overlap: 4 threads halve the time of 100,000 writes
+def _read_chunk(paths: list[str | None]) -> list[bytes | OSError | None]:
+    out: list[bytes | OSError | None] = []
+    for path in paths:
+        try:
+            if path is None:
+                out.append(None)
+            else:
+                with open(path, "rb") as f:  # bytes, decoded by the caller: faster than text mode
+                    out.append(f.read())
+        except OSError as e:
+            out.append(e)
+    return out
 
 
-def _write_all(changes: list[tuple[str, str]]) -> None:
-    """Write (path, text) pairs atomically, folder by folder on a few threads."""
-    by_folder: dict[str, list[tuple[str, str]]] = {}
-    for path, text in changes:
-        by_folder.setdefault(os.path.dirname(path), []).append((path, text))
-
-    def write_folder(items: list[tuple[str, str]]) -> None:
-        for path, text in items:
-            write_text(path, text)
-
-    if len(changes) < 200:
-        write_folder(changes)
-        return
-    with ThreadPoolExecutor(WRITERS) as pool:
-        list(pool.map(write_folder, by_folder.values()))  # list(): re-raise the first error
+def _read_ahead(paths: list[str | None], chunk: int = 512) -> Iterator[bytes | OSError | None]:
+    """Each file's bytes (None for None, the error for an unreadable one), in order, read on a
+    thread a few chunks ahead: the reads are system calls that release the GIL, so on a
+    second core they overlap the editing (~1.5 s of a 100,000-caption prune)."""
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque(pool.submit(_read_chunk, c) for c in chunks[:4])
+        for i in range(len(chunks)):
+            done = pending.popleft().result()
+            if i + 4 < len(chunks):
+                pending.append(pool.submit(_read_chunk, chunks[i + 4]))
+            yield from done
 
 
-def rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool = False) -> Report:
+PARALLEL_FROM = 5000  # captions: below this, starting worker processes costs more than it saves
+SPAN = 2000  # captions per task sent to a worker
+
+
+def rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool = False,
+            pure: bool = False) -> Report:
     """Apply `edit` to the caption of every image under `root`. Captions that do not exist
-    are only created when `create` (tag auto, tag edit --add). Every new caption is computed
+    are only created when `create` (tag auto, tag edit --add). `pure`: `edit` has no side
+    effects, so large folders are read and edited on every core. Every new caption is computed
     first; the backup is written before any caption, so an interrupted run can be undone."""
     root = check_source(root)
+    collecting = gc.isenabled()
+    gc.disable()  # 100,000s of small lists and outcomes, no cycles: the collector's repeated
+    try:          # scans of them cost 2.5 s of a 12 s run over 100,000 captions (measured)
+        return _rewrite(root, command, edit, dry_run, create, pure)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _edited(found: list[Target], edit: Edit, pure: bool) -> Iterator[OSError | tuple | None]:
+    """For each target in order: the read error, None when `edit` leaves it alone, else
+    (previous text or None, tags before, tags after)."""
+    def edit_span(span: tuple[int, int]) -> list[OSError | tuple | None]:
+        part = found[span[0]:span[1]]
+        out: list[OSError | tuple | None] = []
+        for target, data in zip(part, _read_ahead([t.caption if t.exists else None for t in part])):
+            if isinstance(data, OSError):
+                out.append(data)
+                continue
+            text = None if data is None else data.decode("utf-8-sig", errors="replace")
+            before = parse_tags(text) if text is not None else []
+            after = edit(target.image, before)
+            out.append(None if after is None or after == before else (text, before, after))
+        return out
+
+    jobs = default_jobs() if pure and len(found) >= PARALLEL_FROM else 1
+    spans = [(i, min(i + SPAN, len(found))) for i in range(0, len(found), SPAN)]
+    for part in forked_map(edit_span, spans, jobs):
+        yield from part
+
+
+def _rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool, pure: bool) -> Report:
     report = Report(command, str(root))
     backup = Backup(root, command)
-    diff_rows, changes = [], []
-    for target in targets(root):
-        if not target.exists and not create:
-            continue
-        text = None
-        if target.exists:
-            with open(target.caption, encoding="utf-8-sig", errors="replace") as f:
-                text = f.read()
-        before = parse_tags(text) if text is not None else []
-        after = edit(target.image, before)
+    diff_rows, changes, outcomes = [], [], {}
+    found = [t for t in targets(root) if t.exists or create]
+    for target, result in zip(found, _edited(found, edit, pure)):
         name = target.name
-        if after is None or after == before:
+        if isinstance(result, OSError):
+            report.outcomes.append(Outcome(name, FAILED, f"cannot read: {result.strerror or result}"))
+            continue
+        if result is None:
             report.outcomes.append(Outcome(name, OK, "unchanged"))
             continue
+        text, before, after = result
         after_set, before_set = set(after), set(before)
         removed = [t for t in before if t not in after_set]
         added = [t for t in after if t not in before_set]
@@ -128,9 +174,11 @@ def rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool = 
                                        {"before": before, "after": after}))
         backup.save(name, text)
         changes.append((target.caption, format_tags(after)))
+        outcomes[target.caption] = report.outcomes[-1]
     if changes and not dry_run:
         backup.commit()
-        _write_all(changes)
+        _mark_failed(outcomes, write_texts(changes))
+        sync_folder(root)
         report.notes.append(f"previous captions kept in {backup.path.relative_to(root)}; "
                             f"`tag undo {report.src}` restores them")
     report.sections.append(Section("would change" if dry_run else "changes",
@@ -149,14 +197,22 @@ def undo(root: Path, dry_run: bool = False) -> Report:
     manifest = json.loads(last.read_text(encoding="utf-8"))
     report = Report("undo", str(root))
     report.notes.append(f"undoing `{manifest['command']}` ({last.name})")
+    outcomes = {}
     for rel, text in manifest["changed"].items():
-        if not dry_run:
-            write_text(root / rel, text)
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "restored"))
+        outcomes[os.path.join(root, rel)] = report.outcomes[-1]
+    if not dry_run:
+        _mark_failed(outcomes, write_texts([(path, manifest["changed"][o.path]) for path, o in outcomes.items()]))
     for rel in manifest["created"]:
         if not dry_run:
             (root / rel).unlink(missing_ok=True)
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "removed"))
-    if not dry_run:
-        last.unlink()
+    if not dry_run and not report.failed:
+        sync_folder(root)
+        last.unlink()  # kept while a caption could not be restored, so undo can be run again
     return report
+
+
+def _mark_failed(outcomes: dict[str, Outcome], failed: dict[str, str]) -> None:
+    for path, error in failed.items():
+        outcomes[path].status, outcomes[path].message = FAILED, error
