@@ -9,7 +9,8 @@
 - Compared: the whole `tag auto` command against a plain sequential loop (decode, preprocess,
   batch 1, write), as kohya's script does; `tag auto`'s start-up before the first batch;
   `--precision int8` against fp32 (speed, and how many tag decisions agree);
-  `tag prune` over --captions captions with the full e621 relations from ../shared/data/tags.
+  `tag prune` over --captions captions with the full e621 relations from ../shared/data/tags,
+  and `tag undo` of it; one caption rewritten in place, the plain atomic way against write_texts.
 """
 
 from __future__ import annotations
@@ -191,7 +192,37 @@ def prune_bench(tmp: Path, count: int) -> tuple[float, int, float] | None:
     first = timed()
     backup = next((root / ".lorakit" / "backups").glob("*.json"))
     changed = len(json.loads(backup.read_text())["changed"])
-    return first, changed, timed()
+    again = timed()
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "tag"), "undo", str(root)], check=True, capture_output=True, env=env)
+    return first, changed, again, time.perf_counter() - start
+
+
+def write_bench(tmp: Path, count: int = 20_000) -> tuple[float, float]:
+    """us per caption rewritten in place: one atomic write each (temporary file + os.replace)
+    against write_texts (files trading places with a scratch file), alternated, best of 2."""
+    from lorakit.fsio import write_text, write_texts
+
+    root = tmp / "writes"
+    paths = [str(root / f"{i // 500:03d}" / f"{i}.txt") for i in range(count)]
+    for i, path in enumerate(paths):
+        if i % 500 == 0:
+            os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write(f"caption {i}, " + "tag, " * 15 + "\n")
+    best = {"replace": float("inf"), "trade": float("inf")}
+    for round_ in range(2):
+        for way in best:
+            os.sync()  # each way starts from a clean page cache state, not the other's dirty pages
+            texts = [(p, f"{way} {round_}, " + "tag, " * 14 + "\n") for p in paths]
+            start = time.perf_counter()
+            if way == "replace":
+                for path, text in texts:
+                    write_text(path, text)
+            else:
+                write_texts(texts)
+            best[way] = min(best[way], (time.perf_counter() - start) / count * 1e6)
+    return best["replace"], best["trade"]
 
 
 def main() -> None:
@@ -226,12 +257,17 @@ def main() -> None:
               f"{flips} of {n * TAGS} decisions differ ({flips / (n * TAGS):.4%}) |")
         result = prune_bench(tmp, args.captions)
         if result:
-            seconds, changed, again = result
+            seconds, changed, again, undo = result
             print(f"| `tag prune` over {args.captions:,} captions, full e621 relations | {seconds:.1f} s, "
                   f"{changed:,} captions rewritten (target < 10 s) |")
             print(f"| the same, run again (nothing left to change) | {again:.1f} s |")
+            print(f"| `tag undo` of that prune ({changed:,} captions restored) | {undo:.1f} s |")
         else:
             print("| `tag prune` | skipped: ../shared/data/tags is absent |")
+        replace_us, trade_us = write_bench(tmp)
+        print(f"| rewriting a caption in place: temporary file + os.replace | {replace_us:.0f} us |")
+        print(f"| the same through write_texts (traded with a scratch file) | {trade_us:.0f} us "
+              f"({replace_us / trade_us:.1f}x faster) |")
         print(f"\nproviders {report['providers']}, session {report['session_seconds']} s")
 
 
