@@ -1,6 +1,7 @@
-"""Test helper: a diffusers SD1 pipeline's weights in the original (LDM) single-file layout, the
-one A1111 and Civitai files use, so the single-file loader can be tested on a tiny model. The
-reverse of the renames diffusers' loader makes (UNet blocks through train.naming's SGM paths)."""
+"""Test helper: a diffusers pipeline's weights in the original single-file layouts A1111 and
+Civitai files use (LDM for SD1 and SD2, SGM for SDXL), so the single-file loader can be tested on
+tiny models. The reverse of the renames diffusers' loader makes (UNet blocks through
+train.naming's SGM paths, SD2's and SDXL's second text encoder in OpenCLIP's layout)."""
 import re
 import torch
 from train.naming import sgm_path
@@ -22,13 +23,15 @@ def _vae_key(key: str, n_up: int) -> str:
 
 def _unet_key(key: str, up_has_attention) -> str:
     fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-             "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+             "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     module, _, param = key.rpartition(".")
     module = fixed.get(module) or sgm_path(module, up_has_attention)
     return f"model.diffusion_model.{module}.{param}"
 
 
-def ldm_state_dict(pipe) -> dict:
+def ldm_state_dict(pipe, open_clip: bool = False) -> dict:
+    """`open_clip`: the text encoder in SD2's layout (cond_stage_model.model)."""
     out = {}
     up_has_attention = {i: hasattr(b, "attentions") for i, b in enumerate(pipe.unet.up_blocks)}
     for k, v in pipe.unet.state_dict().items():
@@ -39,6 +42,47 @@ def ldm_state_dict(pipe) -> dict:
         if ".mid.attn_1." in key and key.endswith("weight") and v.dim() == 2:
             v = v[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
         out[key] = v
-    for k, v in pipe.text_encoder.state_dict().items():
-        out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    sdxl = hasattr(pipe, "text_encoder_2")
+    if sdxl:
+        out.update(_hf_clip(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        out.update(_open_clip(pipe.text_encoder_2, "conditioner.embedders.1.model."))
+    elif open_clip:
+        out.update(_open_clip(pipe.text_encoder, "cond_stage_model.model."))
+    else:
+        out.update(_hf_clip(pipe.text_encoder, "cond_stage_model.transformer."))
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _hf_clip(encoder, prefix: str) -> dict:
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in encoder.state_dict().items()}
+
+
+_OPEN_CLIP_PARTS = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                    "self_attn.out_proj": "attn.out_proj"}
+
+
+def _open_clip(encoder, prefix: str) -> dict:
+    """A transformers CLIP text encoder in OpenCLIP's layout: q, k and v in one in_proj, the
+    projection as a transposed matrix."""
+    out, qkv = {}, {}
+    for k, v in encoder.state_dict().items():
+        k = k.removeprefix("text_model.")
+        layer = re.match(r"encoder\.layers\.(\d+)\.(.*)\.(weight|bias)$", k)
+        if k == "text_projection.weight":
+            out["text_projection"] = v.T
+        elif k == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = v
+        elif k == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = v
+        elif k.startswith("final_layer_norm."):
+            out["ln_final." + k.rpartition(".")[2]] = v
+        elif layer and layer[2] in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv.setdefault((layer[1], layer[3]), {})[layer[2][10]] = v
+        elif layer:
+            out[f"transformer.resblocks.{layer[1]}.{_OPEN_CLIP_PARTS[layer[2]]}.{layer[3]}"] = v
+        elif k != "embeddings.position_ids":
+            raise KeyError(f"no OpenCLIP name for {k}")
+    for (n, kind), parts in qkv.items():
+        out[f"transformer.resblocks.{n}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return {prefix + k: v for k, v in out.items()}

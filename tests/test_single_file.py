@@ -1,6 +1,6 @@
 """Single-file checkpoints: the shipped configs are the real architectures, the family is read
-from the keys, a tiny SD1 checkpoint in the original (LDM) layout loads to the very weights it was
-made from and trains; .ckpt pickles load only when allowed."""
+from the keys, tiny SD1, SD2 and SDXL checkpoints in the original (LDM / SGM) layouts load to the
+very weights they were made from and train; .ckpt pickles load only when allowed."""
 
 import json
 
@@ -94,3 +94,56 @@ def test_single_file_loads_the_same_weights_and_trains(tmp_path, tiny_checkpoint
 
     proc = train("run", cfg, "--set", 'model.family="sdxl"', check=2)
     assert "is an sd1 checkpoint" in proc.stderr
+
+
+def _tiny_sd2(folder):
+    """A tiny SD2-shaped pipeline (2 layers per block and linear projections, as SD2's), its
+    text encoder written in SD2's OpenCLIP layout."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = tiny_sd.pipeline(folder / "build")
+    pipe.register_modules(unet=UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8, cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")))
+    return pipe, ldm_state_dict(pipe, open_clip=True)
+
+
+def _tiny_sdxl(folder):
+    """The tiny SDXL pipeline with a wider second text encoder: diffusers tells SDXL's two
+    encoders apart by width, as the real ones are (768 and 1280)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    pipe = tiny_sd.pipeline_xl(folder / "build")
+    first = pipe.text_encoder.config
+    wide = CLIPTextConfig(hidden_size=48, projection_dim=48, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, vocab_size=first.vocab_size, max_position_embeddings=77,
+                          bos_token_id=first.bos_token_id, eos_token_id=first.eos_token_id,
+                          pad_token_id=first.pad_token_id)
+    config = dict(pipe.unet.config, cross_attention_dim=32 + 48, projection_class_embeddings_input_dim=48 + 6 * 8)
+    pipe.register_modules(text_encoder_2=CLIPTextModelWithProjection(wide),
+                          unet=UNet2DConditionModel.from_config(config))
+    return pipe, ldm_state_dict(pipe)
+
+
+@pytest.mark.parametrize("family,make", [("sd2", _tiny_sd2), ("sdxl", _tiny_sdxl)])
+def test_sd2_and_sdxl_single_files_load_the_same_weights_and_train(tmp_path, monkeypatch, family, make):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(5)
+    pipe, state = make(tmp_path)
+    pipe.save_pretrained(tmp_path / "diffusers")
+    save_file(state, str(tmp_path / "tiny.safetensors"))
+    assert family_of(state) == family
+    cfg = train_config(tmp_path, tmp_path / "tiny.safetensors", "sf")
+    cfg.write_text(cfg.read_text().replace('family = "sd1"', f'family = "{family}"\nconfig = "{tmp_path / "diffusers"}"'))
+    single = load_models(load(cfg))
+    reference = load_models(load(cfg, [f'model.base="{tmp_path / "diffusers"}"']))
+    pairs = [("unet", single.unet, reference.unet), ("vae", single.vae, reference.vae)]
+    pairs += [(f"text encoder {i}", a, b) for i, (a, b) in enumerate(zip(single.text_encoders, reference.text_encoders))]
+    assert len(single.text_encoders) == (2 if family == "sdxl" else 1)
+    for name, ours, theirs in pairs:
+        ours, theirs = ours.state_dict(), theirs.state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    result = train_json("run", cfg, "--set", "training.max_steps=2")
+    assert result["step"] == 2 and all(v == v for v in result["losses"])
