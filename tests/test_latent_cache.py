@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import train_config, train_json
 from train.config import load
 from train.data import load_items
-from train.latents import Latents
+from train.latents import Latents, vae_dtype
 from train.models import load_models
 
 
@@ -16,7 +16,7 @@ class CountingVAE:
 
     def __init__(self, vae):
         self.vae, self.calls = vae, 0
-        self.config, self.encoder = vae.config, vae.encoder
+        self.config, self.encoder, self.dtype = vae.config, vae.encoder, vae.dtype
 
     def encode(self, x):
         self.calls += 1
@@ -73,3 +73,28 @@ def test_run_with_the_disk_cache(tmp_path, base):
     assert len(list(cache.rglob("*.safetensors"))) == 2
     two = train_json("run", train_config(tmp_path, base, "b"), *args)  # same images: read from the cache
     assert one["losses"] == two["losses"]
+
+
+def test_a_half_vae_on_request_latents_and_samples_still_float32(tmp_path, base):
+    """training.no_half_vae = false: the VAE in the training dtype on a GPU (kohya's rule), never
+    on the CPU; the latents trained on stay float32, and samples decode in float32."""
+    from train.sampling import generate, parse_prompt
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device name: no GPU needed to ask
+    path = train_config(tmp_path, base, "h")
+    cfg = load(path, ["training.no_half_vae=false", 'training.mixed_precision="bf16"'])
+    assert vae_dtype(cfg, cuda) == torch.bfloat16 and vae_dtype(cfg, cpu) == torch.float32
+    assert vae_dtype(load(path, ["training.no_half_vae=false", 'training.mixed_precision="fp16"']), cuda) == torch.float16
+    assert vae_dtype(load(path, ['training.mixed_precision="fp16"']), cuda) == torch.float32  # the default
+    assert vae_dtype(load(path, ["training.no_half_vae=false", 'training.mixed_precision="no"']), cuda) == torch.float32
+    models = load_models(cfg)
+    items = load_items(cfg)
+    full = Latents(items, models.vae, cpu, cfg)
+    models.vae.to(torch.bfloat16)  # what the loop does on a GPU with this config
+    half = Latents(items, models.vae, cpu, cfg)
+    for key, (latent, _) in full.cache.items():
+        assert half.cache[key][0].dtype == torch.float32
+        assert torch.allclose(half.cache[key][0], latent, atol=0.05 * latent.abs().max().item())
+        assert not torch.equal(half.cache[key][0], latent)  # really encoded in bfloat16
+    [(_, image, _)] = generate(models, cfg, [parse_prompt("kitchan --w 64 --h 64 --s 2 --d 1")])
+    assert image.size == (64, 64) and models.vae.dtype == torch.bfloat16

@@ -149,7 +149,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
-    no_half_vae: bool = True  # an fp16 VAE gives NaN / black images
+    no_half_vae: bool = True  # false: the VAE in the mixed-precision dtype on a GPU (fp16 may give NaN)
     attention: Literal["sdpa", "xformers", "math"] = "sdpa"
     seed: int = 42
     log_every_n_steps: int = 10

@@ -33,10 +33,20 @@ def vae_digest(vae) -> str:
     """A digest of the VAE's identity: its config and the bytes of its first and last encoder
     convolutions (any retrained or swapped VAE differs there; hashing every weight would take
     seconds)."""
-    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode() + str(vae.dtype).encode())
     for tensor in (vae.encoder.conv_in.weight, vae.encoder.conv_out.weight):
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def vae_dtype(config: Config, device: torch.device) -> torch.dtype:
+    """The VAE runs in float32, unless `training.no_half_vae = false` under mixed precision on
+    a GPU: then in the training dtype, as kohya does (faster, less memory; SD1.5's and SDXL's
+    VAEs can overflow to NaN in fp16, hence float32 by default). On the CPU, float32 always."""
+    t = config.training
+    if device.type != "cuda" or t.no_half_vae:
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision, torch.float32)
 
 
 class DiskCache:
@@ -95,7 +105,8 @@ class Latents:
         """(latent, SDXL size conditioning: original h, w, crop top, left, target h, w)."""
         item = self.items[i]
         image, original, (top, left) = pixels(item, rng, self.random_crop, self.color_aug, flip)
-        latent = self.vae.encode(image[None].to(self.device)).latent_dist.mean[0] * self.vae.config.scaling_factor
+        dist = self.vae.encode(image[None].to(self.device, self.vae.dtype)).latent_dist
+        latent = dist.mean[0].float() * self.vae.config.scaling_factor  # trained on in float32
         size = torch.tensor([*original, top, left, item.bucket[1], item.bucket[0]], dtype=torch.float32,
                             device=self.device)
         return latent, size

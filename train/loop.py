@@ -22,7 +22,7 @@ from train.config import Config, from_dict
 from train.data import Item, caption_for_step, epoch_batches, load_items
 from train.distributed import setup
 from train.embeddings import Embeddings
-from train.latents import Latents
+from train.latents import Latents, vae_dtype
 from train.models import encode_text, load_models, set_attention
 from train.naming import text_encoder_targets, unet_targets
 from train.lycoris_net import ALGOS, LycorisNetwork, check_args, dylora_unit
@@ -188,6 +188,7 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     for model in (*models.text_encoders, models.vae, models.unet):
         model.to(device)
         model.requires_grad_(False)
+    models.vae.to(dtype=vae_dtype(config, device))
     unet, noise_scheduler = models.unet, models.scheduler
     set_attention(unet, config.training.attention)
     if config.training.gradient_checkpointing:  # recompute activations in backward: less memory

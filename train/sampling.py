@@ -113,17 +113,22 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
     # kohya's clip_skip 2 (penultimate layer) is diffusers' clip_skip 1; SDXL always uses it
     clip_skip = None if models.sdxl or config.model.clip_skip <= 1 else config.model.clip_skip - 1
     out = []
-    with torch.no_grad():
-        for index, raw in enumerate(prompts):
-            p = at_bucket(raw, config, index)
-            generator = torch.Generator().manual_seed(p.seed)
-            image = pipe(substitute(p.text), negative_prompt=substitute(p.negative) or None, width=p.width,
-                         height=p.height, num_inference_steps=p.steps, guidance_scale=p.cfg, generator=generator,
-                         clip_skip=clip_skip).images[0]
-            parameters = (f"{p.text}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: "
-                          f"{SAMPLERS[config.sampling.sampler][1]}, CFG scale: {p.cfg}, Seed: {p.seed}, "
-                          f"Size: {p.width}x{p.height}")
-            out.append((p, image, parameters))
+    training_dtype = models.vae.dtype
+    models.vae.to(torch.float32)  # the pipelines do not cast latents for a half VAE (no_half_vae = false)
+    try:
+        with torch.no_grad():
+            for index, raw in enumerate(prompts):
+                p = at_bucket(raw, config, index)
+                generator = torch.Generator().manual_seed(p.seed)
+                image = pipe(substitute(p.text), negative_prompt=substitute(p.negative) or None, width=p.width,
+                             height=p.height, num_inference_steps=p.steps, guidance_scale=p.cfg,
+                             generator=generator, clip_skip=clip_skip).images[0]
+                parameters = (f"{p.text}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: "
+                              f"{SAMPLERS[config.sampling.sampler][1]}, CFG scale: {p.cfg}, Seed: {p.seed}, "
+                              f"Size: {p.width}x{p.height}")
+                out.append((p, image, parameters))
+    finally:
+        models.vae.to(training_dtype)
     return out
 
 
