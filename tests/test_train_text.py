@@ -117,3 +117,30 @@ def test_attention_choice(base, tmp_path):
     except ImportError:
         proc = train("run", train_config(tmp_path, base, "x"), "--set", 'training.attention="xformers"', check=2)
         assert "needs the xformers package" in proc.stderr
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_sample_prompts_as_long_as_captions(request, tmp_path, family):
+    """The pipelines cut prompts at 75 tokens; with max_token_length 150 samples read the rest."""
+    from dataclasses import replace
+
+    from train.sampling import generate, parse_prompt
+
+    models = request.getfixturevalue(family)
+    tokenizer, words = models.tokenizers[0], ["red"]
+    while len(tokenizer(" ".join(words), add_special_tokens=False).input_ids) < 90:
+        words.append("red")
+    assert len(tokenizer(" ".join(words) + " smile smile", add_special_tokens=False).input_ids) < 150
+    caption = " ".join(words)
+    prompts = [parse_prompt(f"{caption} {end} --w 64 --h 64 --s 2 --d 1") for end in ("red", "smile smile")]
+    cfg = load(train_config(tmp_path, tmp_path, "s"))  # only its data and sampling settings are read
+
+    def images(max_tokens: int) -> list[np.ndarray]:
+        config = replace(cfg, data=replace(cfg.data, max_token_length=max_tokens))
+        return [np.asarray(image, dtype=np.int16) for _, image, _ in generate(models, config, prompts)]
+
+    cut, read = images(75), images(150)
+    assert (cut[0] == cut[1]).all()  # the endings lie past token 75: cut off, as before
+    assert (read[0] != read[1]).any()  # now they change the image
+    # the first prompt's start is the same either way: the long encoding begins with the short one
+    assert np.abs(read[0] - cut[0]).mean() < 20

@@ -147,17 +147,18 @@ def encode_text(models: Models, captions: list[str], clip_skip: int, max_tokens:
     encoders' penultimate layers, concatenated, and the second encoder's pooled projection (of
     the first chunk, as kohya does). Captions past 75 tokens: see `_ids` and `_join`."""
     batch = len(captions)
+
+    def ids(k: int) -> torch.Tensor:  # the tokenizer's ids are on the CPU; the encoder may be on a GPU
+        return _ids(models.tokenizers[k], captions, max_tokens).flatten(0, 1).to(models.text_encoders[k].device)
+
     if models.sdxl:
-        first = models.text_encoders[0](_ids(models.tokenizers[0], captions, max_tokens).flatten(0, 1),
-                                        output_hidden_states=True)
-        second = models.text_encoders[1](_ids(models.tokenizers[1], captions, max_tokens).flatten(0, 1),
-                                         output_hidden_states=True)
+        first = models.text_encoders[0](ids(0), output_hidden_states=True)
+        second = models.text_encoders[1](ids(1), output_hidden_states=True)
         pooled = second.text_embeds.reshape(batch, -1, second.text_embeds.shape[-1])[:, 0]
         return torch.cat([_join(first.hidden_states[-2], batch), _join(second.hidden_states[-2], batch)],
                          dim=-1), pooled
     text_encoder = models.text_encoders[0]
-    out = text_encoder(_ids(models.tokenizers[0], captions, max_tokens).flatten(0, 1),
-                       output_hidden_states=clip_skip > 1)
+    out = text_encoder(ids(0), output_hidden_states=clip_skip > 1)
     if clip_skip > 1:
         return _join(_final_norm(text_encoder)(out.hidden_states[-clip_skip]), batch), None
     return _join(out[0], batch), None

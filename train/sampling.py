@@ -4,7 +4,8 @@ kohya's ddim default is poor for SDXL).
 
 A prompts file has one prompt per line in kohya's syntax: `a photo of kitchan --n blurry --w 512
 --h 768 --d 42 --l 7 --s 28` (negative prompt, width, height, seed, CFG scale, steps). Sizes are
-rounded to the bucket step, so samples come at resolutions the run trains at.
+rounded to the bucket step, so samples come at resolutions the run trains at. With
+data.max_token_length 150 or 225, prompts are as long as captions may be.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import PngImagePlugin
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from train.config import Config
+from train.models import CHUNK, encode_text
 
 SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG parameters)
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
@@ -114,21 +116,40 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
     clip_skip = None if models.sdxl or config.model.clip_skip <= 1 else config.model.clip_skip - 1
     out = []
     training_dtype = models.vae.dtype
-    models.vae.to(torch.float32)  # the pipelines do not cast latents for a half VAE (no_half_vae = false)
+    if training_dtype != torch.float32:  # the pipelines do not cast latents for a half VAE (no_half_vae = false)
+        models.vae.to(torch.float32)
     try:
         with torch.no_grad():
             for index, raw in enumerate(prompts):
                 p = at_bucket(raw, config, index)
                 generator = torch.Generator().manual_seed(p.seed)
-                image = pipe(substitute(p.text), negative_prompt=substitute(p.negative) or None, width=p.width,
-                             height=p.height, num_inference_steps=p.steps, guidance_scale=p.cfg,
-                             generator=generator, clip_skip=clip_skip).images[0]
+                if config.data.max_token_length > CHUNK:
+                    text = _long_prompt(models, config, substitute(p.text), substitute(p.negative))
+                else:
+                    text = dict(prompt=substitute(p.text), negative_prompt=substitute(p.negative) or None,
+                                clip_skip=clip_skip)
+                image = pipe(**text, width=p.width, height=p.height, num_inference_steps=p.steps,
+                             guidance_scale=p.cfg, generator=generator).images[0]
                 parameters = (f"{p.text}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: "
                               f"{SAMPLERS[config.sampling.sampler][1]}, CFG scale: {p.cfg}, Seed: {p.seed}, "
                               f"Size: {p.width}x{p.height}")
                 out.append((p, image, parameters))
     finally:
-        models.vae.to(training_dtype)
+        if training_dtype != torch.float32:
+            models.vae.to(training_dtype)
+    return out
+
+
+def _long_prompt(models, config: Config, text: str, negative: str) -> dict:
+    """A prompt (and negative) of up to data.max_token_length tokens, encoded the way training
+    encodes captions: the pipelines' own encoding stops at 75 tokens."""
+    cond, pooled = encode_text(models, [text], config.model.clip_skip, config.data.max_token_length)
+    uncond, negative_pooled = encode_text(models, [negative], config.model.clip_skip, config.data.max_token_length)
+    if models.sdxl and not negative:  # as the SDXL pipeline does for an empty negative prompt
+        uncond, negative_pooled = torch.zeros_like(uncond), torch.zeros_like(negative_pooled)
+    out = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
+    if models.sdxl:
+        out.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
     return out
 
 
