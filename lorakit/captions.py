@@ -53,7 +53,12 @@ def parse_repeats_folder(name: str) -> tuple[int, str] | None:
 
 def instance_tokens(image: Path) -> list[str]:
     """The names of the `N_name` folders an image sits in, outermost first."""
-    return [p[1] for part in image.parent.parts if (p := parse_repeats_folder(part))]
+    return folder_instance_tokens(image.parent)
+
+
+def folder_instance_tokens(folder: Path) -> list[str]:
+    """The names of the `N_name` folders in a folder's path, outermost first."""
+    return [p[1] for part in folder.parts if (p := parse_repeats_folder(part))]
 
 
 def instance_token(image: Path) -> str | None:

@@ -143,38 +143,52 @@ def _open_scratch(path: bytes) -> int:
     return os.open(path, _SCRATCH_FLAGS | os.O_CREAT | os.O_EXCL, 0o666)
 
 
+def _tradable(path: str) -> bool:
+    """A plain file, or none yet (the scratch file is then renamed to it). A symlink or a folder
+    goes the plain way, which replaces a symlink and refuses a folder, as os.replace does."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _trade(scratch: bytes, path: str, text: str) -> bool:
+    """Write `text` to the scratch file and trade it into `path`; False (nothing changed) where
+    the file system cannot trade (NFS, some FUSE)."""
+    data = text.encode("utf-8")
+    fd = _open_scratch(scratch)
+    try:
+        os.pwrite(fd, data, 0)  # over the old text's block, so nothing is allocated
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    err = _exchange(scratch, os.fsencode(path))
+    if err == errno.ENOENT:
+        os.rename(scratch, path)
+    elif err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    elif err:
+        raise OSError(err, os.strerror(err), path)
+    return True
+
+
+def _error(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
 def _rewrite_folder(folder: str, items: list[tuple[str, str]], failed: dict[str, str]) -> None:
     scratch = os.fsencode(os.path.join(folder, f".lorakit-swap.{os.getpid()}.{threading.get_ident()}.tmp"))
-    plain = False  # set when this file system cannot trade (NFS, some FUSE): os.replace instead
+    trading = True  # until the file system refuses once
     try:
         for path, text in items:
             try:
-                if plain or not stat.S_ISREG(os.lstat(path).st_mode):
-                    write_text(path, text)  # a symlink is replaced, a folder refused, as os.replace does
-                    continue
-            except FileNotFoundError:
-                pass  # a new file: written to the scratch file, then renamed to its name
+                if trading and _tradable(path):
+                    trading = _trade(scratch, path, text)
+                    if trading:
+                        continue
+                write_text(path, text)
             except OSError as e:
-                failed[path] = f"{type(e).__name__}: {e.strerror or e}"
-                continue
-            try:
-                data = text.encode("utf-8")
-                fd = _open_scratch(scratch)
-                try:
-                    os.pwrite(fd, data, 0)  # over the old text's block, so nothing is allocated
-                    os.ftruncate(fd, len(data))
-                finally:
-                    os.close(fd)
-                err = _exchange(scratch, os.fsencode(path))
-                if err == errno.ENOENT:
-                    os.rename(scratch, path)
-                elif err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    plain = True
-                    write_text(path, text)
-                elif err:
-                    raise OSError(err, os.strerror(err), path)
-            except OSError as e:
-                failed[path] = f"{type(e).__name__}: {e.strerror or e}"
+                failed[path] = _error(e)
     finally:
         try:
             os.unlink(scratch)
@@ -195,7 +209,7 @@ def write_texts(changes: list[tuple[str, str]]) -> dict[str, str]:
                 try:
                     write_text(path, text)
                 except OSError as e:
-                    failed[path] = f"{type(e).__name__}: {e.strerror or e}"
+                    failed[path] = _error(e)
         else:
             _rewrite_folder(folder, items, failed)
     return failed

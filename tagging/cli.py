@@ -31,10 +31,10 @@ def _instance_keys(image: Path) -> frozenset[str]:
 
 @lru_cache(maxsize=4096)  # once per folder, not per caption
 def _folder_instance_keys(folder: Path) -> frozenset[str]:
-    from lorakit.captions import instance_tokens
+    from lorakit.captions import folder_instance_tokens
     from tagging.spelling import key
 
-    return frozenset(key(t) for t in instance_tokens(folder / "_"))
+    return frozenset(key(t) for t in folder_instance_tokens(folder))
 
 
 @app.command()

@@ -33,7 +33,8 @@ def vae_digest(vae) -> str:
     """A digest of the VAE's identity: its config and the bytes of its first and last encoder
     convolutions (any retrained or swapped VAE differs there; hashing every weight would take
     seconds)."""
-    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode() + str(vae.dtype).encode())
+    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    h.update(str(vae.dtype).encode())  # a half VAE encodes other latents
     for tensor in (vae.encoder.conv_in.weight, vae.encoder.conv_out.weight):
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()

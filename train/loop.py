@@ -188,8 +188,8 @@ def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None,
     for model in (*models.text_encoders, models.vae, models.unet):
         model.to(device)
         model.requires_grad_(False)
-    if vae_dtype(config, device) != torch.float32:
-        models.vae.to(dtype=vae_dtype(config, device))
+    if (dtype := vae_dtype(config, device)) != torch.float32:  # .to() on a float32 VAE: a diffusers warning
+        models.vae.to(dtype=dtype)
     unet, noise_scheduler = models.unet, models.scheduler
     set_attention(unet, config.training.attention)
     if config.training.gradient_checkpointing:  # recompute activations in backward: less memory

@@ -143,13 +143,13 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
 def _long_prompt(models, config: Config, text: str, negative: str) -> dict:
     """A prompt (and negative) of up to data.max_token_length tokens, encoded the way training
     encodes captions: the pipelines' own encoding stops at 75 tokens."""
-    cond, pooled = encode_text(models, [text], config.model.clip_skip, config.data.max_token_length)
-    uncond, negative_pooled = encode_text(models, [negative], config.model.clip_skip, config.data.max_token_length)
-    if models.sdxl and not negative:  # as the SDXL pipeline does for an empty negative prompt
-        uncond, negative_pooled = torch.zeros_like(uncond), torch.zeros_like(negative_pooled)
-    out = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
+    states, pooled = encode_text(models, [text, negative], config.model.clip_skip, config.data.max_token_length)
+    out = dict(prompt_embeds=states[:1], negative_prompt_embeds=states[1:])
     if models.sdxl:
-        out.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        out.update(pooled_prompt_embeds=pooled[:1], negative_pooled_prompt_embeds=pooled[1:])
+        if not negative:  # as the SDXL pipeline does for an empty negative prompt
+            out.update(negative_prompt_embeds=torch.zeros_like(states[1:]),
+                       negative_pooled_prompt_embeds=torch.zeros_like(pooled[1:]))
     return out
 
 
