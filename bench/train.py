@@ -22,7 +22,8 @@ sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # not bench
 
 import make_demo_model  # noqa: E402
 from train.config import load  # noqa: E402
-from train.loop import encode_text, load_models, run  # noqa: E402
+from train.loop import run  # noqa: E402
+from train.models import encode_text, load_models  # noqa: E402
 from train.naming import text_encoder_targets, unet_targets  # noqa: E402
 from train.network import LoRANetwork  # noqa: E402
 
@@ -38,7 +39,7 @@ def setup(tmp: Path, steps: int, batch: int) -> Path:
     config.write_text(f'''[model]\nbase = "{tmp / 'model'}"\nfamily = "sd1"\n[network]\ndim = 8\nalpha = 8.0
 [data]\nimage_root = "{tmp / 'data'}"\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = 64
 batch_size = {batch}\nshuffle_caption = false\n[optimizer]\nlearning_rate = 1e-4\n[scheduler]\ntype = "constant"
-[training]\nmax_steps = {steps}\nlog_every_n_steps = 10\n[saving]\nevery_n_epochs = 1000\n[output]\ndir = "{tmp / 'out'}"\n''')
+[training]\nmixed_precision = "no"\nmax_steps = {steps}\nlog_every_n_steps = 10\n[saving]\nevery_n_epochs = 1000\n[output]\ndir = "{tmp / 'out'}"\n''')
     return config
 
 

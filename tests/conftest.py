@@ -125,12 +125,14 @@ def tiny_dataset(root: Path) -> Path:
 
 
 def train_config(tmp_path: Path, base: Path, out: str, extra: str = "") -> Path:
-    """A 6-step run on tiny_dataset at 64 px, saving every 2 epochs and its state."""
+    """A 6-step float32 run on tiny_dataset at 64 px, saving every 2 epochs and its state."""
     path = tmp_path / f"{out}.toml"
+    unet = Path(base) / "unet" / "config.json"
+    family = "sdxl" if unet.is_file() and "text_time" in unet.read_text() else "sd1"
     path.write_text(f'''
 [model]
 base = "{base}"
-family = "sd1"
+family = "{family}"
 [network]
 dim = 4
 alpha = 4.0
@@ -146,6 +148,7 @@ learning_rate = 1e-3
 max_steps = 6
 log_every_n_steps = 1
 seed = 3
+mixed_precision = "no"  # float32: exact comparisons; the bf16 and fp16 paths have their own tests
 [saving]
 every_n_epochs = 2
 save_state = true

@@ -131,7 +131,8 @@ def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, ba
     from train.config import load
     from train.data import load_items
     from train.latents import Latents
-    from train.loop import run as train_run, training_step
+    from train.loop import train, training_step
+    from train.setup import setup
     from train.models import encode_text, load_models
 
     cfg = load(train_config(tmp_path, base, "ti", EMB), [
@@ -162,7 +163,9 @@ def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, ba
         embeddings.load_state([[init]])
         seen["before"] = fixed_loss()
 
-    result = train_run(cfg, log=lambda line: None, inspect=inspect)
+    run = setup(cfg, log=lambda line: None)
+    result = train(run)
+    inspect(run.models, run.network, run.embeddings)
     assert result["step"] == 20 and result["saved"] == [str(Path(cfg.output.dir) / "kitchan.safetensors")]
     assert seen["after"] < seen["before"] * 0.99  # it learned
     fresh = load_models(cfg)
@@ -304,7 +307,8 @@ def test_sdxl_bundled_embedding_with_a_unet_lora_and_standalone_clip_l_clip_g(tm
 
 def test_sdxl_embedding_only_run_touches_no_weight(tmp_path, base_xl):
     from train.config import load
-    from train.loop import run as train_run
+    from train.loop import train
+    from train.setup import setup
 
     cfg = load(train_config(tmp_path, base_xl, "xlti", EMB), [
         'model.family="auto"', 'network.module="none"', "training.max_steps=2", "saving.every_n_epochs=0"])
@@ -315,7 +319,9 @@ def test_sdxl_embedding_only_run_touches_no_weight(tmp_path, base_xl):
         for i, encoder in enumerate(models.text_encoders):
             for key, value in encoder.state_dict().items():
                 before[f"{i}.{key}"] = value.clone()
-    train_run(cfg, log=lambda line: None, inspect=inspect)
+    run = setup(cfg, log=lambda line: None)
+    train(run)
+    inspect(run.models, run.network, run.embeddings)
     from train.models import load_models
     fresh = load_models(cfg)
     for i, encoder in enumerate(fresh.text_encoders):

@@ -70,7 +70,8 @@ def _delta(algo: str, t: dict, shape) -> torch.Tensor:
 
 @pytest.mark.parametrize("algo", sorted(SUFFIXES))
 def test_lycoris_trains_saves_and_reloads(tmp_path, base, algo):
-    from train.loop import run as train_run
+    from train.loop import train
+    from train.setup import setup
 
     cfg = load(train_config(tmp_path, base, "ly"), [
         f'network.module="{algo}"', "network.conv_dim=4", *(["network.args={unit = 2}"] if algo == "dylora" else []), "network.conv_alpha=2.0", "training.max_steps=4",
@@ -84,7 +85,9 @@ def test_lycoris_trains_saves_and_reloads(tmp_path, base, algo):
         seen["base"] = _output(models)
         seen["modules"] = len(network.loras)
 
-    result = train_run(cfg, log=lambda line: None, inspect=inspect)
+    run = setup(cfg, log=lambda line: None)
+    result = train(run)
+    inspect(run.models, run.network, run.embeddings)
     assert all(np.isfinite(result["losses"]))
     tensors, meta = _tensors(tmp_path / "ly" / "out" / "kit.safetensors")
     if algo == "dylora":

@@ -132,7 +132,7 @@ def test_noise_and_snr_options(tmp_path, base):
                       "--set", "loss.adaptive_noise_scale=0.01")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
     from train.config import load
-    from train.loop import load_models
+    from train.models import load_models
     cfg = load(config(tmp_path, base, "z"), ["loss.zero_terminal_snr=true"])
     assert float(load_models(cfg).scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise
 

@@ -17,8 +17,31 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from lorakit.errors import UserError
+from train.loss import LOSSES
+from train.models import ATTENTION
+from train.network import MODULES
+from train.optimizers import OPTIMIZERS
+from train.precision import AMP, DTYPES
+from train.sampling import SAMPLERS
+from train.schedule import SCHEDULES
 
 VERSION = 1
+
+
+def _choice(registry) -> Any:
+    """A closed choice, as the Literal of its registry's names: a config naming anything else is
+    refused when it loads (and so by `train plan`), not hours into a run."""
+    return Literal[tuple(registry)]
+
+
+NetworkModule = _choice(MODULES)
+OptimizerType = _choice(OPTIMIZERS)
+SchedulerType = _choice(SCHEDULES)
+LossType = _choice(LOSSES)
+Attention = _choice(ATTENTION)
+MixedPrecision = _choice(AMP)
+SavePrecision = _choice(DTYPES)
+Sampler = _choice(SAMPLERS)
 
 
 class ConfigError(UserError):
@@ -38,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class NetworkConfig:
-    module: Literal["lora", "locon", "loha", "lokr", "ia3", "dylora", "glora", "diag-oft", "none"] = "lora"
+    module: NetworkModule = "lora"
     dim: int = 32
     alpha: float = 32.0
     conv_dim: int = 0  # LoCon and friends: rank of the 3x3 convolutions (0: not trained)
@@ -99,8 +122,8 @@ class DataConfig:
     latent_cache_dir: str | None = None  # None: lorakit's user cache (~/.cache/lorakit/latents)
     cache_text_encoder_outputs: bool = False
     prior_loss_weight: float = 1.0
-    num_workers: int = 2  # accepted; no effect yet: train run decodes each image once, for its latent cache
-    persistent_workers: bool = True  # likewise
+    num_workers: int = 2  # threads decoding images ahead of the VAE (0: in the training thread)
+    persistent_workers: bool = True  # the decode threads live for the whole run; false is refused
     validation_split: float = 0.0  # images held out for a validation loss at fixed noise and timesteps
     # Textual inversion's prompt templates (A1111): "subject", "style" or a file of lines with
     # [name] and [filewords]. None: the captions are the prompts.
@@ -111,7 +134,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    type: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam", "lion", "adafactor"] = "adamw"
+    type: OptimizerType = "adamw"
     learning_rate: float | str = 1e-4  # or A1111's schedule: "0.005:100, 1e-3:1000, 1e-5"
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -120,7 +143,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    type: Literal["constant", "cosine", "cosine_with_restarts", "polynomial", "linear"] = "cosine"
+    type: SchedulerType = "cosine"
     warmup_steps: int | None = None  # or:
     warmup_ratio: float = 0.0
     cycles: int = 1  # cosine_with_restarts
@@ -129,7 +152,7 @@ class SchedulerConfig:
 
 @dataclass
 class LossConfig:
-    type: Literal["l2", "huber"] = "l2"
+    type: LossType = "l2"
     huber_c: float = 0.1
     min_snr_gamma: float | None = None
     debiased_estimation: bool = False
@@ -148,9 +171,9 @@ class TrainingConfig:
     max_steps: int | None = None  # wins over max_epochs when set
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
-    no_half_vae: bool = True  # false: the VAE in the mixed-precision dtype on a GPU (fp16 may give NaN)
-    attention: Literal["sdpa", "xformers", "math"] = "sdpa"
+    mixed_precision: MixedPrecision = "bf16"
+    no_half_vae: bool = True  # false: the VAE in the mixed-precision dtype (fp16 may give NaN)
+    attention: Attention = "sdpa"
     seed: int = 42
     log_every_n_steps: int = 10
     validate_every_n_epochs: int | None = 1  # with data.validation_split
@@ -162,7 +185,7 @@ class SavingConfig:
     every_n_epochs: int | None = 1
     every_n_steps: int | None = None
     keep_last_n: int | None = None
-    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    precision: SavePrecision = "fp16"
     save_state: bool = False
     private_metadata: bool = False  # keep only what loaders need in the file's metadata
     bundle_embeddings: bool = True  # embeddings inside the LoRA file (bundle_emb.*), else beside it
@@ -175,7 +198,7 @@ class SamplingConfig:
     every_n_epochs: int | None = None
     every_n_steps: int | None = None
     prompts: str | None = None  # a prompts file: one prompt per line, --w --h --s --l --d options
-    sampler: str = "euler_a"
+    sampler: Sampler = "euler_a"
 
 
 @dataclass
@@ -306,6 +329,22 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check(config: Config) -> None:
+    """What a config says that cannot work, refused when it loads (so by `train plan` too), before
+    any model is read: options that would do nothing, or could not do what they say."""
+    d = config.data
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers = {d.num_workers}: use 0 (decode in the training thread) or more")
+    if not d.persistent_workers:
+        raise ConfigError("data.persistent_workers = false: lorakit's decode threads cost nothing to keep and "
+                          "live for the whole run, so there is nothing to restart each epoch; remove the key")
+    if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
+        raise ConfigError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
+    if config.network.module == "none" and not any(e.train for e in config.embeddings):
+        raise ConfigError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
+                          "with train = true")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`--set training.max_steps=100`: the value is read as TOML (strings need no quotes)."""
     if "=" not in item:
@@ -359,4 +398,8 @@ def load(path: Path, overrides: list[str] = ()) -> Config:
         for subset in dataset.subsets:
             if subset.image_dir and not Path(subset.image_dir).is_absolute():
                 subset.image_dir = str((base / subset.image_dir).resolve())
+    try:
+        check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config

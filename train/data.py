@@ -1,11 +1,18 @@
-"""The training data: images in buckets, captions as kohya prepares them, batches that never mix
-buckets. Every random choice is drawn from a generator seeded by (seed, epoch), so the data of
-any epoch can be rebuilt exactly on resume without saving a random state."""
+"""The training data: which images train (the `N_name` folders or kohya `[[datasets]]`), their
+buckets and captions, and the batches of each epoch. `train plan` and `train run` both count and
+batch through here, so they always agree.
+
+Batches follow kohya: a dataset (all `N_name` folders under data.image_root are one; each
+`[[datasets]]` table is one) pools its subsets' images by bucket, so a batch never mixes buckets
+or datasets, and an epoch holds, per dataset and bucket, ceil(images x repeats / batch size)
+batches. Regularisation images are reused until they match the training images. Every random
+choice is drawn from a seed derived from (seed, epoch) (train/seeds.py), so any epoch's data can
+be rebuilt exactly on resume without saving a random state."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -13,12 +20,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lorakit.captions import caption_file
-from lorakit.images import flatten, load_image, read_header
+from lorakit.captions import caption_file, parse_repeats_folder
+from lorakit.discovery import discover
+from lorakit.errors import UserError
+from lorakit.images import ImageError, flatten, load_image, read_header
+from train import seeds
 from train.buckets import assign
 from train.config import Config
-from train.plan import Subset, subsets
 from train.templates import filewords_from_name
+
+
+@dataclass
+class Subset:
+    """One folder of images: an `N_name` folder, or a `[[datasets.subsets]]` table."""
+    folder: Path
+    repeats: int
+    token: str | None
+    is_reg: bool
+    resolution: tuple[int, int]
+    batch_size: int
+    caption_extension: str
+    dataset: int = 0  # 0: the N_name folders of data.image_root / reg_root; k: the k-th [[datasets]]
+    images: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -28,18 +51,69 @@ class Item:
     bucket: tuple[int, int]
     repeats: int
     is_reg: bool
+    batch_size: int = 1
+    dataset: int = 0
 
 
-def load_items(config: Config) -> list[Item]:
+def resolution_pair(resolution: int | list[int]) -> tuple[int, int]:
+    return (resolution, resolution) if isinstance(resolution, int) else (resolution[0], resolution[-1])
+
+
+def subsets(config: Config) -> list[Subset]:
+    """The folders that train, each with its images (sorted, hidden and lorakit's own skipped)."""
     data = config.data
+    found: list[Subset] = []
+    for root, is_reg in ((data.image_root, False), (data.reg_root, True)):
+        if not root:
+            continue
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise UserError(f"data.{'reg_root' if is_reg else 'image_root'}: {root} is not a folder")
+        for child in sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            parsed = parse_repeats_folder(child.name)
+            if parsed is None:
+                continue
+            found.append(Subset(child, parsed[0], parsed[1], is_reg, resolution_pair(data.resolution),
+                                data.batch_size, data.caption_extension))
+    for k, dataset in enumerate(config.datasets, 1):
+        for s in dataset.subsets:
+            found.append(Subset(Path(s.image_dir), s.num_repeats, s.class_tokens, s.is_reg,
+                                resolution_pair(dataset.resolution), dataset.batch_size or data.batch_size,
+                                s.caption_extension or data.caption_extension, dataset=k))
+    if not [s for s in found if not s.is_reg]:
+        raise UserError("no training images: set data.image_root (with N_name folders below it) "
+                        "or [[datasets]] with [[datasets.subsets]]")
+    for s in found:
+        if not s.folder.is_dir():
+            raise UserError(f"{s.folder} is not a folder")
+        s.images = [s.folder / rel for rel in discover(s.folder)]
+    return found
+
+
+def bucket_of(size: tuple[int, int], subset: Subset, config: Config) -> tuple[int, int]:
+    data = config.data
+    if not data.enable_bucket:
+        return subset.resolution
+    return assign(size, subset.resolution, data.min_bucket_reso, data.max_bucket_reso, data.bucket_reso_steps,
+                  not data.bucket_no_upscale)
+
+
+def load_items(config: Config, found: list[Subset] | None = None, on_error=None) -> list[Item]:
+    """Every image of every subset, with its bucket and caption. An unreadable image stops the
+    run naming it, or, with `on_error(subset, image, message)` (train plan), is reported and
+    left out."""
     items = []
-    for s in subsets(config):
+    for s in subsets(config) if found is None else found:
         for image in s.images:
-            header = read_header(image)
-            bucket = assign((header.width, header.height), s.resolution, data.min_bucket_reso,
-                            data.max_bucket_reso, data.bucket_reso_steps, not data.bucket_no_upscale) \
-                if data.enable_bucket else s.resolution
-            items.append(Item(image, _caption_text(image, s, config), bucket, s.repeats, s.is_reg))
+            try:
+                header = read_header(image)
+            except ImageError as exc:
+                if on_error is None:
+                    raise UserError(f"{image}: {exc}") from None
+                on_error(s, image, str(exc))
+                continue
+            items.append(Item(image, _caption_text(image, s, config), bucket_of((header.width, header.height), s, config),
+                              s.repeats, s.is_reg, s.batch_size, s.dataset))
     return items
 
 
@@ -116,20 +190,27 @@ def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) 
     return ", ".join(fixed + rest)
 
 
-def epoch_batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices into `items`, in batches of one bucket each, in an order fixed by (seed, epoch).
-    Regularisation images are repeated until they match the training images, as kohya does."""
-    rng = random.Random(seed * 1_000_003 + epoch)
+def epoch_batches(items: list[Item], seed: int, epoch: int) -> list[list[int]]:
+    """Indices into `items`, in batches of one dataset and one bucket each (of that dataset's batch
+    size), in an order fixed by (seed, epoch). Regularisation images are repeated until they match
+    the training images, as kohya does."""
+    rng = seeds.rng(seed, "batches", epoch)
     train = [i for i, it in enumerate(items) for _ in range(it.repeats) if not it.is_reg]
     reg_pool = [i for i, it in enumerate(items) for _ in range(it.repeats) if it.is_reg]
     reg = [reg_pool[k % len(reg_pool)] for k in range(len(train))] if reg_pool else []
-    by_bucket: dict[tuple[int, int], list[int]] = {}
+    pools: dict[tuple[int, tuple[int, int]], list[int]] = {}
     for i in train + reg:
-        by_bucket.setdefault(items[i].bucket, []).append(i)
+        pools.setdefault((items[i].dataset, items[i].bucket), []).append(i)
     batches = []
-    for bucket in sorted(by_bucket):
-        members = by_bucket[bucket]
+    for key in sorted(pools):
+        members = pools[key]
         rng.shuffle(members)
-        batches += [members[k:k + batch_size] for k in range(0, len(members), batch_size)]
+        size = items[members[0]].batch_size
+        batches += [members[k:k + size] for k in range(0, len(members), size)]
     rng.shuffle(batches)
     return batches
+
+
+def steps_per_epoch(items: list[Item], accumulation: int, processes: int = 1) -> int:
+    """Optimizer steps in an epoch: each takes `accumulation` batches on each process."""
+    return -(-len(epoch_batches(items, 0, 0)) // (accumulation * processes))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,16 +42,6 @@ def vae_digest(vae) -> str:
     return h.hexdigest()
 
 
-def vae_dtype(config: Config, device: torch.device) -> torch.dtype:
-    """The VAE runs in float32, unless `training.no_half_vae = false` under mixed precision on
-    a GPU: then in the training dtype, as kohya does (faster, less memory; SD1.5's and SDXL's
-    VAEs can overflow to NaN in fp16, hence float32 by default). On the CPU, float32 always."""
-    t = config.training
-    if device.type != "cuda" or t.no_half_vae:
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision, torch.float32)
-
-
 class DiskCache:
     def __init__(self, folder: Path, vae):
         self.folder = folder
@@ -63,23 +55,35 @@ class DiskCache:
         h.update(self._digests[item.image])
         return h.hexdigest()
 
-    def get(self, item: Item, flip: bool, encode) -> tuple[torch.Tensor, torch.Tensor]:
+    def path(self, item: Item, flip: bool) -> Path:
         key = self.key(item, flip)
-        path = self.folder / key[:2] / f"{key}.safetensors"
-        if path.is_file():
-            try:
-                found = load_file(path)
-                return found["latent"], found["size"]
-            except (SafetensorError, KeyError, OSError):
-                pass  # a truncated or foreign file: encode again and replace it
-        latent, size = encode()
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    @staticmethod
+    def load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached pair, or None when absent, truncated or foreign (then it is encoded again)."""
+        if not path.is_file():
+            return None
+        try:
+            found = load_file(path)
+            return found["latent"], found["size"]
+        except (SafetensorError, KeyError, OSError):
+            return None
+
+    @staticmethod
+    def store(path: Path, latent: torch.Tensor, size: torch.Tensor) -> None:
         with atomic_path(path) as tmp:
             tmp.write_bytes(save_bytes({"latent": latent.detach().to("cpu", torch.float32).contiguous(),
                                         "size": size.detach().to("cpu").contiguous()}))
-        return latent, size
 
 
 class Latents:
+    """data.num_workers threads decode images (PIL and OpenCV release the GIL while they decode,
+    resize and convert) ahead of the VAE: while the cache is built, and at every step when the
+    latents are encoded per step. The threads live for the whole run (data.persistent_workers);
+    0 decodes in the training thread. Which image gets which random draw never depends on the
+    number of workers."""
+
     def __init__(self, items: list[Item], vae, device: torch.device, config: Config):
         d = config.data
         if d.cache_latents and (d.color_aug or d.random_crop):
@@ -92,30 +96,76 @@ class Latents:
             raise UserError("data.cache_latents_to_disk keeps the latent cache: it needs data.cache_latents = true")
         self.disk = DiskCache(Path(d.latent_cache_dir) if d.latent_cache_dir else cache_dir("latents"), vae) \
             if d.cache_latents_to_disk else None
+        self.pool = ThreadPoolExecutor(d.num_workers, thread_name_prefix="lorakit-decode") if d.num_workers else None
+        self.workers = d.num_workers
         if d.cache_latents:
-            for i in range(len(items)):
-                for flip in (False, True) if self.flip else (False,):
-                    if self.disk:
-                        latent, size = self.disk.get(items[i], flip, lambda: self.encode(i, flip))
-                        self.cache[i, flip] = latent.to(device), size.to(device)
-                    else:
-                        self.cache[i, flip] = self.encode(i, flip)
+            self._fill()
+            self.close()  # every latent is cached: nothing is decoded again
+
+    def _fill(self) -> None:
+        jobs = [(i, flip) for i in range(len(self.items)) for flip in ((False, True) if self.flip else (False,))]
+        paths = {}
+        if self.disk:
+            for job in jobs:
+                paths[job] = self.disk.path(self.items[job[0]], job[1])
+                found = self.disk.load(paths[job])
+                if found is not None:
+                    self.cache[job] = found[0].to(self.device), found[1].to(self.device)
+        missing = [job for job in jobs if job not in self.cache]
+        for job, decoded in self._decoded([(i, flip, None) for i, flip in missing]):
+            self.cache[job[:2]] = self._encode(job[0], decoded)
+            if self.disk:
+                self.disk.store(paths[job[:2]], *self.cache[job[:2]])
+
+    def _pixels(self, i: int, flip: bool, rng: random.Random | None):
+        return pixels(self.items[i], rng, self.random_crop, self.color_aug, flip)
+
+    def _decoded(self, jobs: list[tuple[int, bool, random.Random | None]]):
+        """(job, decoded pixels) in the jobs' order; with workers, decoded up to 2 per worker ahead."""
+        if self.pool is None:
+            for job in jobs:
+                yield job, self._pixels(*job)
+            return
+        pending = deque()
+        upcoming = iter(jobs)
+        for job in upcoming:
+            pending.append((job, self.pool.submit(self._pixels, *job)))
+            if len(pending) >= 2 * self.workers:
+                break
+        while pending:
+            job, future = pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, self.pool.submit(self._pixels, *following)))
+            yield job, future.result()
 
     @torch.no_grad()
-    def encode(self, i: int, flip: bool, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, i: int, decoded) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent, SDXL size conditioning: original h, w, crop top, left, target h, w)."""
         item = self.items[i]
-        image, original, (top, left) = pixels(item, rng, self.random_crop, self.color_aug, flip)
+        image, original, (top, left) = decoded
         dist = self.vae.encode(image[None].to(self.device, self.vae.dtype)).latent_dist
         latent = dist.mean[0].float() * self.vae.config.scaling_factor  # trained on in float32
         size = torch.tensor([*original, top, left, item.bucket[1], item.bucket[0]], dtype=torch.float32,
                             device=self.device)
         return latent, size
 
-    def batch(self, indices: list[int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's latents and size conditionings; flips and augmentations drawn from rng."""
-        pairs = []
-        for i in indices:
-            flip = self.flip and rng.random() < 0.5
-            pairs.append(self.cache[i, flip] if self.cache else self.encode(i, flip, rng))
+    def encode(self, i: int, flip: bool, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode(i, self._pixels(i, flip, rng))
+
+    def batch(self, indices: list[int], rng: random.Random | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's latents and size conditionings. Flips, and the seed of each image's crop
+        and colour draws, come from rng in the batch's order (here, never in a worker)."""
+        flips = [self.flip and rng.random() < 0.5 for _ in indices]
+        if self.cache:
+            pairs = [self.cache[i, flip] for i, flip in zip(indices, flips)]
+        else:
+            jobs = [(i, flip, random.Random(rng.getrandbits(64)) if rng is not None else None)
+                    for i, flip in zip(indices, flips)]
+            pairs = [self._encode(job[0], decoded) for job, decoded in self._decoded(jobs)]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

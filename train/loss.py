@@ -51,12 +51,18 @@ def perturb_input(noise: torch.Tensor, gamma: float, generator: torch.Generator)
     return noise + gamma * torch.randn(noise.shape, generator=generator).to(noise.device, noise.dtype)
 
 
+def _l2(diff: torch.Tensor, huber_c: float) -> torch.Tensor:
+    return diff ** 2
+
+
+def _huber(diff: torch.Tensor, huber_c: float) -> torch.Tensor:
+    """Pseudo-Huber: quadratic near 0, linear for large errors (kohya's loss_type huber)."""
+    return 2 * huber_c * (torch.sqrt(diff ** 2 + huber_c ** 2) - huber_c)
+
+
+LOSSES = {"l2": _l2, "huber": _huber}  # loss.type
+
+
 def per_sample(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
-    """The loss of each sample, averaged over channels and pixels."""
-    pred, target = pred.float(), target.float()
-    if kind == "huber":
-        diff = pred - target
-        loss = 2 * huber_c * (torch.sqrt(diff ** 2 + huber_c ** 2) - huber_c)
-    else:
-        loss = (pred - target) ** 2
-    return loss.mean(dim=[1, 2, 3])
+    """The loss of each sample, averaged over channels and pixels (in float32)."""
+    return LOSSES[kind](pred.float() - target.float(), huber_c).mean(dim=[1, 2, 3])

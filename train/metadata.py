@@ -15,7 +15,15 @@ from train.data import Item
 # kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
 PUBLIC = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
           "ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type")
-VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2-v": "stable-diffusion-v2-768-v",
+                 "sdxl": "stable-diffusion-xl-v1-base"}  # the modelspec standard's names
+
+
+def base_model_version(family: str, v_prediction: bool) -> str:
+    """kohya's ss_base_model_version: sd_v1 / sd_v2, with _v for v-prediction; SDXL's one name."""
+    if family == "sdxl":
+        return "sdxl_base_v1-0"
+    return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
 
 NETWORK_MODULES = {"lora": "networks.lora", "locon": "networks.lora", "none": "networks.lora",
                    "dylora": "networks.dylora"}
@@ -23,9 +31,10 @@ NETWORK_MODULES = {"lora": "networks.lora", "locon": "networks.lora", "none": "n
 
 def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int, total: int,
              started: float, family: str) -> dict[str, str]:
-    """`family`: the model family the run found (sd1, sd2, sdxl)."""
+    """`family`: the model family the run found when it loaded the model (sd1, sd2, sdxl)."""
     n, o, d = config.network, config.optimizer, config.data
-    version = VERSIONS[family] + ("_v" if family == "sd2" and config.model.v_parameterization else "")
+    v_prediction = config.model.v_parameterization
+    architecture = ARCHITECTURES["sd2-v" if family == "sd2" and v_prediction else family]
     frequency: dict[str, Counter] = {}
     dirs: dict[str, dict] = {}
     for item in items:
@@ -47,7 +56,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         "ss_network_dim": str(n.dim), "ss_network_alpha": str(n.alpha),
         "ss_network_args": json.dumps(network_args), "ss_network_dropout": str(n.dropout),
         "ss_scale_weight_norms": str(n.scale_weight_norms),
-        "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
+        "ss_base_model_version": base_model_version(family, v_prediction), "ss_v2": str(family == "sd2"),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})", "ss_clip_skip": str(config.model.clip_skip),
         "ss_learning_rate": str(o.learning_rate), "ss_unet_lr": str(n.unet_lr or o.learning_rate),
         "ss_text_encoder_lr": str(n.text_encoder_lr or o.learning_rate), "ss_optimizer": o.type,
@@ -62,11 +71,9 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
         "ss_output_name": config.output.name, "ss_sd_model_name": Path(config.model.base).name, "ss_training_comment": config.output.comment,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if
-                                   config.model.v_parameterization else "stable-diffusion-v2-512",
-                                   "sdxl": "stable-diffusion-xl-v1-base"}[family] + "/lora",
+        "modelspec.architecture": f"{architecture}/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-        "modelspec.prediction_type": "v" if config.model.v_parameterization else "epsilon",
+        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}", "modelspec.title": config.output.name,
         "modelspec.date": time.strftime("%Y-%m-%d"),
     }

@@ -4,11 +4,14 @@ or SDXL from a diffusers folder or hub repo id, and the text encoding each famil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lorakit.errors import UserError
-from train.config import Config
+
+if TYPE_CHECKING:
+    from train.config import Config
 
 
 @dataclass
@@ -18,14 +21,65 @@ class Models:
     vae: object
     unet: object
     scheduler: object
+    family: str  # sd1, sd2 or sdxl: decided once, when the model loads; everything else reads it
 
     @property
     def sdxl(self) -> bool:
-        return len(self.text_encoders) == 2
+        return self.family == "sdxl"
+
+
+def family_of_unet(unet_config) -> str:
+    """The family a UNet config belongs to: SDXL conditions on sizes and pooled text
+    (`text_time`); SD2's UNet is the only other one with linear projections in its transformer
+    blocks and with 1024-wide cross-attention (OpenCLIP ViT-H); SD1 otherwise."""
+    if unet_config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if unet_config.get("use_linear_projection") or unet_config.get("cross_attention_dim") == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def family_on_disk(base: str) -> str | None:
+    """The family of model.base read from its config or keys, without loading weights (for
+    `train plan`): a single .safetensors file's keys, a diffusers folder's unet/config.json, or
+    that file in the hub cache for a repo id. None when it cannot be told without loading."""
+    import json
+    from pathlib import Path
+
+    path = Path(base)
+    try:
+        if base.endswith(".safetensors") and path.is_file():
+            from safetensors import safe_open
+
+            from train.single_file import family_of
+
+            with safe_open(base, "pt") as f:
+                return family_of(f.keys())
+        unet_config = path / "unet" / "config.json"
+        if not path.exists() and base.count("/") == 1:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "unet/config.json")
+            unet_config = Path(cached) if isinstance(cached, str) else None
+        if unet_config is not None and unet_config.is_file():
+            return family_of_unet(json.loads(unet_config.read_text()))
+    except (OSError, ValueError, UserError):
+        return None
+    return None
+
+
+def decide_family(config: Config, found: str) -> str:
+    """model.family must agree with what the model is; "auto" takes what it is."""
+    wanted = config.model.family
+    if wanted not in ("auto", found):
+        raise UserError(f"model.base {config.model.base} is an {found} model, but model.family = {wanted!r}: "
+                        f'set model.family = "auto" or "{found}"')
+    return found
 
 
 def load_models(config: Config) -> Models:
-    """A diffusers folder (or hub id) with unet, vae, text_encoder(_2), tokenizer(_2) subfolders."""
+    """A diffusers folder (or hub id) with unet, vae, text_encoder(_2), tokenizer(_2) subfolders,
+    or a single checkpoint file."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -38,27 +92,24 @@ def load_models(config: Config) -> Models:
         from train.single_file import load_single_file
 
         m = config.model
-        tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, m.v_parameterization,
-                                                                m.allow_pickle, m.config)
+        family, tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, m.v_parameterization,
+                                                                        m.allow_pickle, m.config)
         if m.vae:
-            vae = _separate_vae(m.vae, _is_sdxl(unet))
-        return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
+            vae = _separate_vae(m.vae, family == "sdxl")
+        return Models(tokenizers, text_encoders, vae, unet, _scheduler(config), decide_family(config, family))
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        family = decide_family(config, family_of_unet(unet.config))
         tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)]
         text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
-        if _is_sdxl(unet):
+        if family == "sdxl":
             tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77))
             text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
-        vae = _separate_vae(config.model.vae, _is_sdxl(unet)) if config.model.vae else \
+        vae = _separate_vae(config.model.vae, family == "sdxl") if config.model.vae else \
             AutoencoderKL.from_pretrained(base, subfolder="vae")
     except OSError as exc:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
-    return Models(tokenizers, text_encoders, vae, unet, _scheduler(config))
-
-
-def _is_sdxl(unet) -> bool:
-    return unet.config.get("addition_embed_type") == "text_time"  # SDXL's size and pooled-text conditioning
+    return Models(tokenizers, text_encoders, vae, unet, _scheduler(config), family)
 
 
 def _separate_vae(vae: str, sdxl: bool):
@@ -85,21 +136,34 @@ def _scheduler(config: Config):
                          prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
 
 
-def set_attention(unet, kind: str) -> None:
-    """training.attention: "sdpa" (torch's fused scaled-dot-product attention, which picks flash or
-    memory-efficient kernels on a GPU), "xformers" (when installed), or "math" (the plain matmul
-    softmax: slow, for comparisons)."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+def _sdpa(unet) -> None:
+    """torch's fused scaled-dot-product attention (flash or memory-efficient kernels on a GPU)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
 
-    if kind == "xformers":
-        try:
-            import xformers  # noqa: F401  (diffusers' own error would not say what to install)
-        except ImportError:
-            raise UserError('training.attention = "xformers" needs the xformers package (pip install xformers); '
-                            '"sdpa" is as fast on torch 2') from None
-        unet.enable_xformers_memory_efficient_attention()
-    else:
-        unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+    unet.set_attn_processor(AttnProcessor2_0())
+
+
+def _math(unet) -> None:
+    """The plain matmul-softmax attention: slow, for comparisons."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet.set_attn_processor(AttnProcessor())
+
+
+def _xformers(unet) -> None:
+    try:
+        import xformers  # noqa: F401  (diffusers' own error would not say what to install)
+    except ImportError:
+        raise UserError('training.attention = "xformers" needs the xformers package (pip install xformers); '
+                        '"sdpa" is as fast on torch 2') from None
+    unet.enable_xformers_memory_efficient_attention()
+
+
+ATTENTION = {"sdpa": _sdpa, "xformers": _xformers, "math": _math}  # training.attention
+
+
+def set_attention(unet, kind: str) -> None:
+    ATTENTION[kind](unet)
 
 
 CHUNK = 75  # caption tokens per CLIP pass (77 with the start and end tokens)

@@ -19,7 +19,14 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from lorakit.fsio import atomic_path
+from train.lycoris_net import ALGOS
 from train.naming import Target
+
+# network.module: what trains on the targets: our LoRA module (lora: linear layers and 1x1
+# convolutions; locon: 3x3 convolutions too; dylora: ranks in blocks), one of lycoris-lora's
+# algorithms (train/lycoris_net.py), or no network (embeddings alone)
+MODULES = {"lora": "ours", "locon": "ours", "dylora": "ours", **{algo: "lycoris" for algo in ALGOS},
+           "none": None}
 
 
 class LoRAModule(nn.Module):

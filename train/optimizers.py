@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from lorakit.errors import UserError
-from train.config import OptimizerConfig
+
+if TYPE_CHECKING:
+    from train.config import OptimizerConfig
 
 
 def _adamw(groups, o: OptimizerConfig):

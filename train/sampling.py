@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import PngImagePlugin
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
-from train.config import Config
 from train.models import CHUNK, encode_text
+
+if TYPE_CHECKING:
+    from train.config import Config
 
 SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG parameters)
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
@@ -86,9 +89,7 @@ def at_bucket(prompt: Prompt, config: Config, index: int) -> Prompt:
 def _pipeline(models, config: Config):
     import diffusers
 
-    name = config.sampling.sampler
-    if name not in SAMPLERS:
-        raise UserError(f"sampling.sampler = {name!r}; use one of {', '.join(SAMPLERS)}")
+    name = config.sampling.sampler  # one of SAMPLERS: checked when the config loads
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # its notes about optional image processors are noise here

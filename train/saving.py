@@ -26,9 +26,9 @@ from train.config import Config
 from train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
 from train.metadata import metadata
 from train.network import save
+from train.precision import DTYPES
 from train.sampling import generate, prompts_for, save_sample
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class Saver:
@@ -48,12 +48,6 @@ class Saver:
         base = config.model.base  # recorded in embedding files: a folder's name, or the hub id
         self.base_name = Path(base).name if Path(base).exists() else base
 
-    @property
-    def family(self) -> str:
-        if self.models.sdxl:
-            return "sdxl"
-        return self.config.model.family if self.config.model.family != "auto" else "sd1"
-
     def _embedding_items(self):
         return self.embeddings.items if self.embeddings else []
 
@@ -63,7 +57,7 @@ class Saver:
             for item in self._embedding_items():
                 extra.update(bundle_keys(item.name, self.embeddings.vectors(item)))
         meta = metadata(self.config, self.items, step, self.plan["steps_per_epoch"], self.plan["total"],
-                        self.plan["started"], self.family)
+                        self.plan["started"], self.models.family)
         save(self.network, path, meta, DTYPES[self.config.saving.precision], extra)
         self.saved.append(str(path))
 
@@ -131,9 +125,11 @@ class Saver:
         return samples
 
 
-def save_state(network, optimizer, embeddings, step: int, config: Config, path: Path) -> None:
+def save_state(network, optimizer, embeddings, scaler, step: int, config: Config, path: Path) -> None:
+    """What `train resume` continues from: the trained weights, the optimizer's moments, the fp16
+    loss scale (without it a resumed fp16 run would restart at the initial scale) and the step."""
     state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "embeddings": embeddings.state() if embeddings else []}
+             "embeddings": embeddings.state() if embeddings else [], "scaler": scaler.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     write_text(path.with_name("config.json"), json.dumps(asdict(config)))

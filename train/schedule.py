@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 
 from lorakit.errors import UserError
-from train.config import Config
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from train.config import Config
 
 
 def parse_piecewise(text: str) -> list[tuple[float, float]]:
@@ -46,24 +49,26 @@ def base_rate(value: float | str) -> float:
     return parse_piecewise(value)[0][0] if isinstance(value, str) else float(value)
 
 
+# scheduler.type: the factor of the base rate after warmup, at `progress` (0 to 1) of the rest
+SCHEDULES: dict[str, Callable] = {
+    "constant": lambda progress, s: 1.0,
+    "cosine": lambda progress, s: 0.5 * (1 + math.cos(math.pi * progress)),
+    "cosine_with_restarts": lambda progress, s: 0.5 * (1 + math.cos(math.pi * ((progress * s.cycles) % 1.0))),
+    "polynomial": lambda progress, s: (1 - progress) ** s.power,
+    "linear": lambda progress, s: 1 - progress,
+}
+
+
 def curve(config: Config, total: int):
     """The configured schedule as a factor of the base learning rate at each step."""
     s = config.scheduler
     warmup = s.warmup_steps if s.warmup_steps is not None else int(s.warmup_ratio * total)
+    shape = SCHEDULES[s.type]
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        if s.type == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if s.type == "cosine_with_restarts":
-            return 0.5 * (1 + math.cos(math.pi * ((progress * s.cycles) % 1.0)))
-        if s.type == "polynomial":
-            return (1 - progress) ** s.power
-        if s.type == "linear":
-            return 1 - progress
-        return 1.0
+        return shape((step - warmup) / max(1, total - warmup), s)
     return factor
 
 

@@ -163,7 +163,7 @@ def _from_pickle(path: Path, allow: bool) -> Path:
 
 
 def load_single_file(path: Path, family: str, v_prediction: bool, allow_pickle: bool, configs: str | None = None):
-    """(tokenizers, text encoders, vae, unet) from one checkpoint file; `configs`: a diffusers-layout
+    """(family, tokenizers, text encoders, vae, unet) from one checkpoint file; `configs`: a diffusers-layout
     folder to use instead of the shipped configs (another architecture, e.g. an inpainting UNet)."""
     import diffusers
     from safetensors import SafetensorError, safe_open
@@ -190,4 +190,4 @@ def load_single_file(path: Path, family: str, v_prediction: bool, allow_pickle: 
                         f"{str(exc).splitlines()[0][:300]}") from None
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if found == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if found == "sdxl" else [])
-    return tokenizers, encoders, pipe.vae, pipe.unet
+    return found, tokenizers, encoders, pipe.vae, pipe.unet

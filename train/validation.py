@@ -2,7 +2,7 @@
 
 The training loss jumps with each step's random timesteps and noise, so it says little about
 over- or under-fitting. Here the held-out images are noised the same way at every evaluation: at
-VALIDATION_TIMESTEPS, with noise from a generator seeded by (seed, image), so two evaluations
+VALIDATION_TIMESTEPS, with noise from a generator seeded by (seed, image) (train/seeds.py), so two evaluations
 differ only by what the network learned. The loss is the training loss (same target, loss type
 and weighting) on those draws, averaged. Held-out images never train.
 """
@@ -10,13 +10,13 @@ and weighting) on those draws, averaged. Held-out images never train.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lorakit.errors import UserError
+from train import seeds
 from train.config import Config
 from train.data import Item
 from train.latents import Latents
@@ -37,7 +37,7 @@ def held_out(images: list[Path], fraction: float, seed: int) -> set[Path]:
     if count >= len(candidates):
         raise UserError(f"data.validation_split = {fraction} would hold out all {len(candidates)} training "
                         "images: use a smaller fraction or more images")
-    return {candidates[k] for k in random.Random(seed).sample(range(len(candidates)), count)}
+    return {candidates[k] for k in seeds.rng(seed, "held out").sample(range(len(candidates)), count)}
 
 
 def split(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
@@ -65,7 +65,7 @@ class Validation:
         for k, item in enumerate(self.items):
             latent, size = self.latents.batch([k], None)
             text, pooled = encode([item])
-            generator = torch.Generator().manual_seed(self.seed * 1009 + k)
+            generator = seeds.generator(self.seed, "validation", k)
             repeat = lambda t: t.expand(n, *t.shape[1:]) if t is not None else None  # noqa: E731
             total += float(step_loss(repeat(latent), repeat(text), repeat(pooled), repeat(size), generator, timesteps))
         return total / len(self.items)

@@ -1,0 +1,253 @@
+"""`setup(config) -> Run`: everything a training run holds, loaded and built once: the models (and
+the family they are), the network, the embeddings, the data and its latents, the optimizer and
+its schedule, the mixed-precision scaler, and, on resume, the saved state. The loop
+(train/loop.py) only reads and steps what is here."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lorakit.errors import UserError
+from train import optimizers, precision, seeds
+from train.config import Config
+from train.data import Item, caption_for_step, load_items, steps_per_epoch
+from train.distributed import Dist, setup as distributed_setup
+from train.embeddings import Embeddings
+from train.latents import Latents
+from train.lycoris_net import LycorisNetwork, check_args, dylora_unit
+from train.models import Models, encode_text, load_models, set_attention
+from train.naming import text_encoder_targets, unet_targets
+from train.network import MODULES, LoRANetwork
+from train.saving import Saver
+from train.schedule import base_rate, group_lambda
+from train.templates import fill, load_template
+from train.validation import Validation, split
+
+STATE = "state.pt"
+
+
+@dataclass
+class Run:
+    config: Config
+    out_dir: Path
+    dist: Dist
+    device: torch.device
+    models: Models
+    network: torch.nn.Module
+    unet_targets: list
+    te_targets: list
+    embeddings: Embeddings | None
+    templates: list[str] | None
+    items: list[Item]
+    held_out: list[Item]
+    latents: Latents
+    validation: Validation | None
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # autocast's dtype; None: float32
+    steps_per_epoch: int
+    total: int
+    saver: Saver
+    log: Callable[[str], None]
+    step: int = 0  # optimizer steps done (from the saved state on resume)
+    text_cache: list | None = None
+    val_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss
+
+    @property
+    def placeholder(self) -> str:
+        return self.config.embeddings[0].placeholder if self.config.embeddings else ""
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE
+
+    def trained(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def prompt(run: Run, item: Item, rng: random.Random, epoch: int) -> str:
+    """The caption as kohya prepares it; in a template line with textual inversion; with the
+    embeddings' placeholders turned into their tokens."""
+    text = caption_for_step(item.caption, run.config, rng, epoch)
+    if run.templates:
+        text = fill(rng.choice(run.templates), run.placeholder, text)
+    return run.embeddings.substitute(text) if run.embeddings else text
+
+
+def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log=print,
+          device: torch.device | None = None) -> Run:
+    """Load and build a run. `device`: where it trains (default: this process's GPU, else the
+    CPU; the placement check passes "meta")."""
+    out_dir = Path(out_dir or config.output.dir)
+    state = torch.load(out_dir / STATE, weights_only=True) if resume else None
+    seed = config.training.seed
+    torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
+    models = load_models(config)
+    dist = distributed_setup()
+    device = device or dist.device
+    if not dist.main:
+        log = lambda line: None  # noqa: E731  (only the first process logs)
+    amp_dtype = precision.amp_dtype(config.training.mixed_precision)
+    for model in (*models.text_encoders, models.vae, models.unet):
+        model.to(device)
+        model.requires_grad_(False)
+    vae_dtype = precision.vae_dtype(config.training.mixed_precision, config.training.no_half_vae)
+    if vae_dtype != torch.float32:  # .to() on a float32 VAE: a diffusers warning
+        models.vae.to(dtype=vae_dtype)
+    set_attention(models.unet, config.training.attention)
+    if config.training.gradient_checkpointing:  # recompute activations in backward: less memory
+        models.unet.enable_gradient_checkpointing()
+        for text_encoder in models.text_encoders:
+            text_encoder.gradient_checkpointing_enable()
+    network, unet_t, te_t = _network(config, models, device)
+    embeddings = Embeddings.build(config.embeddings, models.tokenizers, models.text_encoders) \
+        if config.embeddings else None
+    if embeddings:
+        embeddings.attach()
+    templates = load_template(config.data.template) if config.data.template else None
+    items, held_out = split(load_items(config), config.data.validation_split, seed)
+    placeholder = config.embeddings[0].placeholder if config.embeddings else ""
+    for warning in prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
+                                   config.data.max_token_length):
+        log(json.dumps({"warning": warning}))
+    latents = Latents(items, models.vae, device, config)
+    validation = Validation(held_out, models.vae, device, config, seed) if held_out else None
+    per_epoch = steps_per_epoch(items, config.training.gradient_accumulation_steps, dist.world)
+    total = config.training.max_steps or config.training.max_epochs * per_epoch
+    if embeddings:
+        embeddings.resolve_stops(per_epoch)
+    optimizer, schedule = make_optimizer(config, network, {t.name for t in unet_t}, embeddings, total)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = items[0]
+    saver = Saver(config, out_dir, items, network, embeddings, models,
+                  {"steps_per_epoch": per_epoch, "total": total, "started": time.time()},
+                  fill(templates[0], placeholder, first.caption) if templates else first.caption)
+    run = Run(config, out_dir, dist, device, models, network, unet_t, te_t, embeddings, templates, items, held_out,
+              latents, validation, optimizer, schedule, precision.grad_scaler(device, amp_dtype), amp_dtype, per_epoch,
+              total, saver, log)
+    if state is not None:
+        _restore(run, state)
+    run.text_cache = _text_cache(run)
+    return run
+
+
+def _restore(run: Run, state: dict) -> None:
+    """The saved state of a stopped run: network, embeddings, optimizer, the fp16 loss scale,
+    and the step (the schedule and every random draw follow from it)."""
+    run.network.load_state_dict(state["network"])
+    if run.embeddings:
+        run.embeddings.load_state(state["embeddings"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.step = int(state["step"])
+    for group, lr_factor in zip(run.optimizer.param_groups, run.schedule.lr_lambdas):
+        group["lr"] = group["initial_lr"] * lr_factor(run.step)
+    run.schedule.last_epoch = run.step
+
+
+def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Embeddings | None,
+                   total: int):
+    """The optimizer with one group per learning rate (UNet, text encoder, each embedding), and
+    the schedule: the configured curve, or a group's own A1111 piecewise rate."""
+    o, n = config.optimizer, config.network
+    groups, rates = [], []
+    unet_params = [p for m in network.loras if m.lora_name in unet_names for p in m.parameters()]
+    te_params = [p for m in network.loras if m.lora_name not in unet_names for p in m.parameters()]
+    if unet_params and n.train_unet:
+        groups.append({"params": unet_params})
+        rates.append(n.unet_lr or o.learning_rate)
+    if te_params and n.train_text_encoder:
+        groups.append({"params": te_params})
+        rates.append(n.text_encoder_lr or o.learning_rate)
+    for item in embeddings.items if embeddings else []:
+        if item.config.train:
+            # no weight decay: it would pull the vectors towards zero, away from the vocabulary
+            groups.append({"params": list(item.vectors), "weight_decay": 0.0})
+            rates.append(item.config.learning_rate or o.learning_rate)
+    if not groups:
+        raise UserError("nothing to train: the network needs train_unet or train_text_encoder")
+    for group, rate in zip(groups, rates):
+        group["lr"] = base_rate(rate)
+    optimizer = optimizers.build(groups, o)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [group_lambda(config, total, r) for r in rates])
+    return optimizer, schedule
+
+
+def _network(config: Config, models: Models, device: torch.device):
+    """The network and its UNet and text-encoder targets: our LoRA/LoCon module, or one of
+    lycoris-lora's algorithms on the same targets (LoCon's set: attention and ResNet blocks)."""
+    n = config.network
+    kind = MODULES[n.module]
+    unet_t, te_t = [], []
+    if kind is not None:
+        locon = n.module != "lora"
+        unet_t = unet_targets(models.unet, locon=locon, sgm=models.sdxl) if n.train_unet else []
+        prefixes = ["lora_te1", "lora_te2"] if models.sdxl else ["lora_te"]
+        te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
+                for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
+    conv_rank = n.conv_dim if n.module != "lora" else 0
+    check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout)
+    if kind == "lycoris":
+        network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
+                                 n.rank_dropout, n.module_dropout, n.args)
+    else:
+        network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
+                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None)
+    network.to(device)
+    network.attach()
+    return network, unet_t, te_t
+
+
+def prompt_warnings(items: list[Item], tokenizer, embeddings: Embeddings | None, templates: list[str] | None,
+                    placeholder: str, limit: int) -> list[str]:
+    """A placeholder in no caption never trains; a prompt past `limit` tokens (data.max_token_length)
+    is cut, and with it the tail of the caption or the embedding."""
+    warnings = [f"embedding {item.name}: its placeholder {item.config.placeholder!r} is in none of the captions"
+                for item in (embeddings.items if embeddings else []) if not templates or item.config.placeholder != placeholder
+                if not any(item.pattern.search(i.caption) for i in items)]
+    longest_line = max(templates, key=len) if templates else "[filewords]"
+    substitute = embeddings.substitute if embeddings else (lambda text: text)
+    costs = [len(tokenizer(substitute(fill(longest_line, placeholder, item.caption)), add_special_tokens=False).input_ids)
+             for item in items]
+    over = [(cost, item) for cost, item in zip(costs, items) if cost > limit]
+    if over:
+        cost, item = max(over, key=lambda pair: pair[0])
+        vectors = f" with the embeddings' {sum(e.count for e in embeddings.items)} vectors" if embeddings else ""
+        warnings.append(f"{len(over)} prompts are past data.max_token_length = {limit} tokens and get cut off; the "
+                        f"longest, {item.image.name}, takes {cost}{vectors}: shorten the captions"
+                        + (" or set data.max_token_length = 150 or 225" if limit < 225 else ""))
+    return warnings
+
+
+def _text_cache(run: Run) -> list | None:
+    """data.cache_text_encoder_outputs: each caption encoded once (as a step would encode it,
+    under the same autocast), which is only right when the encoders do not train and every step
+    would give the same prompt."""
+    config, d = run.config, run.config.data
+    if not d.cache_text_encoder_outputs:
+        return None
+    varying = [name for name, on in (
+        ("a text-encoder LoRA trains", bool(run.te_targets)),
+        ("an embedding trains", bool(run.embeddings and run.embeddings.parameters())),
+        ("data.shuffle_caption", d.shuffle_caption), ("data.caption_dropout_rate", d.caption_dropout_rate),
+        ("data.caption_dropout_every_n_epochs", d.caption_dropout_every_n_epochs),
+        ("data.caption_tag_dropout_rate", d.caption_tag_dropout_rate), ("data.template", bool(run.templates))) if on]
+    if varying:
+        raise UserError("data.cache_text_encoder_outputs needs fixed captions and frozen text encoders; "
+                        "this run has: " + ", ".join(varying))
+    cache = []
+    with torch.no_grad(), precision.autocast(run.device, run.amp_dtype):
+        for item in run.items:
+            text, pooled = encode_text(run.models, [prompt(run, item, random.Random(0), 0)], config.model.clip_skip,
+                                        d.max_token_length)
+            cache.append((text[0], pooled[0] if pooled is not None else None))
+    return cache
