@@ -110,8 +110,9 @@ class Embeddings:
             if added != list(range(first, first + len(added))):
                 raise UserError("the tokenizer did not give the new tokens consecutive ids")
         out = cls(items, tokenizers, text_encoders)
-        out._targets = [float(enc.get_input_embeddings().weight.detach().float().norm(dim=1).median())
-                        for enc in text_encoders]
+        if any(cfg.preserve_norm for cfg in configs):  # read only when used: a value read stalls a GPU
+            out._targets = [float(enc.get_input_embeddings().weight.detach().float().norm(dim=1).median())
+                            for enc in text_encoders]
         out._first_ids = first_ids
         return out
 

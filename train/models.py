@@ -189,6 +189,12 @@ def _ids(tokenizer, captions: list[str], max_tokens: int = CHUNK) -> torch.Tenso
     return torch.stack(chunks, dim=1)
 
 
+def token_ids(tokenizer, captions: list[str], max_tokens: int, device: torch.device) -> torch.Tensor:
+    """[batch·chunks, 77] ids on the text encoder's device: the tokenizer makes them on the CPU,
+    and a GPU encoder fed CPU ids fails at its first caption (the placement check catches it)."""
+    return _ids(tokenizer, captions, max_tokens).flatten(0, 1).to(device)
+
+
 def _join(hidden: torch.Tensor, batch: int) -> torch.Tensor:
     """[batch·chunks, 77, D] -> [batch, 2 + 75·chunks, D]: the chunks' states in a row, without the
     start and end states between chunks."""
@@ -212,8 +218,8 @@ def encode_text(models: Models, captions: list[str], clip_skip: int, max_tokens:
     the first chunk, as kohya does). Captions past 75 tokens: see `_ids` and `_join`."""
     batch = len(captions)
 
-    def ids(k: int) -> torch.Tensor:  # the tokenizer's ids are on the CPU; the encoder may be on a GPU
-        return _ids(models.tokenizers[k], captions, max_tokens).flatten(0, 1).to(models.text_encoders[k].device)
+    def ids(k: int) -> torch.Tensor:
+        return token_ids(models.tokenizers[k], captions, max_tokens, models.text_encoders[k].device)
 
     if models.sdxl:
         first = models.text_encoders[0](ids(0), output_hidden_states=True)

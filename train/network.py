@@ -44,7 +44,8 @@ class LoRAModule(nn.Module):
             self.lora_up = nn.Linear(rank, base.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
-        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))  # saved in the file
+        self._alpha = float(alpha)  # what forward reads: reading the buffer would wait for the GPU in every module
         self.rank = rank
         self.dropout = dropout  # kohya's network_dropout: on the down projection's output
         self.rank_dropout = rank_dropout  # whole ranks, per sample, rescaled by 1 / (1 - p)
@@ -55,7 +56,12 @@ class LoRAModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return float(self.alpha) / self.rank
+        return self._alpha / self.rank
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "alpha" in state_dict:
+            self._alpha = float(state_dict[prefix + "alpha"])
 
     def attach(self) -> None:
         base = self._base[0]
