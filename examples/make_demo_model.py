@@ -55,6 +55,22 @@ def pipeline(folder: Path, seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def pipeline_sd2(folder: Path, seed: int = 0):
+    """The same, SD2-shaped: linear projections in the UNet's transformer blocks, an OpenCLIP-like
+    text encoder (gelu) whose tokenizer pads with "!", as SD2's does."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    pipe = pipeline(folder, seed)
+    config = CLIPTextConfig(**{**pipe.text_encoder.config.to_dict(), "hidden_act": "gelu"})
+    pipe.tokenizer.pad_token = "!"
+    pipe.register_modules(text_encoder=CLIPTextModel(config), unet=UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")))
+    return pipe
+
+
 def pipeline_xl(folder: Path, seed: int = 0):
     """The same, SDXL-shaped: two text encoders (the second with a projection), size and text
     conditioning (`text_time`), SDXL's block layout (2 layers per block, attention from the

@@ -14,6 +14,7 @@ from lorakit.report import FAILED, OK, Outcome, Report, Section
 from train.config import Config
 from train.data import Item, epoch_batches, load_items, resolution_pair, steps_per_epoch as data_steps, subsets
 from train.lycoris_net import check_args
+from train.sampling import read_prompts
 from train.schedule import base_rate
 from train.validation import split
 
@@ -90,6 +91,8 @@ def plan(config: Config) -> Report:
                                                       "trains until step"], rows_e))
         warnings += more
     warnings += token_warnings(config, items)
+    # the prompts file is read now: a mistake in it would otherwise stop the run at its first sample
+    prompts = len(read_prompts(config.sampling.prompts)) if config.sampling.prompts else 0
     report.sections += [
         Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
         Section("buckets", ["bucket", "images"],
@@ -98,14 +101,19 @@ def plan(config: Config) -> Report:
             ["training images x repeats", train_images], ["regularisation images", reg_images],
             ["held out for validation", len(held)], ["model family", family or "read when the model loads"],
             ["steps per epoch", steps_per_epoch], ["epochs", epochs], ["total steps", total],
-            ["saved after epochs", ", ".join(map(str, saves))]]),
+            ["saved after epochs", ", ".join(map(str, saves))],
+            ["sample prompts", prompts or "the first caption" if _samples(config) else "no samples"]]),
     ]
     report.notes += [f"warning: {w}" for w in warnings]
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
-                       warnings=warnings, train_images=train_images, family=family,
+                       warnings=warnings, train_images=train_images, family=family, sample_prompts=prompts,
                        held_out=sorted(str(i) for i in held))
     return report
+
+
+def _samples(config: Config) -> bool:
+    return bool(config.sampling.every_n_steps or config.sampling.every_n_epochs or config.output.log_dir)
 
 
 def _family(config: Config) -> str | None:

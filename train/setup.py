@@ -83,14 +83,14 @@ def prompt(run: Run, item: Item, rng: random.Random, epoch: int) -> str:
 
 
 def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log=print,
-          device: torch.device | None = None) -> Run:
+          device: torch.device | None = None, models: Models | None = None) -> Run:
     """Load and build a run. `device`: where it trains (default: this process's GPU, else the
-    CPU; the placement check passes "meta")."""
+    CPU; the placement check passes "meta"). `models`: already built ones instead of
+    model.base's (bench/gpu.py builds random-weight ones on the GPU)."""
     out_dir = Path(out_dir or config.output.dir)
     state = torch.load(out_dir / STATE, weights_only=True) if resume else None
     seed = config.training.seed
-    torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
-    models = load_models(config)
+    models = models or load_models(config)
     dist = distributed_setup()
     device = device or dist.device
     if not dist.main:
@@ -107,6 +107,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
         models.unet.enable_gradient_checkpointing()
         for text_encoder in models.text_encoders:
             text_encoder.gradient_checkpointing_enable()
+    torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
     network, unet_t, te_t = _network(config, models, device)
     embeddings = Embeddings.build(config.embeddings, models.tokenizers, models.text_encoders) \
         if config.embeddings else None

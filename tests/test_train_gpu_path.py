@@ -1,0 +1,113 @@
+"""The GPU path, exercised on the CPU: bf16 and fp16 autocast with the GradScaler (SD1 and SDXL,
+with an embedding, a half VAE and its float32 round trip for samples, resumed once, the LoRA
+loading in diffusers after), every tensor of a step on the model's device, and bench/gpu.py's
+code path in its --tiny mode."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import make_demo_model as tiny_sd
+from conftest import ROOT, train_config
+from train.config import load
+
+EMB = '''
+[[embeddings]]
+placeholder = "kitchan"
+token_count = 2
+init_text = "red"
+'''
+DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.mark.parametrize("family,precision", [("sd1", "bf16"), ("sd1", "fp16"), ("sdxl", "bf16"), ("sdxl", "fp16")])
+def test_mixed_precision_runs_resumes_and_loads(tmp_path, base, base_xl, family, precision):
+    from train.loop import train
+    from train.setup import setup
+
+    model = base_xl if family == "sdxl" else base
+    args = [f'training.mixed_precision="{precision}"', "training.no_half_vae=false", "training.max_steps=4",
+            "saving.every_n_epochs=0", "saving.bundle_embeddings=false", "sampling.every_n_steps=2"]
+    whole = setup(load(train_config(tmp_path, model, "whole", EMB), args), log=lambda line: None)
+    dtype = DTYPE[precision]
+    assert whole.models.vae.dtype == dtype  # no_half_vae = false: the VAE in the training dtype
+    assert all(latent.dtype == torch.float32 for latent, _ in whole.latents.cache.values())  # latents stay float32
+    outputs = []
+    whole.models.unet.register_forward_hook(  # training forwards only (samples run without gradients)
+        lambda module, args, out: outputs.append(out.sample.dtype) if torch.is_grad_enabled() else None)
+    result = train(whole)
+    assert set(outputs) == {dtype}  # the UNet ran under autocast
+    assert all(p.dtype == torch.float32 for p in whole.trained())  # what trains stays float32
+    assert whole.models.vae.dtype == dtype  # back after sampling decoded in float32
+    assert len(list((tmp_path / "whole" / "out" / "sample").glob("*.png"))) == 2
+    assert whole.scaler.is_enabled() == (precision == "fp16")
+    assert all(np.isfinite(result["losses"]))
+
+    parts = load(train_config(tmp_path, model, "parts", EMB), args)
+    train(setup(parts, log=lambda line: None), stop_at=2)
+    train(setup(parts, resume=True, log=lambda line: None))
+    out_a, out_b = tmp_path / "whole" / "out", tmp_path / "parts" / "out"
+    for name in ("kit.safetensors", "kit_embeddings/kitchan.safetensors"):
+        a, b = load_file(str(out_a / name)), load_file(str(out_b / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    pipe = (StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline).from_pretrained(model)
+    before = tiny_sd.sample(pipe)
+    pipe.load_lora_weights(str(out_a / "kit.safetensors"))
+    assert np.abs(tiny_sd.sample(pipe) - before).max() > 0
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl, family):
+    from train.placement import check_step
+
+    model = base_xl if family == "sdxl" else base
+    cfg = load(train_config(tmp_path, model, "p", EMB), ['training.mixed_precision="bf16"', "data.batch_size=2",
+                                                         "training.gradient_accumulation_steps=2"])
+    done = check_step(cfg)
+    assert done == {"device": "meta", "batches": 2, "trained": done["trained"], "on_device": True}
+
+
+def test_the_placement_check_catches_token_ids_left_on_the_cpu(tmp_path, base, monkeypatch):
+    """The bug a GPU found before: the tokenizer's ids never moved to the text encoder's device."""
+    import train.models as models
+    from train.placement import DevicePlacementError, check_step
+
+    made_on_cpu = models.token_ids
+    monkeypatch.setattr(models, "token_ids", lambda tok, captions, limit, device: made_on_cpu(tok, captions, limit, "cpu"))
+    with pytest.raises(DevicePlacementError, match="embedding mixes devices: .* on cpu, .* on meta"):
+        check_step(load(train_config(tmp_path, base, "bug")))
+
+
+def test_device_placement_mode():
+    from train.placement import DevicePlacement, DevicePlacementError
+
+    weight = torch.ones(4, 2, device="meta")
+    with DevicePlacement():
+        assert (torch.ones(3, device="meta") * torch.tensor(2.0)).device.type == "meta"  # a CPU scalar is fine
+        torch.ones(3, device="meta").copy_(torch.ones(3))  # copies move data between devices
+        for mixed in (lambda: torch.ones(2, 4) @ weight,  # PyTorch itself lets these two through on meta
+                      lambda: torch.nn.functional.embedding(torch.tensor([0, 1]), weight),
+                      lambda: torch.ones(4, 2) + weight):
+            with pytest.raises(DevicePlacementError):
+                mixed()
+
+
+def test_gpu_bench_runs_in_its_tiny_mode():
+    """bench/gpu.py on the CPU with the tiny models: the code that measures a GPU cannot rot."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--steps", "4"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = {row["run"]: row for row in report["rows"]}
+    assert set(runs) == {"sd15 64px b2 bf16", "sd15 64px b2 fp16", "sdxl 64px b2 bf16", "sdxl 64px b1 bf16 ckpt"}
+    assert all(row["ms_per_step"] > 0 and "error" not in row for row in runs.values())
+    assert runs["sd15 64px b2 bf16"]["resume_equal"] and runs["sdxl 64px b2 bf16"]["resume_equal"]
+    assert "train run on" in proc.stderr  # the table
