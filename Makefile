@@ -2,12 +2,13 @@
 # make test    run the test suite (sets up first when needed)
 # make demo    run the pipeline (examples/pipeline.mk) on the bundled sample into demo-out/
 # make bench   print the curate benchmarks
+# make bench-gpu  the trainer on a CUDA GPU (bench/gpu.py): ms/step, share of the compute floor, VRAM
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -47,6 +48,9 @@ bench: setup
 	$(PY) bench/clean.py
 	$(PY) bench/tag.py
 	$(PY) bench/train.py
+
+bench-gpu: setup
+	$(PY) bench/gpu.py --json bench/gpu-results.json
 
 clean:
 	rm -rf demo-out
