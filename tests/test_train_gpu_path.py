@@ -75,6 +75,17 @@ def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl
     assert done == {"device": "meta", "batches": 2, "trained": done["trained"], "on_device": True}
 
 
+@pytest.mark.parametrize("module", ["locon", "dylora", "loha", "lokr", "ia3", "glora", "diag-oft"])
+def test_every_network_module_steps_on_the_model_device(tmp_path, base, module):
+    """With its dropouts (lycoris's LoKr drew its rank mask on the CPU: refused, see check_args)."""
+    from train.placement import check_step
+
+    dropouts = ["network.module_dropout=0.1"] + ([] if module in ("dylora", "lokr") else ["network.rank_dropout=0.1"])
+    args = [f'network.module="{module}"', "network.conv_dim=4", *dropouts] + \
+        (["network.args={unit = 2}"] if module == "dylora" else [])
+    assert check_step(load(train_config(tmp_path, base, "m"), args))["on_device"]
+
+
 def test_the_placement_check_catches_token_ids_left_on_the_cpu(tmp_path, base, monkeypatch):
     """The bug a GPU found before: the tokenizer's ids never moved to the text encoder's device."""
     import train.models as models
@@ -111,3 +122,11 @@ def test_gpu_bench_runs_in_its_tiny_mode():
     assert all(row["ms_per_step"] > 0 and "error" not in row for row in runs.values())
     assert runs["sd15 64px b2 bf16"]["resume_equal"] and runs["sdxl 64px b2 bf16"]["resume_equal"]
     assert "train run on" in proc.stderr  # the table
+
+
+def test_lokr_rank_dropout_is_refused_before_a_gpu_would_fail(tmp_path, base):
+    from conftest import train
+
+    proc = train("plan", train_config(tmp_path, base, "k"), "--set", 'network.module="lokr"',
+                 "--set", "network.rank_dropout=0.1", check=2)
+    assert "draws LoKr's rank mask on the CPU" in proc.stderr

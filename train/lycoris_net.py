@@ -61,6 +61,10 @@ def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: flo
                             f"({dim}) and network.conv_dim ({conv_dim}) must be multiples of it")
         if rank_dropout:
             raise UserError("network.rank_dropout does not combine with dylora, which picks the ranks itself")
+    if algo == "lokr" and rank_dropout:
+        # found by the placement check (train/placement.py): a GPU run would fail at its first step
+        raise UserError("network.rank_dropout with lokr: lycoris-lora draws LoKr's rank mask on the CPU, which "
+                        "fails against the weights on a GPU; use rank_dropout with loha or locon, or module_dropout")
 
 
 class LycorisNetwork(nn.Module):
