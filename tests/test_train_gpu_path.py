@@ -6,7 +6,6 @@ code path in its --tiny mode."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

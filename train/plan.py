@@ -170,6 +170,6 @@ def token_warnings(config: Config, items: list[Item]) -> list[str]:
     over = sum(1 for n in lengths if n > limit)
     if not over:
         return []
-    with_vectors = f" with the embeddings' vectors" if vectors else ""
+    with_vectors = " with the embeddings' vectors" if vectors else ""
     return [f"{over} captions are past data.max_token_length = {limit} tokens{with_vectors} (the longest: "
             f"{max(lengths)}) and get cut off" + (": set data.max_token_length = 150 or 225" if limit < 225 else "")]
