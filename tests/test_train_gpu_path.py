@@ -31,8 +31,11 @@ def test_mixed_precision_runs_resumes_and_loads(tmp_path, base, base_xl, family,
     from train.setup import setup
 
     model = base_xl if family == "sdxl" else base
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("kitchan, smile --s 3\n")  # 3 sampling steps: fp16 kernels are slow on a CPU
     args = [f'training.mixed_precision="{precision}"', "training.no_half_vae=false", "training.max_steps=4",
-            "saving.every_n_epochs=0", "saving.bundle_embeddings=false", "sampling.every_n_steps=2"]
+            "saving.every_n_epochs=0", "saving.bundle_embeddings=false", "sampling.every_n_steps=2",
+            f'sampling.prompts="{prompts}"']
     whole = setup(load(train_config(tmp_path, model, "whole", EMB), args), log=lambda line: None)
     dtype = DTYPE[precision]
     assert whole.models.vae.dtype == dtype  # no_half_vae = false: the VAE in the training dtype
@@ -43,6 +46,7 @@ def test_mixed_precision_runs_resumes_and_loads(tmp_path, base, base_xl, family,
     result = train(whole)
     assert set(outputs) == {dtype}  # the UNet ran under autocast
     assert all(p.dtype == torch.float32 for p in whole.trained())  # what trains stays float32
+    assert {whole.models.unet.dtype, *(te.dtype for te in whole.models.text_encoders)} == {dtype}  # frozen: halved
     assert whole.models.vae.dtype == dtype  # back after sampling decoded in float32
     assert len(list((tmp_path / "whole" / "out" / "sample").glob("*.png"))) == 2
     assert whole.scaler.is_enabled() == (precision == "fp16")

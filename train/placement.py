@@ -7,11 +7,15 @@ tensor arguments sit on two kinds of device. PyTorch itself lets some such mixes
 meta (an embedding looked up with CPU ids, a CPU matrix times a meta one), which is why the mode
 checks every call, not only what PyTorch would refuse.
 
+The step runs in float32 there (meta has no autocast); the dtypes are the CPU tests' concern.
+
 Zero-dimensional CPU tensors are allowed with any device (CUDA takes them as scalars), and so are
 copies between devices (`copy_`, `__setitem__`): moving data is what they are for.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -56,6 +60,8 @@ def check_step(config: Config, device: str = "meta") -> dict:
 
     if config.network.scale_weight_norms or any(e.preserve_norm for e in config.embeddings):
         raise UserError("the placement check reads no values: run it without scale_weight_norms and preserve_norm")
+    # meta has no autocast: the models stay float32 there, so no dtype mix hides a device mix
+    config = replace(config, training=replace(config.training, mixed_precision="no"))
     run = setup(config, log=lambda line: None, device=torch.device(device))
     try:
         group = step_groups(run, 0)[0]

@@ -2,8 +2,9 @@
 is saved: the same rules on every device, so the path a GPU takes is the path the tests take on
 the CPU (torch's CPU autocast runs bf16 and fp16 too, and its GradScaler scales fp16 losses).
 
-- The trained weights (LoRA, embeddings) stay float32; the forward and backward passes run under
-  autocast in the mixed-precision dtype.
+- The trained weights (LoRA, embeddings) stay float32; the frozen UNet and text encoders are
+  kept in the mixed-precision dtype (kohya's weight_dtype), whatever dtype the model was stored
+  in; the forward and backward passes run under autocast in that dtype.
 - fp16 has a narrow range, so its losses are scaled up before backward and the gradients
   unscaled before clipping (the GradScaler); its state is part of a run's saved state, so a
   resumed fp16 run continues exactly. bf16 needs no scaling.
@@ -37,6 +38,12 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     """Loss scaling for fp16 (a disabled scaler, which passes everything through, otherwise)."""
     enabled = dtype == torch.float16 and device.type in AUTOCAST_DEVICES
     return torch.amp.GradScaler(device.type if enabled else "cpu", enabled=enabled)
+
+
+def frozen_dtype(mixed_precision: str) -> torch.dtype:
+    """The frozen UNet and text encoders: in the mixed-precision dtype (as kohya keeps them; half
+    the memory: SDXL's UNet is 10.4 GB in float32), else float32; whatever the model folder stores."""
+    return AMP[mixed_precision] or torch.float32
 
 
 def vae_dtype(mixed_precision: str, no_half_vae: bool) -> torch.dtype:

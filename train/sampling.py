@@ -117,7 +117,7 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
     clip_skip = None if models.sdxl or config.model.clip_skip <= 1 else config.model.clip_skip - 1
     out = []
     training_dtype = models.vae.dtype
-    if training_dtype != torch.float32:  # the pipelines do not cast latents for a half VAE (no_half_vae = false)
+    if training_dtype != torch.float32:  # samples decode in float32, whatever the VAE trains in
         models.vae.to(torch.float32)
     try:
         with torch.no_grad():
@@ -129,8 +129,9 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
                 else:
                     text = dict(prompt=substitute(p.text), negative_prompt=substitute(p.negative) or None,
                                 clip_skip=clip_skip)
-                image = pipe(**text, width=p.width, height=p.height, num_inference_steps=p.steps,
-                             guidance_scale=p.cfg, generator=generator).images[0]
+                latents = pipe(**text, width=p.width, height=p.height, num_inference_steps=p.steps,
+                               guidance_scale=p.cfg, generator=generator, output_type="latent").images
+                image = _decode(pipe, models.vae, latents)
                 parameters = (f"{p.text}\nNegative prompt: {p.negative}\nSteps: {p.steps}, Sampler: "
                               f"{SAMPLERS[config.sampling.sampler][1]}, CFG scale: {p.cfg}, Seed: {p.seed}, "
                               f"Size: {p.width}x{p.height}")
@@ -139,6 +140,13 @@ def generate(models, config: Config, prompts: list[Prompt], substitute=lambda te
         if training_dtype != torch.float32:
             models.vae.to(training_dtype)
     return out
+
+
+def _decode(pipe, vae, latents: torch.Tensor):
+    """The sample's latents (in the frozen models' dtype under mixed precision) decoded by the
+    float32 VAE: the pipelines would hand half-precision latents to a float32 VAE as they are."""
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
 
 
 def _long_prompt(models, config: Config, text: str, negative: str) -> dict:

@@ -96,12 +96,14 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     if not dist.main:
         log = lambda line: None  # noqa: E731  (only the first process logs)
     amp_dtype = precision.amp_dtype(config.training.mixed_precision)
-    for model in (*models.text_encoders, models.vae, models.unet):
-        model.to(device)
-        model.requires_grad_(False)
+    frozen = precision.frozen_dtype(config.training.mixed_precision)
     vae_dtype = precision.vae_dtype(config.training.mixed_precision, config.training.no_half_vae)
-    if vae_dtype != torch.float32:  # .to() on a float32 VAE: a diffusers warning
-        models.vae.to(dtype=vae_dtype)
+    for model, dtype in ((models.unet, frozen), *((te, frozen) for te in models.text_encoders), (models.vae, vae_dtype)):
+        model.requires_grad_(False)
+        if model.dtype == dtype:  # moved only: diffusers warns at every .to(dtype) of a VAE
+            model.to(device)
+        else:
+            model.to(device, dtype)
     set_attention(models.unet, config.training.attention)
     if config.training.gradient_checkpointing:  # recompute activations in backward: less memory
         models.unet.enable_gradient_checkpointing()
