@@ -76,7 +76,7 @@ def build_models(family: str, tiny: bool, device: torch.device):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from train.models import Models, _scheduler
+    from train.models import Models, scheduler
 
     if tiny:
         import make_demo_model as tiny_sd
@@ -84,7 +84,7 @@ def build_models(family: str, tiny: bool, device: torch.device):
         pipe = (tiny_sd.pipeline_xl if family == "sdxl" else tiny_sd.pipeline)(Path(tempfile.mkdtemp()) / "tok")
         encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
         tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
-        return Models(tokenizers, encoders, pipe.vae, pipe.unet, _scheduler(_config_stub()),
+        return Models(tokenizers, encoders, pipe.vae, pipe.unet, scheduler(False, False),
                       "sdxl" if family == "sdxl" else "sd1")
     from train.single_file import config_folder
 
@@ -98,13 +98,7 @@ def build_models(family: str, tiny: bool, device: torch.device):
     tokenizers = [CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)]
     if family == "sdxl":
         tokenizers.append(CLIPTokenizer.from_pretrained(folder / "tokenizer_2", model_max_length=77))
-    return Models(tokenizers, encoders, vae, unet, _scheduler(_config_stub()), "sdxl" if family == "sdxl" else "sd1")
-
-
-def _config_stub():
-    from train.config import Config
-
-    return Config()
+    return Models(tokenizers, encoders, vae, unet, scheduler(False, False), "sdxl" if family == "sdxl" else "sd1")
 
 
 def dataset(root: Path, size: int, images: int = 8) -> Path:

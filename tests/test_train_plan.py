@@ -33,7 +33,7 @@ def test_presets_are_complete_valid_configs(preset):
     adaptive = config.optimizer.type in ("prodigy", "dadaptadam")
     assert config.network.alpha == (1.0 if adaptive else config.network.dim)  # not kohya's alpha 1 + tiny lr
     assert config.optimizer.learning_rate == (1.0 if adaptive else config.optimizer.learning_rate)
-    assert config.data.resolution == (1024 if "sdxl" in preset else 512)
+    assert config.data.resolution == (1024 if "sdxl" in preset else 768 if preset == "sd2" else 512)
 
 
 def _dataset(tmp_path, sizes=((512, 512),) * 4, captions="kit, smile"):

@@ -79,6 +79,28 @@ def test_sd2_is_found_under_auto_and_its_file_says_so(tmp_path, base_sd2, v):
         assert "is an sd2 model, but model.family = 'sdxl'" in proc.stderr
 
 
+def test_v_prediction_is_read_from_the_model_scheduler(tmp_path, base_sd2):
+    """An SD2 768-v folder says v_prediction in its scheduler config: under model.family = "auto"
+    and no v_parameterization, the run trains v and its file says so; an explicit false wins."""
+    import json
+    import shutil
+
+    folder = tmp_path / "sd2-v"
+    shutil.copytree(base_sd2, folder)
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "v_prediction"}))
+    cfg = config(tmp_path, folder, "v")
+    args = ["--set", 'model.family="auto"', "--set", "training.max_steps=1", "--set", "saving.every_n_epochs=0"]
+    plan = train_json("plan", cfg, *args)
+    assert plan["family"] == "sd2" and plan["v_prediction"] is True
+    train_json("run", cfg, *args)
+    _, meta = _meta(tmp_path / "v" / "out" / "kit.safetensors")
+    assert meta["modelspec.prediction_type"] == "v" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert train_json("plan", cfg, *args, "--set", "model.v_parameterization=false")["v_prediction"] is False
+    text = train("init", "--preset", "sd2", "--base", folder).stdout
+    assert 'family = "sd2"' in text and "resolution = 768" in text and "# v_parameterization =" in text
+
+
 def test_family_names_follow_kohya():
     from train.metadata import base_model_version
 
@@ -217,3 +239,26 @@ def test_what_is_due_is_decided_in_one_place(tmp_path, base):
     assert due(cfg, 4, 10) == ["save"] and due(cfg, 3, 10) == ["sample"]
     assert due(cfg, 10, 10) == ["save"][:0]  # the end saves the final files, not a step save
     assert due(cfg, 6, 10, epoch=2) == ["save", "sample"] and due(cfg, 10, 10, epoch=3) == ["sample"]
+
+
+@pytest.mark.parametrize("mixed", ["no", "bf16"])
+def test_a_half_precision_model_folder_trains(tmp_path, base, mixed):
+    """Community models often ship in fp16; transformers then loads the text encoder in fp16 while
+    diffusers loads the UNet in float32. Every component runs in the dtype the run needs."""
+    import shutil
+
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    half = tmp_path / "fp16"
+    StableDiffusionPipeline.from_pretrained(base).to(torch.float16).save_pretrained(half)
+    mixed_folder = tmp_path / "mixed"  # the text encoder alone in fp16
+    shutil.copytree(base, mixed_folder)
+    shutil.rmtree(mixed_folder / "text_encoder")
+    CLIPTextModel.from_pretrained(base, subfolder="text_encoder").half().save_pretrained(mixed_folder / "text_encoder")
+    for folder in (half, mixed_folder):
+        cfg = config(tmp_path, folder, f"run-{folder.name}")
+        result = train_json("run", cfg, "--set", f'training.mixed_precision="{mixed}"', "--set", "training.max_steps=2",
+                            "--set", "saving.every_n_epochs=0")
+        assert result["step"] == 2 and all(np.isfinite(result["losses"]))

@@ -16,7 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 @app.command()
 def init(
-    preset: Annotated[str, typer.Option(help="sd15, sd15-prodigy, sdxl, sdxl-prodigy, style or ti.")] = "sd15",
+    preset: Annotated[str, typer.Option(help="sd15, sd15-prodigy, sd2, sdxl, sdxl-prodigy, style or ti.")] = "sd15",
     image_root: Annotated[str, typer.Option(help="Folder holding the N_name folders.")] = "dataset",
     base: Annotated[str, typer.Option(help="Base model: diffusers folder, repo id or .safetensors.")] = "",
     trigger: Annotated[Optional[str], typer.Option(

@@ -52,7 +52,7 @@ class ConfigError(UserError):
 class ModelConfig:
     base: str = ""  # diffusers folder, hub repo id, or a single .safetensors file
     family: Literal["auto", "sd1", "sd2", "sdxl"] = "auto"
-    v_parameterization: bool = False  # SD2 768-v and v-prediction SDXL fine-tunes
+    v_parameterization: bool | None = None  # v-prediction; None: as the model's scheduler says (false for a single file)
     vae: str | None = None  # a separate VAE
     allow_pickle: bool = False  # .ckpt files run code when loaded: opt in explicitly
     config: str | None = None  # a single file's diffusers-layout config folder (default: the shipped one)

@@ -141,7 +141,7 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
     model_noise = L.perturb_input(noise, loss_cfg.ip_noise_gamma, generator) if loss_cfg.ip_noise_gamma else noise
     noisy = noise_scheduler.add_noise(latents, model_noise, timesteps)
     prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample
-    v_prediction = config.model.v_parameterization
+    v_prediction = bool(config.model.v_parameterization)  # resolved at load (train/setup.py)
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
     loss = L.per_sample(prediction, target, loss_cfg.type, loss_cfg.huber_c) * weights
     if loss_cfg.min_snr_gamma or loss_cfg.debiased_estimation:

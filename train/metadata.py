@@ -33,7 +33,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
              started: float, family: str) -> dict[str, str]:
     """`family`: the model family the run found when it loaded the model (sd1, sd2, sdxl)."""
     n, o, d = config.network, config.optimizer, config.data
-    v_prediction = config.model.v_parameterization
+    v_prediction = bool(config.model.v_parameterization)  # resolved at load (train/setup.py)
     architecture = ARCHITECTURES["sd2-v" if family == "sd2" and v_prediction else family]
     frequency: dict[str, Counter] = {}
     dirs: dict[str, dict] = {}

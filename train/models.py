@@ -22,6 +22,7 @@ class Models:
     unet: object
     scheduler: object
     family: str  # sd1, sd2 or sdxl: decided once, when the model loads; everything else reads it
+    v_prediction: bool = False  # likewise (the run's config is given this value: train/setup.py)
 
     @property
     def sdxl(self) -> bool:
@@ -68,6 +69,34 @@ def family_on_disk(base: str) -> str | None:
     return None
 
 
+def prediction_on_disk(base: str) -> bool | None:
+    """True when model.base's scheduler config predicts v (SD2 768-v, v-prediction SDXL
+    fine-tunes), False when it predicts noise, None when there is none to read (a single file,
+    a hub id not in the cache)."""
+    import json
+    from pathlib import Path
+
+    found = Path(base) / "scheduler" / "scheduler_config.json"
+    if not found.is_file() and not Path(base).exists() and base.count("/") == 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "scheduler/scheduler_config.json")
+            found = Path(cached) if isinstance(cached, str) else found
+        except ValueError:
+            return None
+    try:
+        return json.loads(found.read_text()).get("prediction_type") == "v_prediction" if found.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def decide_prediction(config: Config) -> bool:
+    """model.v_parameterization when set, else what the model's scheduler says, else noise."""
+    wanted = config.model.v_parameterization
+    return wanted if wanted is not None else bool(prediction_on_disk(config.model.base))
+
+
 def decide_family(config: Config, found: str) -> str:
     """model.family must agree with what the model is; "auto" takes what it is."""
     wanted = config.model.family
@@ -92,11 +121,13 @@ def load_models(config: Config) -> Models:
         from train.single_file import load_single_file
 
         m = config.model
-        family, tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, m.v_parameterization,
-                                                                        m.allow_pickle, m.config)
+        v = decide_prediction(config)
+        family, tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, v, m.allow_pickle,
+                                                                        m.config)
         if m.vae:
             vae = _separate_vae(m.vae, family == "sdxl")
-        return Models(tokenizers, text_encoders, vae, unet, _scheduler(config), decide_family(config, family))
+        return Models(tokenizers, text_encoders, vae, unet, scheduler(config.loss.zero_terminal_snr, v),
+                      decide_family(config, family), v)
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
         family = decide_family(config, family_of_unet(unet.config))
@@ -109,7 +140,8 @@ def load_models(config: Config) -> Models:
             AutoencoderKL.from_pretrained(base, subfolder="vae")
     except OSError as exc:
         raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
-    return Models(tokenizers, text_encoders, vae, unet, _scheduler(config), family)
+    v = decide_prediction(config)
+    return Models(tokenizers, text_encoders, vae, unet, scheduler(config.loss.zero_terminal_snr, v), family, v)
 
 
 def _separate_vae(vae: str, sdxl: bool):
@@ -126,14 +158,15 @@ def _separate_vae(vae: str, sdxl: bool):
     return AutoencoderKL.from_pretrained(vae)
 
 
-def _scheduler(config: Config):
+def scheduler(zero_terminal_snr: bool, v_prediction: bool):
+    """The noise schedule training draws from (SD's scaled-linear betas)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", clip_sample=False,
                          # Lin et al. 2023 (arXiv 2305.08891): the last step is pure noise
-                         rescale_betas_zero_snr=config.loss.zero_terminal_snr,
-                         prediction_type="v_prediction" if config.model.v_parameterization else "epsilon")
+                         rescale_betas_zero_snr=zero_terminal_snr,
+                         prediction_type="v_prediction" if v_prediction else "epsilon")
 
 
 def _sdpa(unet) -> None:

@@ -78,6 +78,7 @@ def plan(config: Config) -> Report:
     if n_train < TINY:
         warnings.append(f"only {n_train} training images: the guide suggests at least 10-15, ideally more")
     family = _family(config)
+    v_prediction = _prediction(config)
     longest = max(resolution_pair(data.resolution))
     if family and longest > NATIVE[family]:
         warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
@@ -100,6 +101,7 @@ def plan(config: Config) -> Report:
         Section("schedule", ["", ""], [
             ["training images x repeats", train_images], ["regularisation images", reg_images],
             ["held out for validation", len(held)], ["model family", family or "read when the model loads"],
+            ["prediction", {True: "v", False: "epsilon (noise)", None: "read when the model loads"}[v_prediction]],
             ["steps per epoch", steps_per_epoch], ["epochs", epochs], ["total steps", total],
             ["saved after epochs", ", ".join(map(str, saves))],
             ["sample prompts", prompts or "the first caption" if _samples(config) else "no samples"]]),
@@ -108,6 +110,7 @@ def plan(config: Config) -> Report:
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
                        warnings=warnings, train_images=train_images, family=family, sample_prompts=prompts,
+                       v_prediction=v_prediction,
                        held_out=sorted(str(i) for i in held))
     return report
 
@@ -125,6 +128,15 @@ def _family(config: Config) -> str | None:
     if found:
         return decide_family(config, found)
     return None if config.model.family == "auto" else config.model.family
+
+
+def _prediction(config: Config) -> bool | None:
+    from train.models import prediction_on_disk
+
+    if config.model.v_parameterization is not None:
+        return config.model.v_parameterization
+    found = prediction_on_disk(config.model.base) if config.model.base else None
+    return False if found is None and config.model.base.endswith((".safetensors", ".ckpt")) else found
 
 
 def _tokenizer(config: Config):

@@ -26,6 +26,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scheduler.type": "cosine", "loss.min_snr_gamma": 5.0, "data.resolution": 512,
         "training.max_epochs": 10,
     },
+    "sd2": {  # SD2.x: 768 px (768-v models predict v: read from the model's scheduler, or set below)
+        "model.family": "sd2", "network.dim": 32, "network.alpha": 32.0, "network.dropout": 0.1,
+        "network.unet_lr": 1e-4, "network.text_encoder_lr": 5e-5,
+        "optimizer.type": "adamw", "optimizer.learning_rate": 1e-4, "optimizer.weight_decay": 0.12,
+        "scheduler.type": "cosine_with_restarts", "scheduler.cycles": 3, "scheduler.warmup_ratio": 0.1,
+        "loss.min_snr_gamma": 5.0, "data.resolution": 768, "training.max_epochs": 10,
+    },
     "sdxl": {
         "model.family": "sdxl", "network.dim": 16, "network.alpha": 16.0, "network.dropout": 0.1,
         "network.unet_lr": 4e-4, "network.text_encoder_lr": 4.5e-4,
@@ -64,6 +71,7 @@ COMMENTS = {
     "version": "config format version",
     "model.base": "a diffusers folder, a Hugging Face repo id, or a .safetensors checkpoint",
     "model.family": "auto | sd1 | sd2 | sdxl",
+    "model.v_parameterization": "unset: as the model's scheduler says (SD2 768-v predicts v); set it for a single file",
     "model.allow_pickle": ".ckpt files run code when loaded: only for files you trust",
     "network.module": "lora | locon | loha | lokr | ia3 | dylora | glora | diag-oft | none",
     "network.alpha": "the guide: alpha = dim for Adam; 1 for adaptive optimisers (Prodigy, DAdapt)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,6 +91,8 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     state = torch.load(out_dir / STATE, weights_only=True) if resume else None
     seed = config.training.seed
     models = models or load_models(config)
+    # what the model is, decided once at load: every later reader of the config sees it
+    config = replace(config, model=replace(config.model, v_parameterization=models.v_prediction))
     dist = distributed_setup()
     device = device or dist.device
     if not dist.main:
