@@ -133,3 +133,24 @@ def test_lokr_rank_dropout_is_refused_before_a_gpu_would_fail(tmp_path, base):
     proc = train("plan", train_config(tmp_path, base, "k"), "--set", 'network.module="lokr"',
                  "--set", "network.rank_dropout=0.1", check=2)
     assert "draws LoKr's rank mask on the CPU" in proc.stderr
+
+
+def test_fp16_gradients_are_unscaled_before_they_are_clipped(tmp_path, base, monkeypatch):
+    """The scaler multiplies fp16 losses by 65536; clipping must see the true gradients, so the
+    first step's gradient norm under fp16 is the float32 run's, not 65536 times it."""
+    from train.loop import optimizer_step, step_groups
+    from train.setup import setup
+
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(params, max_norm, *args, **kwargs):
+        norms.append(float(clip(params, max_norm, *args, **kwargs)))
+        return norms[-1]
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    for k, precision in enumerate(("no", "fp16")):
+        run = setup(load(train_config(tmp_path, base, f"c{k}"), [f'training.mixed_precision="{precision}"']),
+                    log=lambda line: None)
+        optimizer_step(run, step_groups(run, 0)[0], 0, 0)
+    assert run.scaler.get_scale() == 65536.0  # the fp16 run did scale its loss
+    assert 0.5 < norms[1] / norms[0] < 2.0, norms
