@@ -14,18 +14,19 @@ setup: $(STAMP)
 
 # Without an NVIDIA GPU, torch's CPU wheel goes in first: pip then finds torch satisfied and
 # does not pull several GB of CUDA packages. torchvision is never installed (see DESIGN.md).
+# setuptools' generic notice about editable installs says nothing to a lorakit user: filtered out.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install -q -e '.[test,gpu]'; \
+		PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,gpu]'; \
 	else \
-		$(PY) -m pip install -q torch==2.13.0 && $(PY) -m pip install -q -e '.[test,cpu]'; \
+		$(PY) -m pip install -q torch==2.13.0 && PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,cpu]'; \
 	fi
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 demo: setup
 	@echo "The demo tags with lorakit's DEMO stand-in model (examples/demo-tagger): not a real tagger."

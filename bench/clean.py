@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # not bench/: see curate.py
+sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
-from curate.clean import ColorGuidedFilter, FilterParams, adverse_clean  # noqa: E402
+from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean  # noqa: E402
 from make_sample import character, poison  # noqa: E402
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-# Python puts this script's folder first on the path, where this file would shadow the `curate`
-# package it measures: put the examples folder (for the image generator) there instead.
+# the examples folder (for the image generator) in place of this script's own folder, which holds
+# nothing to import
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")
 
-from curate.convert import ConvertStage  # noqa: E402
-from curate.flatten import FlattenStage  # noqa: E402
-from curate.resize import ResizeStage  # noqa: E402
+from lorakit.curate.convert import ConvertStage  # noqa: E402
+from lorakit.curate.flatten import FlattenStage  # noqa: E402
+from lorakit.curate.resize import ResizeStage  # noqa: E402
 from lorakit.engine import RunOptions, run_stage  # noqa: E402
 from lorakit.parallel import default_jobs  # noqa: E402
 from make_sample import character  # noqa: E402

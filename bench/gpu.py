@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # not bench/ (see curate.py)
+sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
-from train.config import load  # noqa: E402
-from train.loop import train  # noqa: E402
-from train.setup import setup  # noqa: E402
+from lorakit.train.config import load  # noqa: E402
+from lorakit.train.loop import train  # noqa: E402
+from lorakit.train.setup import setup  # noqa: E402
 
 # forward TFLOP per image at the family's native size, and a LoRA step's cost in forwards
 # (forward + backward through activations, no weight gradients for the frozen base)
@@ -76,7 +76,7 @@ def build_models(family: str, tiny: bool, device: torch.device):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from train.models import Models, scheduler
+    from lorakit.train.models import Models, scheduler
 
     if tiny:
         import make_demo_model as tiny_sd
@@ -86,7 +86,7 @@ def build_models(family: str, tiny: bool, device: torch.device):
         tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
         return Models(tokenizers, encoders, pipe.vae, pipe.unet, scheduler(False, False),
                       "sdxl" if family == "sdxl" else "sd1")
-    from train.single_file import config_folder
+    from lorakit.train.single_file import config_folder
 
     folder = config_folder("sdxl" if family == "sdxl" else "sd1")
     with torch.device(device):

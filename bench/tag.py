@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT / "examples")  # not bench/ (see bench/curate.py)
+sys.path[0] = str(ROOT / "examples")  # the generators (see bench/curate.py)
 
-from tagging.auto import load_sidecar  # noqa: E402
-from tagging.inference import prepare  # noqa: E402
+from lorakit.tagging.auto import load_sidecar  # noqa: E402
+from lorakit.tagging.inference import prepare  # noqa: E402
 
 TAGS, SIZE = 10861, 448
 BIN = Path(sys.executable).parent
@@ -162,10 +162,10 @@ def prune_bench(tmp: Path, count: int) -> tuple[float, int, float] | None:
     files = sorted(shared.glob("*.csv.gz"))
     subprocess.run([str(BIN / "tag"), "lists", "update", "--vocab", "e621", "--json",
                     *[a for f in files for a in ("--from", str(f))]], check=True, capture_output=True, env=env)
-    from tagging.relations import cache_path
+    from lorakit.tagging.relations import cache_path
 
     os.environ["LORAKIT_CACHE"] = env["LORAKIT_CACHE"]
-    from tagging.relations import Relations
+    from lorakit.tagging.relations import Relations
 
     rel = Relations.load(cache_path("e621"))
     common = sorted(rel.categories, key=lambda t: rel.categories[t])[:20000]

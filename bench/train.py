@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # not bench/ (see curate.py)
+sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
 import make_demo_model  # noqa: E402
-from train.config import load  # noqa: E402
-from train.loop import run  # noqa: E402
-from train.models import encode_text, load_models  # noqa: E402
-from train.naming import text_encoder_targets, unet_targets  # noqa: E402
-from train.network import LoRANetwork  # noqa: E402
+from lorakit.train.config import load  # noqa: E402
+from lorakit.train.loop import run  # noqa: E402
+from lorakit.train.models import encode_text, load_models  # noqa: E402
+from lorakit.train.naming import text_encoder_targets, unet_targets  # noqa: E402
+from lorakit.train.network import LoRANetwork  # noqa: E402
 
 
 def setup(tmp: Path, steps: int, batch: int) -> Path:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from curate.scan import noise_score
+from lorakit.curate.scan import noise_score
 from lorakit.engine import Result, Stage, Task
 from lorakit.images import load_image, natural_format, natural_output_name, save_image
 
@@ -134,7 +134,7 @@ class CleanStage(Stage):
         return natural_output_name(rel)
 
     def process(self, task: Task) -> Result:
-        from curate.upscale.stage import upscale_image
+        from lorakit.curate.upscale.stage import upscale_image
 
         img = load_image(task.src, self.max_pixels)
         if self.only_flagged is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.colors import DEFAULT_CYCLE, parse_color
+from lorakit.curate.colors import DEFAULT_CYCLE, parse_color
 
 DEFAULT_SCAN_THRESHOLD = 1.5  # curate.scan.DEFAULT_THRESHOLD; kept here so --help stays fast
 from lorakit.engine import run_stage
@@ -38,7 +38,7 @@ def convert(
 ) -> None:
     """Convert any image format (webp, avif, gif, bmp, tiff, heic...) to png, jpg or webp:
     EXIF rotation applied, 16-bit scaled, CMYK colour-managed, first frame of animations."""
-    from curate.convert import ConvertStage
+    from lorakit.curate.convert import ConvertStage
     from lorakit.images import OUTPUT_FORMATS
 
     with user_errors():
@@ -63,7 +63,7 @@ def flatten(
     max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
 ) -> None:
     """Composite transparent images onto solid backgrounds; opaque images pass through."""
-    from curate.flatten import FlattenStage
+    from lorakit.curate.flatten import FlattenStage
 
     with user_errors():
         names = colors.split(",") if background == "cycle" else [background]
@@ -83,7 +83,7 @@ def resize(
     max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
 ) -> None:
     """Downscale (never enlarge) with a high-quality filter, keeping the aspect ratio."""
-    from curate.resize import ResizeStage
+    from lorakit.curate.resize import ResizeStage
 
     with user_errors():
         report = run_stage(ResizeStage(max_side=max_side, min_side=min_side), src, dst,
@@ -105,8 +105,8 @@ Precision = Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), f
 
 
 def _settings(model: str, device: str, precision: str, tile: int, tile_pad: int, pre_pad: int):
-    from curate.upscale.inference import PRECISIONS
-    from curate.upscale.stage import UpscaleSettings
+    from lorakit.curate.upscale.inference import PRECISIONS
+    from lorakit.curate.upscale.stage import UpscaleSettings
 
     if precision != "auto" and precision not in PRECISIONS:
         raise typer.BadParameter(f"use auto or one of {', '.join(PRECISIONS)}", param_hint="--precision")
@@ -128,7 +128,7 @@ def upscale(
     json: Json = False,
 ) -> None:
     """Upscale with Real-ESRGAN-family networks (RRDBNet, SRVGGNetCompact), tiled."""
-    from curate.upscale.stage import UpscaleStage
+    from lorakit.curate.upscale.stage import UpscaleStage
 
     with user_errors():
         stage = UpscaleStage(settings=_settings(model, device, precision, tile, tile_pad, pre_pad),
@@ -163,7 +163,7 @@ def clean(
     max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
 ) -> None:
     """Remove Glaze/Nightshade-style adversarial noise (all images, or --only-flagged ones)."""
-    from curate.clean import METHODS, CleanStage, FilterParams
+    from lorakit.curate.clean import METHODS, CleanStage, FilterParams
 
     with user_errors():
         if method not in METHODS:
@@ -191,7 +191,7 @@ def scan(
     jobs: Jobs = DEFAULT_JOBS, max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
 ) -> None:
     """Score every image for adversarial noise and list the suspicious ones."""
-    from curate.scan import scan_folder
+    from lorakit.curate.scan import scan_folder
 
     with user_errors():
         report = scan_folder(src, run_options(jobs, max_pixels=max_pixels, as_json=json), threshold)
@@ -208,7 +208,7 @@ def dedupe(
     json: Json = False,
 ) -> None:
     """Find near-duplicate images (mirror images too); keep the largest of each group."""
-    from curate.dedupe import dedupe_folder
+    from lorakit.curate.dedupe import dedupe_folder
 
     with user_errors():
         report = dedupe_folder(src, run_options(jobs, dry_run=dry_run, max_pixels=max_pixels,
@@ -225,7 +225,7 @@ def inspect(
 ) -> None:
     """One table for a whole folder: formats, transparency, sizes, corrupt files, missing
     captions, duplicates. Run it first on a raw folder."""
-    from curate.inspect import inspect_folder
+    from lorakit.curate.inspect import inspect_folder
 
     with user_errors():
         report = inspect_folder(src, run_options(jobs, max_pixels=max_pixels, as_json=json),

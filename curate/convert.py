@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from curate.colors import Color
-from curate.flatten import flatten
+from lorakit.curate.colors import Color
+from lorakit.curate.flatten import flatten
 from lorakit.engine import Result, Stage, Task
 from lorakit.images import OUTPUT_FORMATS, ImageError, load_image, save_image
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates
+from lorakit.curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates
 from lorakit.captions import caption_files
 from lorakit.engine import RunOptions, analyse
 from lorakit.images import ImageError, load_image, read_header

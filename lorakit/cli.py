@@ -10,9 +10,9 @@ import importlib
 import typer
 
 STAGE_CLIS = {
-    "curate": ("curate.cli", "Prepare raw images: convert, flatten, resize, upscale, clean, scan, dedupe, inspect."),
-    "tag": ("tagging.cli", "Autotag, prune implied tags, edit captions, balance folder repeats."),
-    "train": ("train.cli", "Train a LoRA / LyCORIS / embedding."),
+    "curate": ("lorakit.curate.cli", "Prepare raw images: convert, flatten, resize, upscale, clean, scan, dedupe, inspect."),
+    "tag": ("lorakit.tagging.cli", "Autotag, prune implied tags, edit captions, balance folder repeats."),
+    "train": ("lorakit.train.cli", "Train a LoRA / LyCORIS / embedding."),
 }
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,

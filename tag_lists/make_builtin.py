@@ -10,7 +10,7 @@ import gzip
 import sys
 from pathlib import Path
 
-from tagging.relations import build, read_tag_list
+from lorakit.tagging.relations import build, read_tag_list
 
 TOP = 1500  # tags by post count whose relations are kept
 

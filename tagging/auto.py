@@ -20,11 +20,11 @@ from lorakit.fsio import atomic_path
 from lorakit.images import DEFAULT_MAX_PIXELS
 from lorakit.parallel import default_jobs, make_progress
 from lorakit.report import FAILED, Outcome, Report
-from tagging import relations
-from tagging.compose import Thresholds, Writing, compose, select
-from tagging.inference import Session, tag_all
-from tagging.models import TagInfo, quantized, read_tags, resolve
-from tagging.rewrite import rewrite
+from lorakit.tagging import relations
+from lorakit.tagging.compose import Thresholds, Writing, compose, select
+from lorakit.tagging.inference import Session, tag_all
+from lorakit.tagging.models import TagInfo, quantized, read_tags, resolve
+from lorakit.tagging.rewrite import rewrite
 
 SIDECAR = ".lorakit-tags.npz"
 FLOOR = 0.01  # probabilities below this are not stored (no threshold or MCut goes that low)

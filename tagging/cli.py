@@ -32,7 +32,7 @@ def _instance_keys(image: Path) -> frozenset[str]:
 @lru_cache(maxsize=4096)  # once per folder, not per caption
 def _folder_instance_keys(folder: Path) -> frozenset[str]:
     from lorakit.captions import folder_instance_tokens
-    from tagging.spelling import key
+    from lorakit.tagging.spelling import key
 
     return frozenset(key(t) for t in folder_instance_tokens(folder))
 
@@ -73,9 +73,9 @@ def auto(
     dry_run: DryRun = False, json: Json = False,
 ) -> None:
     """Tag every image with a WD14 / e621 ONNX tagger and write its caption beside it."""
-    from tagging.auto import AutoOptions, auto_tag
-    from tagging.compose import MODES, Writing
-    from tagging.lists import expand
+    from lorakit.tagging.auto import AutoOptions, auto_tag
+    from lorakit.tagging.compose import MODES, Writing
+    from lorakit.tagging.lists import expand
     from lorakit.options import err_console
 
     with user_errors():
@@ -104,9 +104,9 @@ def prune(dir: Dir, vocab: Vocab = "danbooru", keep_tokens: KeepTokens = 0,
           dry_run: DryRun = False, json: Json = False) -> None:
     """Drop tags implied by another tag in the same caption (transitively), resolve alias
     spellings, drop duplicates; order is kept."""
-    from tagging import relations
-    from tagging.prune import prune as prune_tags
-    from tagging.rewrite import rewrite
+    from lorakit.tagging import relations
+    from lorakit.tagging.prune import prune as prune_tags
+    from lorakit.tagging.rewrite import rewrite
 
     with user_errors():
         rel = relations.load(vocab)
@@ -130,9 +130,9 @@ def edit(
     dry_run: DryRun = False, json: Json = False,
 ) -> None:
     """Bulk edits: add (at a position), remove, replace, move to front, filtered by tag or folder."""
-    from tagging.edit import EditOps, apply, selected
-    from tagging.lists import expand
-    from tagging.rewrite import rewrite
+    from lorakit.tagging.edit import EditOps, apply, selected
+    from lorakit.tagging.lists import expand
+    from lorakit.tagging.rewrite import rewrite
 
     with user_errors():
         pairs = []
@@ -150,7 +150,7 @@ def edit(
 @app.command()
 def undo(dir: Dir, dry_run: DryRun = False, json: Json = False) -> None:
     """Restore the captions as they were before the last command that rewrote them."""
-    from tagging.rewrite import undo as undo_last
+    from lorakit.tagging.rewrite import undo as undo_last
 
     with user_errors():
         report = undo_last(dir, dry_run)
@@ -167,9 +167,9 @@ def translate(
 ) -> None:
     """Convert captions between the Danbooru and e621 vocabularies."""
     from lorakit.report import Section
-    from tagging import relations
-    from tagging.rewrite import rewrite
-    from tagging.translate import table, translate as translate_tags
+    from lorakit.tagging import relations
+    from lorakit.tagging.rewrite import rewrite
+    from lorakit.tagging.translate import table, translate as translate_tags
 
     with user_errors():
         source = {"e621": "danbooru", "danbooru": "e621"}.get(to)
@@ -205,8 +205,8 @@ def stats(
     json: Json = False,
 ) -> None:
     """Tag frequency overall and per folder, and the problems of each caption."""
-    from tagging import relations
-    from tagging.stats import PROBLEM, stats as caption_stats
+    from lorakit.tagging import relations
+    from lorakit.tagging.stats import PROBLEM, stats as caption_stats
 
     from lorakit.report import FAILED
 
@@ -236,7 +236,7 @@ def balance(
 
     from lorakit.fsio import write_text
     from lorakit.report import OK, Outcome, Report, Section
-    from tagging.balance import PASSES, apply_names, balance as balance_concepts, concepts, dataset_toml
+    from lorakit.tagging.balance import PASSES, apply_names, balance as balance_concepts, concepts, dataset_toml
 
     with user_errors():
         train = concepts(root)
@@ -279,8 +279,8 @@ def lists_update(
     json: Json = False,
 ) -> None:
     """Build the implication closure and alias map for a vocabulary and store it in the cache."""
-    from tagging.download import fetch_exports
-    from tagging.relations import build, cache_path
+    from lorakit.tagging.download import fetch_exports
+    from lorakit.tagging.relations import build, cache_path
     from lorakit.report import Report
 
     with user_errors():

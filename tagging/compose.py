@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tagging.models import TagInfo
-from tagging.prune import prune
-from tagging.relations import Relations
-from tagging.spelling import display, key
+from lorakit.tagging.models import TagInfo
+from lorakit.tagging.prune import prune
+from lorakit.tagging.relations import Relations
+from lorakit.tagging.spelling import display, key
 
 RATING = 9  # WD's selected_tags.csv category for the four rating outputs
 CHARACTER = {4, 3}  # characters (and copyrights) take the stricter character threshold

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, write_text
-from tagging.relations import cache_path
+from lorakit.tagging.relations import cache_path
 
 E621 = "https://e621.net/db_export"
 DANBOORU = "https://danbooru.donmai.us"

@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from lorakit.captions import parse_repeats_folder
-from tagging.spelling import display_like, key
+from lorakit.tagging.spelling import display_like, key
 
 
 @dataclass

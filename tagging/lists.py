@@ -15,7 +15,7 @@ NAMED = {"@meta": "meta_tags.txt", "@quality": "quality_tags.txt", "@kaomoji": "
 def named(name: str) -> tuple[str, ...]:
     if name not in NAMED:
         raise UserError(f"unknown tag list {name}: use {', '.join(NAMED)}")
-    text = files("tag_lists").joinpath(NAMED[name]).read_text(encoding="utf-8")
+    text = files("lorakit.tag_lists").joinpath(NAMED[name]).read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 

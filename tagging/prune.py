@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tagging.relations import Relations
-from tagging.spelling import display_like
+from lorakit.tagging.relations import Relations
+from lorakit.tagging.spelling import display_like
 
 
 @dataclass(frozen=True)

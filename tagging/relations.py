@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, cache_dir
-from tagging.spelling import key
+from lorakit.tagging.spelling import key
 
 VOCABS = ("danbooru", "e621")
 FORMAT_VERSION = 1
@@ -190,7 +190,7 @@ def cache_path(vocab: str) -> Path:
 
 
 def builtin(vocab: str) -> Relations:
-    base = files("tag_lists")
+    base = files("lorakit.tag_lists")
     paths = []
     for kind in ("implications", "aliases"):
         resource = base.joinpath(f"builtin_{vocab}_{kind}.csv")

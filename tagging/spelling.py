@@ -10,7 +10,7 @@ from importlib.resources import files
 
 @lru_cache(maxsize=1)
 def kaomoji() -> frozenset[str]:
-    text = files("tag_lists").joinpath("kaomoji.txt").read_text(encoding="utf-8")
+    text = files("lorakit.tag_lists").joinpath("kaomoji.txt").read_text(encoding="utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 from lorakit.captions import caption_files, instance_token, read_tags
 from lorakit.discovery import check_source, discover
 from lorakit.report import OK, Outcome, Report, Section
-from tagging.lists import named
-from tagging.relations import Relations
-from tagging.spelling import key
+from lorakit.tagging.lists import named
+from lorakit.tagging.relations import Relations
+from lorakit.tagging.spelling import key
 
 META = frozenset(named("@meta")) | frozenset(named("@quality"))
 

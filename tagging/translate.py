@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-from tagging.relations import Relations
-from tagging.spelling import display_like, key
+from lorakit.tagging.relations import Relations
+from lorakit.tagging.spelling import display_like, key
 
 
 @lru_cache(maxsize=1)
 def equivalents() -> tuple[tuple[str, str], ...]:
-    text = files("tag_lists").joinpath("equivalents.csv").read_text(encoding="utf-8")
+    text = files("lorakit.tag_lists").joinpath("equivalents.csv").read_text(encoding="utf-8")
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return tuple((r["danbooru"], r["e621"]) for r in rows)
 

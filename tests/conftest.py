@@ -40,7 +40,7 @@ def train(*args, check: int | None = 0) -> subprocess.CompletedProcess:
     codes as the console script, without re-importing torch and diffusers (~10 s) per call."""
     from typer.testing import CliRunner
 
-    from train.cli import app
+    from lorakit.train.cli import app
 
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, [str(a) for a in args], catch_exceptions=False)
     if check is not None:

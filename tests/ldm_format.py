@@ -4,7 +4,7 @@ tiny models. The reverse of the renames diffusers' loader makes (UNet blocks thr
 train.naming's SGM paths, SD2's and SDXL's second text encoder in OpenCLIP's layout)."""
 import re
 import torch
-from train.naming import sgm_path
+from lorakit.train.naming import sgm_path
 
 
 def _vae_key(key: str, n_up: int) -> str:

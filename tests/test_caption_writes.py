@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import lorakit.fsio as fsio
-import tagging.rewrite as rewrite_module
+import lorakit.tagging.rewrite as rewrite_module
 from lorakit.parallel import forked_map
 from conftest import by_path, run_json
 from test_tag_text import caption, dataset
@@ -20,7 +20,7 @@ def tag(*args) -> dict:
     """`tag ARGS --json` in this process, so the monkeypatched settings apply."""
     from typer.testing import CliRunner
 
-    from tagging.cli import app
+    from lorakit.tagging.cli import app
 
     result = CliRunner().invoke(app, [*map(str, args), "--json"])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from conftest import by_path, run, run_json
-from curate.clean import ColorGuidedFilter, FilterParams, adverse_clean
+from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean
 from make_sample import character, poison
 from test_upscale import srvgg
 

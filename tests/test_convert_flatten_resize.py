@@ -4,9 +4,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import by_path, run, run_json
-from curate.colors import background_tag, parse_color
-from curate.flatten import flatten
-from curate.resize import downscale, fit_within
+from lorakit.curate.colors import background_tag, parse_color
+from lorakit.curate.flatten import flatten
+from lorakit.curate.resize import downscale, fit_within
 from make_sample import character
 
 

@@ -5,7 +5,7 @@ from PIL import Image, ImageOps
 from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
 import numpy as np
 
-from curate.dedupe import Fingerprint, distance, group_duplicates
+from lorakit.curate.dedupe import Fingerprint, distance, group_duplicates
 from make_sample import character
 
 

@@ -36,7 +36,7 @@ def tiny_text_model(base):
 
 
 def test_a1111_learning_rate_schedule():
-    from train.schedule import parse_piecewise, piecewise_rate
+    from lorakit.train.schedule import parse_piecewise, piecewise_rate
 
     pieces = parse_piecewise("0.005:100, 1e-3:1000, 1e-5")
     rates = [piecewise_rate(pieces, s) for s in (0, 99, 100, 999, 1000, 10**6)]
@@ -48,7 +48,7 @@ def test_a1111_learning_rate_schedule():
 
 
 def test_filewords_and_templates(tmp_path):
-    from train.templates import filewords_from_name, fill, load_template
+    from lorakit.train.templates import filewords_from_name, fill, load_template
 
     name = Path("000001-1-a man in suit.png")
     assert filewords_from_name(name, None, " ") == "a man in suit"
@@ -66,8 +66,8 @@ def test_filewords_and_templates(tmp_path):
 
 
 def test_init_text_is_padded_or_truncated_and_placeholders_are_whole_words(base):
-    from train.config import EmbeddingConfig
-    from train.embeddings import Embeddings
+    from lorakit.train.config import EmbeddingConfig
+    from lorakit.train.embeddings import Embeddings
 
     tokenizer, encoder = tiny_text_model(base)
     rows = encoder.get_input_embeddings().weight.detach()
@@ -89,8 +89,8 @@ def test_init_text_is_padded_or_truncated_and_placeholders_are_whole_words(base)
 
 
 def test_train_switch_and_stop_units(base):
-    from train.config import EmbeddingConfig
-    from train.embeddings import Embeddings
+    from lorakit.train.config import EmbeddingConfig
+    from lorakit.train.embeddings import Embeddings
 
     embeddings = Embeddings.build([EmbeddingConfig(placeholder="a", train=False),
                                    EmbeddingConfig(placeholder="b", stop_training_after=2, stop_training_after_unit="epochs"),
@@ -106,8 +106,8 @@ def test_train_switch_and_stop_units(base):
 def test_base_embedding_continues_from_a_file(tmp_path, base):
     from safetensors.torch import save_file
 
-    from train.config import EmbeddingConfig
-    from train.embeddings import Embeddings
+    from lorakit.train.config import EmbeddingConfig
+    from lorakit.train.embeddings import Embeddings
 
     vectors = torch.randn(2, 32)
     save_file({"emb_params": vectors}, str(tmp_path / "old.safetensors"))
@@ -128,12 +128,12 @@ def test_base_embedding_continues_from_a_file(tmp_path, base):
 def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, base):
     """network = "none": the loss on fixed noise falls, every model weight stays bit-identical,
     and diffusers' load_textual_inversion gives the prompt the same encoding as training did."""
-    from train.config import load
-    from train.data import load_items
-    from train.latents import Latents
-    from train.loop import train, training_step
-    from train.setup import setup
-    from train.models import encode_text, load_models
+    from lorakit.train.config import load
+    from lorakit.train.data import load_items
+    from lorakit.train.latents import Latents
+    from lorakit.train.loop import train, training_step
+    from lorakit.train.setup import setup
+    from lorakit.train.models import encode_text, load_models
 
     cfg = load(train_config(tmp_path, base, "ti", EMB), [
         'network.module="none"', "training.max_steps=20", "training.log_every_n_steps=10",
@@ -212,7 +212,7 @@ prompts = "{prompts}"
     with Image.open(samples[-1]) as image:
         assert image.size == (64, 128)  # the prompt's --w / --h
         assert "Steps: 2, Sampler: Euler a, CFG scale: 5.5, Seed: 7" in image.text["parameters"]
-    from train.embedding_files import read_embedding
+    from lorakit.train.embedding_files import read_embedding
     (from_png,) = read_embedding(log / "image_embeddings" / "kitchan-6.png")
     assert from_png.name == "kitchan" and from_png.step == 6
     assert torch.equal(from_png.vectors["emb_params"], data["string_to_param"]["*"])
@@ -306,9 +306,9 @@ def test_sdxl_bundled_embedding_with_a_unet_lora_and_standalone_clip_l_clip_g(tm
 
 
 def test_sdxl_embedding_only_run_touches_no_weight(tmp_path, base_xl):
-    from train.config import load
-    from train.loop import train
-    from train.setup import setup
+    from lorakit.train.config import load
+    from lorakit.train.loop import train
+    from lorakit.train.setup import setup
 
     cfg = load(train_config(tmp_path, base_xl, "xlti", EMB), [
         'model.family="auto"', 'network.module="none"', "training.max_steps=2", "saving.every_n_epochs=0"])
@@ -322,7 +322,7 @@ def test_sdxl_embedding_only_run_touches_no_weight(tmp_path, base_xl):
     run = setup(cfg, log=lambda line: None)
     train(run)
     inspect(run.models, run.network, run.embeddings)
-    from train.models import load_models
+    from lorakit.train.models import load_models
     fresh = load_models(cfg)
     for i, encoder in enumerate(fresh.text_encoders):
         for key, value in encoder.state_dict().items():
@@ -366,8 +366,8 @@ def test_ti_preset_takes_the_folder_trigger_and_plans(tmp_path, base):
 def test_embedding_config_errors(tmp_path, base):
     from safetensors.torch import save_file
 
-    from train.config import EmbeddingConfig
-    from train.embeddings import Embeddings
+    from lorakit.train.config import EmbeddingConfig
+    from lorakit.train.embeddings import Embeddings
 
     proc = train("run", train_config(tmp_path, base, "none", ""), "--set", 'network.module="none"', check=2)
     assert "nothing to train" in proc.stderr

@@ -5,11 +5,11 @@ import torch
 from PIL import Image
 
 from conftest import train_config, train_json
-from train.config import load
-from train.data import load_items
-from train.latents import Latents
-from train.precision import vae_dtype
-from train.models import load_models
+from lorakit.train.config import load
+from lorakit.train.data import load_items
+from lorakit.train.latents import Latents
+from lorakit.train.precision import vae_dtype
+from lorakit.train.models import load_models
 
 
 class CountingVAE:
@@ -79,7 +79,7 @@ def test_run_with_the_disk_cache(tmp_path, base):
 def test_a_half_vae_on_request_latents_and_samples_still_float32(tmp_path, base):
     """training.no_half_vae = false: the VAE in the mixed-precision dtype (kohya's rule), on every
     device; the latents trained on stay float32, and samples decode in float32."""
-    from train.sampling import generate, parse_prompt
+    from lorakit.train.sampling import generate, parse_prompt
 
     cpu = torch.device("cpu")
     path = train_config(tmp_path, base, "h")

@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 
 import make_demo_model as tiny_sd
-from train.naming import text_encoder_targets, unet_targets
-from train.network import LoRANetwork, save
+from lorakit.train.naming import text_encoder_targets, unet_targets
+from lorakit.train.network import LoRANetwork, save
 
 
 def _network(pipe, locon=False):

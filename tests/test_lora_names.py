@@ -5,7 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from train.naming import text_encoder_targets, unet_targets
+from lorakit.train.naming import text_encoder_targets, unet_targets
 
 SDXL_UNET = dict(
     sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),

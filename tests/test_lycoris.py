@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 
 from conftest import train, train_config, train_json
-from train.config import load
-from train.lycoris_net import LycorisNetwork
-from train.models import encode_text, load_models
-from train.naming import text_encoder_targets, unet_targets
-from train.network import LoRANetwork
+from lorakit.train.config import load
+from lorakit.train.lycoris_net import LycorisNetwork
+from lorakit.train.models import encode_text, load_models
+from lorakit.train.naming import text_encoder_targets, unet_targets
+from lorakit.train.network import LoRANetwork
 
 # the tensors each algorithm's modules hold in the file (A1111's and ComfyUI's key suffixes)
 SUFFIXES = {
@@ -70,8 +70,8 @@ def _delta(algo: str, t: dict, shape) -> torch.Tensor:
 
 @pytest.mark.parametrize("algo", sorted(SUFFIXES))
 def test_lycoris_trains_saves_and_reloads(tmp_path, base, algo):
-    from train.loop import train
-    from train.setup import setup
+    from lorakit.train.loop import train
+    from lorakit.train.setup import setup
 
     cfg = load(train_config(tmp_path, base, "ly"), [
         f'network.module="{algo}"', "network.conv_dim=4", *(["network.args={unit = 2}"] if algo == "dylora" else []), "network.conv_alpha=2.0", "training.max_steps=4",

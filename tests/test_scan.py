@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from conftest import by_path, run_json
-from curate.scan import DEFAULT_THRESHOLD, noise_score
+from lorakit.curate.scan import DEFAULT_THRESHOLD, noise_score
 from make_sample import character, poison
 
 

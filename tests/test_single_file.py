@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 import make_demo_model as tiny_sd
 from conftest import train, train_config, train_json
 from ldm_format import ldm_state_dict
-from train.config import load
-from train.models import load_models
-from train.single_file import config_folder, family_of
+from lorakit.train.config import load
+from lorakit.train.models import load_models
+from lorakit.train.single_file import config_folder, family_of
 
 
 def _count(model) -> int:

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import by_path, run, run_json
 from make_demo_tagger import write_tagger
-from tagging.compose import Thresholds, mcut, select
-from tagging.inference import prepare
-from tagging.models import TagInfo
+from lorakit.tagging.compose import Thresholds, mcut, select
+from lorakit.tagging.inference import prepare
+from lorakit.tagging.models import TagInfo
 
 
 def images(root: Path) -> Path:

@@ -11,10 +11,10 @@ import pytest
 
 from conftest import ROOT, by_path, run, run_json
 from make_sample import character
-from tagging.balance import repeats_for
-from tagging.prune import prune
-from tagging.relations import builtin
-from tagging.spelling import display, key
+from lorakit.tagging.balance import repeats_for
+from lorakit.tagging.prune import prune
+from lorakit.tagging.relations import builtin
+from lorakit.tagging.spelling import display, key
 
 SHARED = ROOT.parent / "shared" / "data" / "tags"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/tags is absent")
@@ -147,7 +147,7 @@ def test_danbooru_api_paging(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         import os
-        from tagging import download
+        from lorakit.tagging import download
         os.environ["LORAKIT_DANBOORU_API"] = f"http://127.0.0.1:{server.server_port}"
         try:
             paths = download.fetch_danbooru(tmp_path, page_size=3)
@@ -156,7 +156,7 @@ def test_danbooru_api_paging(tmp_path):
     finally:
         server.shutdown()
     assert seen == [("tag_implications", 1), ("tag_implications", 2), ("tag_aliases", 1)]
-    from tagging.relations import build
+    from lorakit.tagging.relations import build
     rel = build("danbooru", paths, "test")
     assert rel.implied_by("very_long_hair") == {"long_hair"} and rel.canonical("1girls") == "1girl"
 

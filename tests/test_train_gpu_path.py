@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import make_demo_model as tiny_sd
 from conftest import ROOT, train_config
-from train.config import load
+from lorakit.train.config import load
 
 EMB = '''
 [[embeddings]]
@@ -27,8 +27,8 @@ DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @pytest.mark.parametrize("family,precision", [("sd1", "bf16"), ("sd1", "fp16"), ("sdxl", "bf16"), ("sdxl", "fp16")])
 def test_mixed_precision_runs_resumes_and_loads(tmp_path, base, base_xl, family, precision):
-    from train.loop import train
-    from train.setup import setup
+    from lorakit.train.loop import train
+    from lorakit.train.setup import setup
 
     model = base_xl if family == "sdxl" else base
     prompts = tmp_path / "prompts.txt"
@@ -69,7 +69,7 @@ def test_mixed_precision_runs_resumes_and_loads(tmp_path, base, base_xl, family,
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl, family):
-    from train.placement import check_step
+    from lorakit.train.placement import check_step
 
     model = base_xl if family == "sdxl" else base
     cfg = load(train_config(tmp_path, model, "p", EMB), ['training.mixed_precision="bf16"', "data.batch_size=2",
@@ -81,7 +81,7 @@ def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl
 @pytest.mark.parametrize("module", ["locon", "dylora", "loha", "lokr", "ia3", "glora", "diag-oft"])
 def test_every_network_module_steps_on_the_model_device(tmp_path, base, module):
     """With its dropouts (lycoris's LoKr drew its rank mask on the CPU: refused, see check_args)."""
-    from train.placement import check_step
+    from lorakit.train.placement import check_step
 
     dropouts = ["network.module_dropout=0.1"] + ([] if module in ("dylora", "lokr") else ["network.rank_dropout=0.1"])
     args = [f'network.module="{module}"', "network.conv_dim=4", *dropouts] + \
@@ -91,8 +91,8 @@ def test_every_network_module_steps_on_the_model_device(tmp_path, base, module):
 
 def test_the_placement_check_catches_token_ids_left_on_the_cpu(tmp_path, base, monkeypatch):
     """The bug a GPU found before: the tokenizer's ids never moved to the text encoder's device."""
-    import train.models as models
-    from train.placement import DevicePlacementError, check_step
+    import lorakit.train.models as models
+    from lorakit.train.placement import DevicePlacementError, check_step
 
     made_on_cpu = models.token_ids
     monkeypatch.setattr(models, "token_ids", lambda tok, captions, limit, device: made_on_cpu(tok, captions, limit, "cpu"))
@@ -101,7 +101,7 @@ def test_the_placement_check_catches_token_ids_left_on_the_cpu(tmp_path, base, m
 
 
 def test_device_placement_mode():
-    from train.placement import DevicePlacement, DevicePlacementError
+    from lorakit.train.placement import DevicePlacement, DevicePlacementError
 
     weight = torch.ones(4, 2, device="meta")
     with DevicePlacement():
@@ -138,8 +138,8 @@ def test_lokr_rank_dropout_is_refused_before_a_gpu_would_fail(tmp_path, base):
 def test_fp16_gradients_are_unscaled_before_they_are_clipped(tmp_path, base, monkeypatch):
     """The scaler multiplies fp16 losses by 65536; clipping must see the true gradients, so the
     first step's gradient norm under fp16 is the float32 run's, not 65536 times it."""
-    from train.loop import optimizer_step, step_groups
-    from train.setup import setup
+    from lorakit.train.loop import optimizer_step, step_groups
+    from lorakit.train.setup import setup
 
     norms = []
     clip = torch.nn.utils.clip_grad_norm_

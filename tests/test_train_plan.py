@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from conftest import run, run_json
-from train.buckets import assign, resolutions
-from train.config import Config, from_dict
-from train.presets import PRESETS, render
+from lorakit.train.buckets import assign, resolutions
+from lorakit.train.config import Config, from_dict
+from lorakit.train.presets import PRESETS, render
 
 
 def test_bucket_resolutions_follow_kohya():
@@ -113,8 +113,8 @@ def test_tag_balance_toml_plans_directly(tmp_path):
 
 
 def test_every_glossary_term_maps_to_a_real_key_or_a_reason():
-    from train.config import _all_keys
-    from train.glossary import GLOSSARY, key_of
+    from lorakit.train.config import _all_keys
+    from lorakit.train.glossary import GLOSSARY, key_of
 
     keys = set(_all_keys(Config))
     for term, entry in GLOSSARY.items():

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from conftest import train_config, train_json
-from train.progress import RunLog
+from lorakit.train.progress import RunLog
 
 
 def test_terminal_display_shows_step_loss_lr_rate_and_eta(tmp_path):

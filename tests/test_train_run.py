@@ -120,7 +120,7 @@ def test_accumulation_resume_and_step_saves(tmp_path, base):
 
 
 def test_noise_and_snr_options(tmp_path, base):
-    from train import loss as L
+    from lorakit.train import loss as L
 
     g = torch.Generator().manual_seed(0)
     pyramid = L.multires_noise(torch.randn(2, 4, 16, 16, generator=g), 6, 0.3, g)
@@ -131,8 +131,8 @@ def test_noise_and_snr_options(tmp_path, base):
                       "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05",
                       "--set", "loss.adaptive_noise_scale=0.01")
     assert result["step"] == 2 and all(np.isfinite(l) for l in result["losses"])
-    from train.config import load
-    from train.models import load_models
+    from lorakit.train.config import load
+    from lorakit.train.models import load_models
     cfg = load(config(tmp_path, base, "z"), ["loss.zero_terminal_snr=true"])
     assert float(load_models(cfg).scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise
 
@@ -168,9 +168,9 @@ def test_augmentations(tmp_path, base):
 
     from diffusers import AutoencoderKL
 
-    from train.config import load
-    from train.data import load_items, pixels
-    from train.latents import Latents
+    from lorakit.train.config import load
+    from lorakit.train.data import load_items, pixels
+    from lorakit.train.latents import Latents
 
     cfg = load(config(tmp_path, base, "aug"), ["data.flip_aug=true"])
     items = load_items(cfg)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import train, train_config, train_json
-from train.config import load
-from train.models import _ids, encode_text, load_models
+from lorakit.train.config import load
+from lorakit.train.models import _ids, encode_text, load_models
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_chunk_ids_with_a_separate_pad_token(base):
 def test_attention_choice(base, tmp_path):
     """sdpa and math attention give the same prediction; xformers is refused with what to install
     when it is missing, never ignored."""
-    from train.models import set_attention
+    from lorakit.train.models import set_attention
 
     models = load_models(load(train_config(tmp_path, base, "attn")))
     latents, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
@@ -124,7 +124,7 @@ def test_sample_prompts_as_long_as_captions(request, tmp_path, family):
     """The pipelines cut prompts at 75 tokens; with max_token_length 150 samples read the rest."""
     from dataclasses import replace
 
-    from train.sampling import generate, parse_prompt
+    from lorakit.train.sampling import generate, parse_prompt
 
     models = request.getfixturevalue(family)
     tokenizer, words = models.tokenizers[0], ["red"]

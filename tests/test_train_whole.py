@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 import make_demo_model as tiny_sd
 from conftest import train, train_config as config, train_json
-from train.config import load
+from lorakit.train.config import load
 
 
 def _meta(path):
@@ -45,7 +45,7 @@ def test_plan_and_run_count_the_same_steps_when_folders_share_a_bucket(tmp_path,
 
 
 def test_datasets_batch_apart_with_their_own_batch_size(tmp_path):
-    from train.data import Item, epoch_batches, steps_per_epoch
+    from lorakit.train.data import Item, epoch_batches, steps_per_epoch
 
     items = [Item(Path(f"{k}.png"), "", (64, 64), 1, False, batch_size=2 if k < 3 else 3, dataset=1 if k < 3 else 2)
              for k in range(6)]
@@ -102,7 +102,7 @@ def test_v_prediction_is_read_from_the_model_scheduler(tmp_path, base_sd2):
 
 
 def test_family_names_follow_kohya():
-    from train.metadata import base_model_version
+    from lorakit.train.metadata import base_model_version
 
     assert [base_model_version(f, v) for f in ("sd1", "sd2") for v in (False, True)] == \
         ["sd_v1", "sd_v1_v", "sd_v2", "sd_v2_v"]
@@ -120,7 +120,7 @@ def test_plan_reads_the_family_from_the_model_not_its_name(tmp_path, base, base_
 def test_fp16_resume_continues_the_loss_scale(tmp_path, base, monkeypatch):
     """fp16 scales the loss; the scale moves as gradients overflow. Resumed without its state,
     the scaler would restart at its initial scale and skip other steps."""
-    import train.precision as precision
+    import lorakit.train.precision as precision
 
     def overflowing(device, dtype):  # a scale at fp16's edge: it grows after each good step, then overflows
         return torch.amp.GradScaler("cpu", init_scale=2.0 ** 24, growth_interval=1, enabled=dtype == torch.float16)
@@ -142,14 +142,14 @@ def test_fp16_resume_continues_the_loss_scale(tmp_path, base, monkeypatch):
 
 
 def test_every_closed_choice_is_the_literal_of_its_registry():
-    from train import config as C
-    from train.loss import LOSSES
-    from train.models import ATTENTION
-    from train.network import MODULES
-    from train.optimizers import OPTIMIZERS
-    from train.precision import AMP, DTYPES
-    from train.sampling import SAMPLERS
-    from train.schedule import SCHEDULES
+    from lorakit.train import config as C
+    from lorakit.train.loss import LOSSES
+    from lorakit.train.models import ATTENTION
+    from lorakit.train.network import MODULES
+    from lorakit.train.optimizers import OPTIMIZERS
+    from lorakit.train.precision import AMP, DTYPES
+    from lorakit.train.sampling import SAMPLERS
+    from lorakit.train.schedule import SCHEDULES
 
     pairs = [(C.NetworkConfig, "module", MODULES), (C.OptimizerConfig, "type", OPTIMIZERS),
              (C.SchedulerConfig, "type", SCHEDULES), (C.LossConfig, "type", LOSSES),
@@ -187,7 +187,7 @@ def test_plan_reads_the_prompts_file(tmp_path, base):
 
 
 def test_seeds_never_collide_across_seed_and_step():
-    from train.seeds import derive
+    from lorakit.train.seeds import derive
 
     assert derive(64, "noise", 0, 0) != derive(0, "noise", 7919, 0)  # the old arithmetic's collision
     drawn = {derive(seed, "noise", step, micro) for seed in range(40) for step in range(200) for micro in range(4)}
@@ -201,9 +201,9 @@ def test_decode_workers_act_and_draw_the_same(tmp_path, base, monkeypatch):
     the latents are the same as with 0 workers (each image's draws never depend on them)."""
     from diffusers import AutoencoderKL
 
-    import train.latents as latents_module
-    from train.data import load_items, pixels
-    from train.latents import Latents
+    import lorakit.train.latents as latents_module
+    from lorakit.train.data import load_items, pixels
+    from lorakit.train.latents import Latents
 
     threads = []
 
@@ -230,7 +230,7 @@ def test_decode_workers_act_and_draw_the_same(tmp_path, base, monkeypatch):
 
 
 def test_what_is_due_is_decided_in_one_place(tmp_path, base):
-    from train.loop import due
+    from lorakit.train.loop import due
 
     cfg = load(config(tmp_path, base, "d"), ["saving.every_n_steps=2", "sampling.every_n_steps=3",
                                              "training.validate_every_n_steps=6", "saving.every_n_epochs=2",

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from conftest import by_path, run, run_json
-from curate.upscale.inference import load_upscaler
-from curate.upscale.loading import UnknownArchitecture, read_state_dict
+from lorakit.curate.upscale.inference import load_upscaler
+from lorakit.curate.upscale.loading import UnknownArchitecture, read_state_dict
 from lorakit.errors import UserError
 from make_sample import character
 

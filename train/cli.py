@@ -24,7 +24,7 @@ def init(
 ) -> None:
     """Print a complete, commented config with the training guide's values: train init > lora.toml"""
     from lorakit.captions import parse_repeats_folder
-    from train.presets import PRESETS, render
+    from lorakit.train.presets import PRESETS, render
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
@@ -43,8 +43,8 @@ def plan(
 ) -> None:
     """Check the config and the dataset without loading a model: images, repeats, buckets,
     steps, saves, and warnings."""
-    from train.config import load
-    from train.plan import plan as make_plan
+    from lorakit.train.config import load
+    from lorakit.train.plan import plan as make_plan
 
     with user_errors():
         report = make_plan(load(config, set_ or []))
@@ -55,7 +55,7 @@ def plan(
 def glossary(json: Json = False) -> None:
     """The LoRA parameter glossary's terms and the config key each maps to (or why none)."""
     from lorakit.report import Report, Section
-    from train.glossary import GLOSSARY
+    from lorakit.train.glossary import GLOSSARY
 
     report = Report("glossary", "the LoRA parameter glossary")
     report.sections.append(Section("terms", ["term", "lorakit config"],
@@ -67,9 +67,9 @@ def _train(config, out_dir: Path, stop_at: int | None, json: bool, resuming: boo
     """Run (or resume) with the run log: log.jsonl, the display (rich on a terminal, JSON lines on
     stderr elsewhere) and TensorBoard; under `accelerate launch` only the first process shows,
     writes and reports."""
-    from train.distributed import is_main_process
-    from train.loop import run as train_run
-    from train.progress import RunLog
+    from lorakit.train.distributed import is_main_process
+    from lorakit.train.loop import run as train_run
+    from lorakit.train.progress import RunLog
 
     main = is_main_process()
     run_log = RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard) \
@@ -104,7 +104,7 @@ def run(
     json: Json = False,
 ) -> None:
     """Train a LoRA / LoCon, additional embeddings, or textual inversion alone (network.module = "none")."""
-    from train.config import load
+    from lorakit.train.config import load
 
     with user_errors():
         cfg = load(config, set_ or [])
@@ -118,7 +118,7 @@ def resume(
     json: Json = False,
 ) -> None:
     """Continue a run from its saved state, exactly where it stopped."""
-    from train.loop import saved_config
+    from lorakit.train.loop import saved_config
 
     with user_errors():
         _train(saved_config(output_dir), output_dir, stop_at, json, resuming=True)
@@ -133,7 +133,7 @@ def export(
 ) -> None:
     """Write the files a UI needs from a LoRA with embeddings: bundled for A1111; a clean LoRA
     plus standalone embeddings for diffusers and ComfyUI (they reject or ignore bundled ones)."""
-    from train.export import export as do_export
+    from lorakit.train.export import export as do_export
 
     with user_errors():
         report = do_export(lora, for_, out)
@@ -151,7 +151,7 @@ def embedding_inspect(
     json: Json = False,
 ) -> None:
     """Vectors, dimension, norms, the model family it fits, and the base model it was trained on."""
-    from train.export import inspect
+    from lorakit.train.export import inspect
 
     with user_errors():
         report = inspect(file)

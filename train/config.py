@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from lorakit.errors import UserError
-from train.loss import LOSSES
-from train.models import ATTENTION
-from train.network import MODULES
-from train.optimizers import OPTIMIZERS
-from train.precision import AMP, DTYPES
-from train.sampling import SAMPLERS
-from train.schedule import SCHEDULES
+from lorakit.train.loss import LOSSES
+from lorakit.train.models import ATTENTION
+from lorakit.train.network import MODULES
+from lorakit.train.optimizers import OPTIMIZERS
+from lorakit.train.precision import AMP, DTYPES
+from lorakit.train.sampling import SAMPLERS
+from lorakit.train.schedule import SCHEDULES
 
 VERSION = 1
 

@@ -24,10 +24,10 @@ from lorakit.captions import caption_file, parse_repeats_folder
 from lorakit.discovery import discover
 from lorakit.errors import UserError
 from lorakit.images import ImageError, flatten, load_image, read_header
-from train import seeds
-from train.buckets import assign
-from train.config import Config
-from train.templates import filewords_from_name
+from lorakit.train import seeds
+from lorakit.train.buckets import assign
+from lorakit.train.config import Config
+from lorakit.train.templates import filewords_from_name
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import UserError
-from train.config import EmbeddingConfig
-from train.embedding_files import read_embedding, vectors_for_encoders
+from lorakit.train.config import EmbeddingConfig
+from lorakit.train.embedding_files import read_embedding, vectors_for_encoders
 
 
 def safe_name(text: str) -> str:

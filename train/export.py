@@ -22,8 +22,8 @@ from safetensors.torch import save as save_bytes
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.report import OK, WRITTEN, Outcome, Report, Section
-from train.embedding_files import BUNDLE, EmbeddingFile, bundle_keys, read_embedding, save_standalone
-from train.network import model_hashes
+from lorakit.train.embedding_files import BUNDLE, EmbeddingFile, bundle_keys, read_embedding, save_standalone
+from lorakit.train.network import model_hashes
 
 TARGETS = ("a1111", "diffusers", "comfyui")
 PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save as save_bytes
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, cache_dir
-from train.config import Config
-from train.data import Item, pixels
+from lorakit.train.config import Config
+from lorakit.train.data import Item, pixels
 
 PIPELINE_VERSION = 1  # bump when `pixels` or the encoding changes what a cached latent holds
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import UserError
-from train import loss as L, precision, seeds
-from train.config import Config, from_dict
-from train.data import epoch_batches
-from train.models import encode_text
-from train.saving import save_state
-from train.setup import STATE, Run, prompt, setup
-from train.templates import fill
+from lorakit.train import loss as L, precision, seeds
+from lorakit.train.config import Config, from_dict
+from lorakit.train.data import epoch_batches
+from lorakit.train.models import encode_text
+from lorakit.train.saving import save_state
+from lorakit.train.setup import STATE, Run, prompt, setup
+from lorakit.train.templates import fill
 
 
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,

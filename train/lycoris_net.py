@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import UserError
-from train.naming import Target
+from lorakit.train.naming import Target
 
 
 def _classes() -> dict[str, type]:

@@ -11,7 +11,7 @@ import torch
 from lorakit.errors import UserError
 
 if TYPE_CHECKING:
-    from train.config import Config
+    from lorakit.train.config import Config
 
 
 @dataclass
@@ -52,7 +52,7 @@ def family_on_disk(base: str) -> str | None:
         if base.endswith(".safetensors") and path.is_file():
             from safetensors import safe_open
 
-            from train.single_file import family_of
+            from lorakit.train.single_file import family_of
 
             with safe_open(base, "pt") as f:
                 return family_of(f.keys())
@@ -118,7 +118,7 @@ def load_models(config: Config) -> Models:
     if base.endswith((".safetensors", ".ckpt")):
         from pathlib import Path
 
-        from train.single_file import load_single_file
+        from lorakit.train.single_file import load_single_file
 
         m = config.model
         v = decide_prediction(config)
@@ -151,7 +151,7 @@ def _separate_vae(vae: str, sdxl: bool):
     from diffusers import AutoencoderKL
 
     if vae.endswith(".safetensors"):
-        from train.single_file import config_folder
+        from lorakit.train.single_file import config_folder
 
         return AutoencoderKL.from_single_file(vae, config=str(config_folder("sdxl" if sdxl else "sd1")), subfolder="vae",
                                               local_files_only=True)

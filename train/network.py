@@ -19,8 +19,8 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from lorakit.fsio import atomic_path
-from train.lycoris_net import ALGOS
-from train.naming import Target
+from lorakit.train.lycoris_net import ALGOS
+from lorakit.train.naming import Target
 
 # network.module: what trains on the targets: our LoRA module (lora: linear layers and 1x1
 # convolutions; locon: 3x3 convolutions too; dylora: ranks in blocks), one of lycoris-lora's

@@ -13,7 +13,7 @@ import torch
 from lorakit.errors import UserError
 
 if TYPE_CHECKING:
-    from train.config import OptimizerConfig
+    from lorakit.train.config import OptimizerConfig
 
 
 def _adamw(groups, o: OptimizerConfig):

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from lorakit.errors import UserError
-from train.config import Config
+from lorakit.train.config import Config
 
 CROSS_DEVICE = {torch.Tensor.copy_, torch.Tensor.__setitem__}
 
@@ -55,8 +55,8 @@ def check_step(config: Config, device: str = "meta") -> dict:
     step: captions, text encoders, latents, noise, the UNet, the loss, backward, the scaler,
     clipping, the optimizer) under DevicePlacement. Returns what ran; raises
     DevicePlacementError naming the call that mixed devices."""
-    from train.loop import optimizer_step, step_groups
-    from train.setup import setup
+    from lorakit.train.loop import optimizer_step, step_groups
+    from lorakit.train.setup import setup
 
     if config.network.scale_weight_norms or any(e.preserve_norm for e in config.embeddings):
         raise UserError("the placement check reads no values: run it without scale_weight_norms and preserve_norm")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from lorakit.captions import caption_file, read_tags
 from lorakit.report import FAILED, OK, Outcome, Report, Section
-from train.config import Config
-from train.data import Item, epoch_batches, load_items, resolution_pair, steps_per_epoch as data_steps, subsets
-from train.lycoris_net import check_args
-from train.sampling import read_prompts
-from train.schedule import base_rate
-from train.validation import split
+from lorakit.train.config import Config
+from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, steps_per_epoch as data_steps, subsets
+from lorakit.train.lycoris_net import check_args
+from lorakit.train.sampling import read_prompts
+from lorakit.train.schedule import base_rate
+from lorakit.train.validation import split
 
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
 MAX_TAGS = 20
@@ -122,7 +122,7 @@ def _samples(config: Config) -> bool:
 def _family(config: Config) -> str | None:
     """The family the run will find (train/models.py decides it the same way from the same
     files), or the configured one when the model cannot be read without loading it."""
-    from train.models import decide_family, family_on_disk
+    from lorakit.train.models import decide_family, family_on_disk
 
     found = family_on_disk(config.model.base) if config.model.base else None
     if found:
@@ -131,7 +131,7 @@ def _family(config: Config) -> str | None:
 
 
 def _prediction(config: Config) -> bool | None:
-    from train.models import prediction_on_disk
+    from lorakit.train.models import prediction_on_disk
 
     if config.model.v_parameterization is not None:
         return config.model.v_parameterization
@@ -152,7 +152,7 @@ def _tokenizer(config: Config):
 def _embeddings(config: Config, items: list[Item], steps_per_epoch: int) -> tuple[list, list[str]]:
     """Per embedding: how many captions hold its placeholder, and when it stops training; the
     longest caption's token count with the embeddings' vectors, where the tokenizer is at hand."""
-    from train.embeddings import placeholder_pattern, safe_name, stop_step
+    from lorakit.train.embeddings import placeholder_pattern, safe_name, stop_step
 
     captions = [item.caption for item in items]
     rows, warnings = [], []

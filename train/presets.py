@@ -8,7 +8,7 @@ import json
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from train.config import Config
+from lorakit.train.config import Config
 
 # preset -> {"section.key": value}; everything else keeps the defaults in config.py
 PRESETS: dict[str, dict[str, Any]] = {
@@ -118,7 +118,7 @@ def build(preset: str) -> Config:
 
 
 def _embedding_table(preset: str, trigger: str) -> list[str]:
-    from train.config import EmbeddingConfig
+    from lorakit.train.config import EmbeddingConfig
 
     active = preset in WITH_EMBEDDING
     emb = EmbeddingConfig(placeholder=trigger, **WITH_EMBEDDING.get(preset, {}))

@@ -19,10 +19,10 @@ from PIL import PngImagePlugin
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
-from train.models import CHUNK, encode_text
+from lorakit.train.models import CHUNK, encode_text
 
 if TYPE_CHECKING:
-    from train.config import Config
+    from lorakit.train.config import Config
 
 SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG parameters)
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),

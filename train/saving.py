@@ -22,12 +22,12 @@ import torch
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, write_text
-from train.config import Config
-from train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
-from train.metadata import metadata
-from train.network import save
-from train.precision import DTYPES
-from train.sampling import generate, prompts_for, save_sample
+from lorakit.train.config import Config
+from lorakit.train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
+from lorakit.train.metadata import metadata
+from lorakit.train.network import save
+from lorakit.train.precision import DTYPES
+from lorakit.train.sampling import generate, prompts_for, save_sample
 
 
 

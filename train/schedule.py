@@ -11,7 +11,7 @@ from lorakit.errors import UserError
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from train.config import Config
+    from lorakit.train.config import Config
 
 
 def parse_piecewise(text: str) -> list[tuple[float, float]]:

@@ -15,20 +15,20 @@ from typing import Callable
 import torch
 
 from lorakit.errors import UserError
-from train import optimizers, precision, seeds
-from train.config import Config
-from train.data import Item, caption_for_step, load_items, steps_per_epoch
-from train.distributed import Dist, setup as distributed_setup
-from train.embeddings import Embeddings
-from train.latents import Latents
-from train.lycoris_net import LycorisNetwork, check_args, dylora_unit
-from train.models import Models, encode_text, load_models, set_attention
-from train.naming import text_encoder_targets, unet_targets
-from train.network import MODULES, LoRANetwork
-from train.saving import Saver
-from train.schedule import base_rate, group_lambda
-from train.templates import fill, load_template
-from train.validation import Validation, split
+from lorakit.train import optimizers, precision, seeds
+from lorakit.train.config import Config
+from lorakit.train.data import Item, caption_for_step, load_items, steps_per_epoch
+from lorakit.train.distributed import Dist, setup as distributed_setup
+from lorakit.train.embeddings import Embeddings
+from lorakit.train.latents import Latents
+from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit
+from lorakit.train.models import Models, encode_text, load_models, set_attention
+from lorakit.train.naming import text_encoder_targets, unet_targets
+from lorakit.train.network import MODULES, LoRANetwork
+from lorakit.train.saving import Saver
+from lorakit.train.schedule import base_rate, group_lambda
+from lorakit.train.templates import fill, load_template
+from lorakit.train.validation import Validation, split
 
 STATE = "state.pt"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import UserError
-from train import seeds
-from train.config import Config
-from train.data import Item
-from train.latents import Latents
+from lorakit.train import seeds
+from lorakit.train.config import Config
+from lorakit.train.data import Item
+from lorakit.train.latents import Latents
 
 # spread over the schedule: the early, noisy steps weigh as much as the late, detailed ones
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from curate.upscale.loading import build, detect, read_state_dict
-from curate.upscale.models import resolve
+from lorakit.curate.upscale.loading import build, detect, read_state_dict
+from lorakit.curate.upscale.models import resolve
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # RealESRGANer reflect-pads to these multiples by the model's scale, whatever its architecture

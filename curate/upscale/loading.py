@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from curate.upscale.archs import RRDBNet, SRVGGNetCompact
+from lorakit.curate.upscale.archs import RRDBNet, SRVGGNetCompact
 from lorakit.errors import UserError
 
 StateDict = dict[str, torch.Tensor]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from curate.upscale.inference import Upscaler, load_upscaler
+from lorakit.curate.upscale.inference import Upscaler, load_upscaler
 from lorakit.engine import Result, Stage, Task
 from lorakit.images import load_image, natural_format, natural_output_name, save_image
 
