@@ -13,28 +13,31 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Without an NVIDIA GPU, torch's CPU wheel goes in first: pip then finds torch satisfied and
-# does not pull several GB of CUDA packages. torchvision is never installed (see DESIGN.md).
+# does not pull several GB of CUDA packages. torchvision is never installed (lorakit needs none,
+# and its only build here is a CUDA one that breaks transformers' imports).
 # setuptools' generic notice about editable installs says nothing to a lorakit user: filtered out.
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then \
+	@echo "Setting up $(VENV) (first run only)."
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,gpu]'; \
 	else \
 		$(PY) -m pip install -q torch==2.13.0 && PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,cpu]'; \
 	fi
-	touch $(STAMP)
+	@touch $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q --durations=15
 
+# The pipeline Makefile shows each lorakit command it runs; the rest is lorakit's own output.
 demo: setup
 	@echo "The demo tags with lorakit's DEMO stand-in model (examples/demo-tagger): not a real tagger."
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
+	@PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -f examples/pipeline.mk \
 		RAW=examples/sample/raw OUT=demo-out TAGGER_DIR=examples/demo-tagger/danbooru
 	$(VENV)/bin/train plan demo-out/dataset.toml
 	@echo "Training a few steps on lorakit's DEMO base model (random weights): it shows the trainer working."
-	test -d demo-out/demo-model || $(PY) examples/make_demo_model.py demo-out/demo-model
+	@test -d demo-out/demo-model || $(PY) examples/make_demo_model.py demo-out/demo-model
 	$(VENV)/bin/train init --preset sd15 --image-root 5-clean --base demo-model > demo-out/lora.toml
 	$(VENV)/bin/train run demo-out/lora.toml --set data.resolution=64 --set data.min_bucket_reso=64 \
 		--set data.max_bucket_reso=128 --set training.max_steps=10 --set training.log_every_n_steps=5 \

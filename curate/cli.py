@@ -9,6 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from lorakit import quiet
+
+quiet.install()  # before any library loads: their notices and bars stay out of our output
+
 from lorakit.curate.colors import DEFAULT_CYCLE, parse_color
 
 DEFAULT_SCAN_THRESHOLD = 1.5  # curate.scan.DEFAULT_THRESHOLD; kept here so --help stays fast

@@ -51,7 +51,7 @@ def pipeline(folder: Path, seed: int = 0):
     vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                   scheduler=EulerDiscreteScheduler(), safety_checker=None,
+                                   scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 
 
@@ -94,7 +94,7 @@ def pipeline_xl(folder: Path, seed: int = 0):
     vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler())
+                                     tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler(steps_offset=1))
 
 
 def sample(pipe, prompt: str = "kitchan, red", seed: int = 1):
@@ -105,6 +105,10 @@ def sample(pipe, prompt: str = "kitchan, red", seed: int = 1):
 
 if __name__ == "__main__":
     import sys
+
+    from lorakit import quiet
+
+    quiet.install()
 
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out/demo-model")
     pipeline(target.parent / ".demo-model-build").save_pretrained(target)

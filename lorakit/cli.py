@@ -9,6 +9,10 @@ import importlib
 
 import typer
 
+from lorakit import quiet
+
+quiet.install()  # before any library loads: their notices and bars stay out of our output
+
 STAGE_CLIS = {
     "curate": ("lorakit.curate.cli", "Prepare raw images: convert, flatten, resize, upscale, clean, scan, dedupe, inspect."),
     "tag": ("lorakit.tagging.cli", "Autotag, prune implied tags, edit captions, balance folder repeats."),

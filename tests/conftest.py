@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -16,13 +17,17 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))  # make_sample: the generators the demo uses
 BIN = Path(sys.executable).parent
+# every test runs offline, in this process and in the commands it starts: no test may reach a hub
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+os.environ.update(OFFLINE)
 
 
 def run(program: str, *args, check: int | None = 0, env: dict | None = None
         ) -> subprocess.CompletedProcess:
     """Run an installed console script as a user would; assert its exit code."""
     environment = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-                   "HOME": str(ROOT / ".pytest_cache"), **(env or {})}
+                   "HOME": str(ROOT / ".pytest_cache"), **OFFLINE, **(env or {})}
     proc = subprocess.run([str(BIN / program), *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=environment)
     if check is not None:

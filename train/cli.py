@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from lorakit import quiet
+
+quiet.install()  # before any library loads: their notices and bars stay out of our output
+
 from lorakit.options import Json, emit, user_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
