@@ -1,5 +1,6 @@
 # make setup   create .venv and install lorakit with its test extras
 # make test    run the test suite (sets up first when needed)
+# make lint    ruff: pyflakes, import order, pycodestyle E4/E7/E9 (CI runs it before the tests)
 # make demo    run the pipeline (examples/pipeline.mk) on the bundled sample into demo-out/
 # make bench   print the curate benchmarks
 # make bench-gpu  the trainer on a CUDA GPU (bench/gpu.py): ms/step, share of the compute floor, VRAM
@@ -8,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-gpu clean
+.PHONY: setup test lint demo bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # The pipeline Makefile shows each lorakit command it runs; the rest is lorakit's own output.
 demo: setup

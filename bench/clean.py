@@ -19,8 +19,9 @@ import numpy as np
 
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
-from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean  # noqa: E402
 from make_sample import character, poison  # noqa: E402
+
+from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean  # noqa: E402
 
 
 def timed(fn, repeat):

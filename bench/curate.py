@@ -27,12 +27,13 @@ from PIL import Image, ImageOps
 # nothing to import
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")
 
+from make_sample import character  # noqa: E402
+
 from lorakit.curate.convert import ConvertStage  # noqa: E402
 from lorakit.curate.flatten import FlattenStage  # noqa: E402
 from lorakit.curate.resize import ResizeStage  # noqa: E402
 from lorakit.engine import RunOptions, run_stage  # noqa: E402
 from lorakit.parallel import default_jobs  # noqa: E402
-from make_sample import character  # noqa: E402
 
 MAX_SIDE = 3000
 

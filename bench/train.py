@@ -21,6 +21,7 @@ from PIL import Image
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
 import make_demo_model  # noqa: E402
+
 from lorakit.train.config import load  # noqa: E402
 from lorakit.train.loop import run  # noqa: E402
 from lorakit.train.models import encode_text, load_models  # noqa: E402

@@ -18,7 +18,15 @@ from lorakit.curate.colors import DEFAULT_CYCLE, parse_color
 DEFAULT_SCAN_THRESHOLD = 1.5  # curate.scan.DEFAULT_THRESHOLD; kept here so --help stays fast
 from lorakit.engine import run_stage
 from lorakit.options import (
-    DEFAULT_JOBS, DEFAULT_PIXELS, DryRun, Force, Jobs, Json, MaxPixels, emit, run_options,
+    DEFAULT_JOBS,
+    DEFAULT_PIXELS,
+    DryRun,
+    Force,
+    Jobs,
+    Json,
+    MaxPixels,
+    emit,
+    run_options,
     user_errors,
 )
 

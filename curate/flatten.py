@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from lorakit.curate.colors import Color, background_tag
 from lorakit.engine import Result, Stage, Task, with_params
 from lorakit.images import (
-    ImageError, check_file, flatten, load_image, natural_format, natural_output_name, read_header,
+    ImageError,
+    check_file,
+    flatten,
+    load_image,
+    natural_format,
+    natural_output_name,
+    read_header,
     save_image,
 )
 

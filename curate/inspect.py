@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates
 from lorakit.captions import caption_files
+from lorakit.curate.dedupe import DEFAULT_THRESHOLD, Fingerprint, group_duplicates
 from lorakit.engine import RunOptions, analyse
 from lorakit.images import ImageError, load_image, read_header
 from lorakit.report import FAILED, OK, Outcome, Report, Section

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from PIL import Image
 from rich.console import Console
 
 from lorakit.captions import caption_files, copy_with_tags, write_new_caption
 from lorakit.discovery import check_pair, check_source, discover, mark_output
 from lorakit.fsio import copy_file
-from PIL import Image
-
 from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, load_image, natural_format, save_image
 from lorakit.parallel import default_jobs, run_all
 from lorakit.report import COPIED, FAILED, PLANNED, SKIPPED, WRITTEN, Outcome, Report

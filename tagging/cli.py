@@ -77,10 +77,10 @@ def auto(
     dry_run: DryRun = False, json: Json = False,
 ) -> None:
     """Tag every image with a WD14 / e621 ONNX tagger and write its caption beside it."""
+    from lorakit.options import err_console
     from lorakit.tagging.auto import AutoOptions, auto_tag
     from lorakit.tagging.compose import MODES, Writing
     from lorakit.tagging.lists import expand
-    from lorakit.options import err_console
 
     with user_errors():
         for value, allowed, hint in ((mode, MODES, "--mode"), (rating, ("none", "first", "last"), "--rating"),
@@ -173,7 +173,8 @@ def translate(
     from lorakit.report import Section
     from lorakit.tagging import relations
     from lorakit.tagging.rewrite import rewrite
-    from lorakit.tagging.translate import table, translate as translate_tags
+    from lorakit.tagging.translate import table
+    from lorakit.tagging.translate import translate as translate_tags
 
     with user_errors():
         source = {"e621": "danbooru", "danbooru": "e621"}.get(to)
@@ -209,10 +210,10 @@ def stats(
     json: Json = False,
 ) -> None:
     """Tag frequency overall and per folder, and the problems of each caption."""
-    from lorakit.tagging import relations
-    from lorakit.tagging.stats import PROBLEM, stats as caption_stats
-
     from lorakit.report import FAILED
+    from lorakit.tagging import relations
+    from lorakit.tagging.stats import PROBLEM
+    from lorakit.tagging.stats import stats as caption_stats
 
     with user_errors():
         report = caption_stats(dir, relations.load(vocab), class_token, max_tags, top)
@@ -240,7 +241,8 @@ def balance(
 
     from lorakit.fsio import write_text
     from lorakit.report import OK, Outcome, Report, Section
-    from lorakit.tagging.balance import PASSES, apply_names, balance as balance_concepts, concepts, dataset_toml
+    from lorakit.tagging.balance import PASSES, apply_names, concepts, dataset_toml
+    from lorakit.tagging.balance import balance as balance_concepts
 
     with user_errors():
         train = concepts(root)
@@ -283,9 +285,9 @@ def lists_update(
     json: Json = False,
 ) -> None:
     """Build the implication closure and alias map for a vocabulary and store it in the cache."""
+    from lorakit.report import Report
     from lorakit.tagging.download import fetch_exports
     from lorakit.tagging.relations import build, cache_path
-    from lorakit.report import Report
 
     with user_errors():
         paths = list(from_ or []) or fetch_exports(vocab)

@@ -3,7 +3,9 @@ Civitai files use (LDM for SD1 and SD2, SGM for SDXL), so the single-file loader
 tiny models. The reverse of the renames diffusers' loader makes (UNet blocks through
 train.naming's SGM paths, SD2's and SDXL's second text encoder in OpenCLIP's layout)."""
 import re
+
 import torch
+
 from lorakit.train.naming import sgm_path
 
 

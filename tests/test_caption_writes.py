@@ -8,12 +8,12 @@ import shutil
 import sys
 
 import pytest
+from conftest import by_path, run_json
+from test_tag_text import caption, dataset
 
 import lorakit.fsio as fsio
 import lorakit.tagging.rewrite as rewrite_module
 from lorakit.parallel import forked_map
-from conftest import by_path, run_json
-from test_tag_text import caption, dataset
 
 
 def tag(*args) -> dict:

@@ -4,16 +4,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import by_path, run, run_json
+from make_sample import character, poison
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
-
-from conftest import by_path, run, run_json
-from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean
-from make_sample import character, poison
 from test_upscale import srvgg
 
+from lorakit.curate.clean import ColorGuidedFilter, FilterParams, adverse_clean
 
-def reference_guided(I, p, r, eps):
+
+def reference_guided(I, p, r, eps):  # noqa: E741  (I: the guide image, as in the paper)
     """He et al.'s guided filter, straight from the definition: per window, the least-squares
     linear model p ≈ aᵀI + b with ridge eps, then q = mean over windows of (aᵀI + b).
     Borders reflect like OpenCV's BORDER_REFLECT (numpy's 'symmetric')."""

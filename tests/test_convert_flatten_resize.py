@@ -1,13 +1,13 @@
 """convert, flatten and resize: the pure functions and the commands."""
 
 import numpy as np
+from conftest import by_path, run, run_json
+from make_sample import character
 from PIL import Image
 
-from conftest import by_path, run, run_json
 from lorakit.curate.colors import background_tag, parse_color
 from lorakit.curate.flatten import flatten
 from lorakit.curate.resize import downscale, fit_within
-from make_sample import character
 
 
 def test_convert_the_whole_sample(tmp_path, sample):

@@ -1,12 +1,11 @@
 """curate dedupe and curate inspect."""
 
+import numpy as np
+from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
+from make_sample import character
 from PIL import Image, ImageOps
 
-from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
-import numpy as np
-
 from lorakit.curate.dedupe import Fingerprint, distance, group_duplicates
-from make_sample import character
 
 
 def _dupes(tmp_path):

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train, train_config, train_json
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import train, train_config, train_json
 from lorakit.errors import UserError
 
 EMB = '''
@@ -132,8 +132,8 @@ def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, ba
     from lorakit.train.data import load_items
     from lorakit.train.latents import Latents
     from lorakit.train.loop import train, training_step
-    from lorakit.train.setup import setup
     from lorakit.train.models import encode_text, load_models
+    from lorakit.train.setup import setup
 
     cfg = load(train_config(tmp_path, base, "ti", EMB), [
         'network.module="none"', "training.max_steps=20", "training.log_every_n_steps=10",

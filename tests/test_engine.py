@@ -3,11 +3,11 @@
 import os
 import time
 
+from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
+from make_sample import character
 from PIL import Image
 
-from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
 from lorakit.discovery import discover
-from make_sample import character
 
 
 def _raw(tmp_path):

@@ -4,11 +4,11 @@ error that names the problem."""
 
 import numpy as np
 import pytest
+from conftest import bomb_png, truncated_png
+from make_sample import PAPER_LAB, animated_gif, character, cmyk_jpeg, exif_rotated_jpeg, grey16
 from PIL import Image
 
-from conftest import bomb_png, truncated_png
 from lorakit.images import ImageError, load_image, read_header
-from make_sample import PAPER_LAB, animated_gif, character, cmyk_jpeg, exif_rotated_jpeg, grey16
 
 
 def test_16bit_grey_is_scaled_not_clipped(tmp_path):

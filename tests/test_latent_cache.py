@@ -2,14 +2,14 @@
 (image bytes, bucket, flip, VAE weights), so a changed input is encoded again, never read stale."""
 
 import torch
+from conftest import train_config, train_json
 from PIL import Image
 
-from conftest import train_config, train_json
 from lorakit.train.config import load
 from lorakit.train.data import load_items
 from lorakit.train.latents import Latents
-from lorakit.train.precision import vae_dtype
 from lorakit.train.models import load_models
+from lorakit.train.precision import vae_dtype
 
 
 class CountingVAE:

@@ -1,12 +1,12 @@
 """Our kohya-format LoRA files on a tiny SD1.5-shaped pipeline: diffusers loads them with every
 module wrapped, and its output equals the same LoRA merged into the weights by our own code."""
 
+import make_demo_model as tiny_sd
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-import make_demo_model as tiny_sd
 from lorakit.train.naming import text_encoder_targets, unet_targets
 from lorakit.train.network import LoRANetwork, save
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import train, train_config, train_json
 from safetensors import safe_open
 
-from conftest import train, train_config, train_json
 from lorakit.train.config import load
 from lorakit.train.lycoris_net import LycorisNetwork
 from lorakit.train.models import encode_text, load_models

@@ -9,9 +9,8 @@ import sysconfig
 import zipfile
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT, run
 from make_demo_tagger import write_tagger
 from make_sample import character, poison
+from PIL import Image
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 

@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from conftest import by_path, run_json
+from make_sample import character, poison
 from PIL import Image, ImageFilter
 
-from conftest import by_path, run_json
 from lorakit.curate.scan import DEFAULT_THRESHOLD, noise_score
-from make_sample import character, poison
 
 
 def _jpeg(img, quality):

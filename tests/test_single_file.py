@@ -4,13 +4,13 @@ very weights they were made from and train; .ckpt pickles load only when allowed
 
 import json
 
+import make_demo_model as tiny_sd
 import pytest
 import torch
-from safetensors.torch import save_file
-
-import make_demo_model as tiny_sd
 from conftest import train, train_config, train_json
 from ldm_format import ldm_state_dict
+from safetensors.torch import save_file
+
 from lorakit.train.config import load
 from lorakit.train.models import load_models
 from lorakit.train.single_file import config_folder, family_of

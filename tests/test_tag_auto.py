@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import by_path, run, run_json
 from make_demo_tagger import write_tagger
+from PIL import Image
+
 from lorakit.tagging.compose import Thresholds, mcut, select
 from lorakit.tagging.inference import prepare
 from lorakit.tagging.models import TagInfo

@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, by_path, run, run_json
 from make_sample import character
+
 from lorakit.tagging.balance import repeats_for
 from lorakit.tagging.prune import prune
 from lorakit.tagging.relations import builtin
@@ -147,6 +147,7 @@ def test_danbooru_api_paging(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         import os
+
         from lorakit.tagging import download
         os.environ["LORAKIT_DANBOORU_API"] = f"http://127.0.0.1:{server.server_port}"
         try:

@@ -7,13 +7,13 @@ import json
 import subprocess
 import sys
 
+import make_demo_model as tiny_sd
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, train_config
 from safetensors.torch import load_file
 
-import make_demo_model as tiny_sd
-from conftest import ROOT, train_config
 from lorakit.train.config import load
 
 EMB = '''

@@ -1,11 +1,10 @@
 """train init and train plan: the typed config, kohya bucketing, step counting, warnings."""
 
-import tomllib
-
 import pytest
+import tomllib
+from conftest import run, run_json
 from PIL import Image
 
-from conftest import run, run_json
 from lorakit.train.buckets import assign, resolutions
 from lorakit.train.config import Config, from_dict
 from lorakit.train.presets import PRESETS, render

@@ -5,9 +5,9 @@ import io
 import json
 
 import pytest
+from conftest import train_config, train_json
 from rich.console import Console
 
-from conftest import train_config, train_json
 from lorakit.train.progress import RunLog
 
 

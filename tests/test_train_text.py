@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import train, train_config, train_json
+
 from lorakit.train.config import load
 from lorakit.train.models import _ids, encode_text, load_models
 

@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 from typing import get_args, get_type_hints
 
+import make_demo_model as tiny_sd
 import pytest
 import torch
+from conftest import train, train_json
+from conftest import train_config as config
 from PIL import Image
 from safetensors import safe_open
 
-import make_demo_model as tiny_sd
-from conftest import train, train_config as config, train_json
 from lorakit.train.config import load
 
 

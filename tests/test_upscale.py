@@ -15,15 +15,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import by_path, run, run_json
+from make_sample import character
 from PIL import Image
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from conftest import by_path, run, run_json
 from lorakit.curate.upscale.inference import load_upscaler
 from lorakit.curate.upscale.loading import UnknownArchitecture, read_state_dict
 from lorakit.errors import UserError
-from make_sample import character
 
 # --- tiny random models in the release files' layouts ------------------------------------------
 

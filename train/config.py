@@ -9,12 +9,13 @@ kohya-style `[[datasets]]` tables with `[[datasets.subsets]]` (what `tag balance
 from __future__ import annotations
 
 import difflib
-import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from lorakit.errors import UserError
 from lorakit.train.loss import LOSSES

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save as save_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, cache_dir

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import UserError
-from lorakit.train import loss as L, precision, seeds
+from lorakit.train import loss as L
+from lorakit.train import precision, seeds
 from lorakit.train.config import Config, from_dict
 from lorakit.train.data import epoch_batches
 from lorakit.train.models import encode_text

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from lorakit.train.config import Config
-from lorakit.train.lycoris_net import dylora_unit
 from lorakit.train.data import Item
+from lorakit.train.lycoris_net import dylora_unit
 
 # kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
 PUBLIC = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",

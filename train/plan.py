@@ -12,7 +12,8 @@ from pathlib import Path
 from lorakit.captions import caption_file, read_tags
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from lorakit.train.config import Config
-from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, steps_per_epoch as data_steps, subsets
+from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, subsets
+from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.lycoris_net import check_args
 from lorakit.train.sampling import read_prompts
 from lorakit.train.schedule import base_rate

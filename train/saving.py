@@ -30,7 +30,6 @@ from lorakit.train.precision import DTYPES
 from lorakit.train.sampling import generate, prompts_for, save_sample
 
 
-
 class Saver:
     def __init__(self, config: Config, out_dir: Path, items, network, embeddings, models, plan: dict,
                  fallback_prompt: str):

@@ -6,9 +6,9 @@ replaces the curve for the group it is given to."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 from lorakit.errors import UserError
-from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from lorakit.train.config import Config

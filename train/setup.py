@@ -18,7 +18,8 @@ from lorakit.errors import UserError
 from lorakit.train import optimizers, precision, seeds
 from lorakit.train.config import Config
 from lorakit.train.data import Item, caption_for_step, load_items, steps_per_epoch
-from lorakit.train.distributed import Dist, setup as distributed_setup
+from lorakit.train.distributed import Dist
+from lorakit.train.distributed import setup as distributed_setup
 from lorakit.train.embeddings import Embeddings
 from lorakit.train.latents import Latents
 from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path, cache_dir as lorakit_cache
+from lorakit.fsio import atomic_path
+from lorakit.fsio import cache_dir as lorakit_cache
 
 _RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 
