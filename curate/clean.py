@@ -1,6 +1,6 @@
 """`curate clean`: remove Glaze/Nightshade-style adversarial noise.
 
-Method "filter" is AdverseCleaner (lllyasviel's `clean.py`, REFERENCE.md §1): 64 bilateral
+Method "filter" is AdverseCleaner (lllyasviel's `clean.py`, docs/formats.md, "Images"): 64 bilateral
 passes, then 4 guided-filter passes guided by the ORIGINAL image, which restores the edges the
 bilateral passes softened. `cv2.ximgproc.guidedFilter` needs opencv-contrib, so the colour guided
 filter of He et al. (ECCV 2010, eq. 19-21) is built here from box filters; a grey guide per

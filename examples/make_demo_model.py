@@ -1,5 +1,5 @@
-"""lorakit's DEMO base model: a tiny SD1.5-shaped pipeline with random weights (REFERENCE.md
-§5), for `make demo` and the tests: a 2-level UNet, a 2-layer CLIP text encoder of width 32, a
+"""lorakit's DEMO base model: a tiny SD1.5-shaped pipeline with random weights (docs/formats.md,
+"Testing without weights"), for `make demo` and the tests: a 2-level UNet, a 2-layer CLIP text encoder of width 32, a
 2-block VAE, and a CLIP tokenizer whose vocabulary is written here. It generates noise-like
 images; it exists so training runs end to end offline in seconds.
 

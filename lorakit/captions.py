@@ -1,4 +1,4 @@
-"""The caption-file and `N_name` folder conventions (DESIGN.md, "The folder contract").
+"""The caption-file and `N_name` folder conventions (docs/architecture.md, "The folder contract between stages").
 
 A caption is a UTF-8 text file beside its image, with the image's stem and the suffix `.txt`
 (`.caption` is read too), one line of tags separated by ", ".

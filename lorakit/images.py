@@ -2,7 +2,7 @@
 
 `load_image` turns whatever a user's folder holds into an 8-bit ``RGB`` or ``RGBA`` Pillow image
 with EXIF orientation applied, or raises `ImageError` with a one-line message that names the
-problem. The pitfalls it handles are listed in REFERENCE.md §1 (16-bit greyscale clipping white,
+problem. The pitfalls it handles are listed in docs/formats.md, "Images" (16-bit greyscale clipping white,
 CMYK without its ICC profile, palette/LA transparency, animated files, decompression bombs).
 """
 
@@ -206,7 +206,7 @@ def flatten(img: Image.Image, color: tuple[int, int, int] = (255, 255, 255)) -> 
 
 # --- saving -------------------------------------------------------------------------------
 # PNG at compress level 1: intermediate files between stages are read once or twice, and level 6
-# costs ~4x the time for ~10% smaller files (REFERENCE.md §1: 675 ms vs 173 ms at 1.57 MP).
+# costs ~4x the time for ~10% smaller files (docs/formats.md, "Images": 675 ms vs 173 ms at 1.57 MP).
 
 
 @dataclass(frozen=True)

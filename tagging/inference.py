@@ -1,5 +1,5 @@
 """Running a WD-style ONNX tagger: preprocessing exactly as SmilingWolf's reference app does
-(REFERENCE.md §2), an onnxruntime session with explicitly chosen providers, and a decode pool
+(docs/formats.md, "Tagging"), an onnxruntime session with explicitly chosen providers, and a decode pool
 that runs ahead of inference so the model never waits for the disk or the JPEG decoder.
 """
 

@@ -1,4 +1,4 @@
-"""Pruning a caption with booru relations (REFERENCE.md §2; the guide: "an implied tag should
+"""Pruning a caption with booru relations (docs/formats.md, "Tagging"; the guide: "an implied tag should
 not be used together with the tag that implies it"): canonicalise aliases, drop every tag that
 another tag in the caption implies (transitively), drop duplicates, keep the order."""
 

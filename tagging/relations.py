@@ -3,7 +3,7 @@ always comes with another), read from e621's daily exports or Danbooru's API JSO
 compact index in the user cache. Without an index, the small built-in set in `tag_lists/` is
 used, so pruning works before the first `tag lists update`.
 
-Formats (REFERENCE.md §2, shared/data/tags/README.md): relation exports are CSV with
+Formats (docs/formats.md, "Booru relations"): relation exports are CSV with
 `id,antecedent_name,consequent_name,created_at,status`, only `active` rows count; tag lists are
 header-less `name,category,post_count,"aliases"`.
 """

@@ -1,4 +1,4 @@
-"""Editing captions in place, which is where every trainer reads them (DESIGN.md): one
+"""Editing captions in place, which is where every trainer reads them (docs/architecture.md): one
 mechanism for every command that rewrites captions, with a `--dry-run` diff and a backup of
 each changed file, so `tag undo DIR` restores the last change.
 

@@ -50,7 +50,7 @@ def test_colour_guided_filter_matches_the_definition():
 
 
 def test_colour_guide_is_not_a_grey_guide():
-    """REFERENCE.md: filtering each channel with a grey guide is not equivalent."""
+    """docs/formats.md, "AdverseCleaner": filtering each channel with a grey guide is not equivalent."""
     img = np.asarray(poison(character((64, 64)), 8), np.float32)
     colour = ColorGuidedFilter(img, 4, 16)(img)
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)

@@ -1,5 +1,5 @@
 """kohya LoRA key names on the real SD1.5, SD2.1 and SDXL architectures, instantiated without
-weights (meta device): module counts from REFERENCE.md §3 and the names the UIs look for."""
+weights (meta device): module counts from docs/formats.md, "Training" and the names the UIs look for."""
 
 import torch
 from diffusers import UNet2DConditionModel

@@ -3,6 +3,7 @@ it), its data inside, and the commands working from that install with no checkou
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,14 @@ from PIL import Image
 def installed(tmp_path_factory):
     """The wheel built from this checkout, installed into a folder of its own."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # a copy: setuptools builds in the source tree, and the checkout stays clean
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True,
+                            "-w", str(tmp / "dist"), str(source)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert build.returncode == 0, build.stderr[-2000:]
     [wheel] = (tmp / "dist").glob("lorakit-*.whl")

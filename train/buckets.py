@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets, as kohya's trainer makes them (REFERENCE.md §3, kohya
+"""Aspect-ratio buckets, as kohya's trainer makes them (docs/formats.md, "Training", kohya
 `library/model_util.make_bucket_resolutions` and `BucketManager`): a set of resolutions of about
 the training area, each image assigned to the one closest to its aspect ratio (or, with
 `no_upscale`, to its own size rounded down to the step, never enlarged)."""

@@ -1,4 +1,4 @@
-"""Embedding files (REFERENCE.md §3 "Additional embeddings"): what is written, and everything
+"""Embedding files (docs/formats.md, "Additional embeddings"): what is written, and everything
 that can be read back.
 
 - standalone `.safetensors`: `emb_params` [n, dim] (SD1/SD2), or `clip_l` [n, 768] + `clip_g`

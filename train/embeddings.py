@@ -1,5 +1,5 @@
 """Additional embeddings (OneTrainer's pivotal tuning) and textual inversion (A1111): new tokens
-whose vectors train while every weight of the model stays as it is (REFERENCE.md §3).
+whose vectors train while every weight of the model stays as it is (docs/formats.md, "Training").
 
 Each embedding gets `token_count` new tokens in every tokenizer. The text encoders' token
 embedding matrices are not resized: their forward is wrapped so that ids past the original

@@ -1,4 +1,4 @@
-"""The vocabulary users bring (the LoRA parameter glossary, seeds/004; kohya's GUI), mapped to
+"""The vocabulary users bring (a LoRA parameter glossary users share; kohya's GUI), mapped to
 lorakit's config keys, or to the reason it has none. `train glossary` prints it; a test checks
 every key named here exists."""
 

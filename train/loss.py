@@ -1,4 +1,4 @@
-"""Noise, targets and loss weightings (REFERENCE.md §3, kohya `custom_train_functions.py`)."""
+"""Noise, targets and loss weightings (docs/formats.md, "Training", kohya `custom_train_functions.py`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ own, in train/network.py).
 
 lycoris-lora's network wrapper names modules from their paths in the model it is given, which
 for SDXL gives diffusers names (kohya and the UIs expect SGM ones) and for transformers 5 text
-encoders loses `text_model_` (REFERENCE.md §3). So only its per-module classes are used here, one
+encoders loses `text_model_` (docs/formats.md, "Training"). So only its per-module classes are used here, one
 per target of `train.naming`: the keys are the same kohya names as our LoRA's (`lora_unet_…`,
 `lora_te1_…`), followed by each algorithm's own tensors (`hada_w1_a`, `lokr_w1`, `oft_blocks`…),
 which is what A1111 and ComfyUI read. Dropouts, the multiplier and max-norm are lycoris's own.

@@ -1,4 +1,4 @@
-"""The `ss_*` and `modelspec.*` metadata kohya's files carry (REFERENCE.md §3): what A1111's
+"""The `ss_*` and `modelspec.*` metadata kohya's files carry (docs/formats.md, "Training"): what A1111's
 and the civitai tooling's info panels show. All values are strings; nested ones are JSON."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Which modules a kohya-format LoRA trains, and the names A1111, ComfyUI and diffusers look for
-(REFERENCE.md §3, "kohya LoRA file format").
+(docs/formats.md, "kohya's LoRA file").
 
 - UNet: every Linear/Conv2d inside the Transformer2DModel blocks; LoCon adds the ResNet blocks and
   the down/up-samplers. Key = `lora_unet_` + module path with "." -> "_". SD1.x/SD2.x use the

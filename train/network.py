@@ -1,5 +1,5 @@
-"""LoRA and LoCon as their own small module (DESIGN.md allows it where simpler than
-lycoris-lora), saved in kohya's format (REFERENCE.md §3):
+"""LoRA and LoCon as their own small module (docs/architecture.md allows it where simpler than
+lycoris-lora), saved in kohya's format (docs/formats.md, "Training"):
 
     y = W x + up(down(x)) * multiplier * alpha / rank
 

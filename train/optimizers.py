@@ -1,4 +1,4 @@
-"""Optimisers by name (DESIGN.md: a registry, not an `if` chain). Each entry builds the
+"""Optimisers by name (docs/architecture.md: a registry, not an `if` chain). Each entry builds the
 optimiser from the parameter groups and the config; `optimizer.args` is passed through, so
 `args = { decouple = true }` reaches Prodigy as kohya's `--optimizer_args` does."""
 

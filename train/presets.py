@@ -1,6 +1,7 @@
 """`train init --preset NAME`: a complete, commented config with the training guide's values
-(seeds/002 part 4, REFERENCE.md §3), not kohya's alpha 1 / lr 2e-6 trap. The file is rendered
-from the config dataclasses, so it always lists every key with its current meaning."""
+(its part 4; docs/formats.md, "Optimisers, schedules, run control"), not kohya's alpha 1 / lr 2e-6
+trap. The file is rendered from the config dataclasses, so it always lists every key with its
+current meaning."""
 
 from __future__ import annotations
 

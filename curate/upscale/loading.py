@@ -1,6 +1,6 @@
 """Reading upscaler weight files and building the right network from their keys alone.
 
-Three key layouts occur in the wild (REFERENCE.md §1):
+Three key layouts occur in the wild (docs/formats.md, "Images"):
 - Real-ESRGAN releases: `{"params_ema": {...}}` (or `params`) with `conv_first.weight`,
   `body.0.rdb1.conv1.weight`, `conv_up1.weight`... for RRDBNet, `body.N.weight` for SRVGG.
 - Old ESRGAN (4x-UltraSharp, Remacri...): `model.0.weight`, `model.1.sub.0.RDB1.conv1.0.weight`,

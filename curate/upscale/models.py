@@ -28,7 +28,7 @@ class NamedModel:
     about: str
 
 
-# Official Real-ESRGAN release files (REFERENCE.md §1). Community models (4x-UltraSharp,
+# Official Real-ESRGAN release files (docs/formats.md, "Images"). Community models (4x-UltraSharp,
 # 4x_foolhardy_Remacri) have no official address: users pass their file, or drop it in the cache
 # folder and use its name.
 UPSCALERS = {
