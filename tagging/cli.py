@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ from lorakit import quiet
 quiet.install()  # before any library loads: their notices and bars stay out of our output
 
 from lorakit.options import DryRun, Json, emit, user_errors
+from lorakit.tagging.relations import VOCABS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Autotag images (WD14 / e621 ONNX), prune implied tags, edit captions, "
@@ -23,7 +24,8 @@ lists_app = typer.Typer(no_args_is_help=True, add_completion=False,
 app.add_typer(lists_app, name="lists")
 
 Dir = Annotated[Path, typer.Argument(help="Dataset folder (searched recursively).")]
-Vocab = Annotated[str, typer.Option(help="danbooru or e621.")]
+Vocabulary = Literal[VOCABS]  # a typo is refused by the option parser, naming the choices
+Vocab = Annotated[Vocabulary, typer.Option(help="The tag vocabulary.")]
 KeepTokens = Annotated[int, typer.Option(
     min=0, help="Never touch the first N tags (instance and class tokens). The instance token of "
                 "an N_name folder is always kept.")]
@@ -164,7 +166,7 @@ def undo(dir: Dir, dry_run: DryRun = False, json: Json = False) -> None:
 @app.command()
 def translate(
     dir: Dir,
-    to: Annotated[str, typer.Option("--to", help="e621 or danbooru.")],
+    to: Annotated[Vocabulary, typer.Option("--to", help="The vocabulary to write.")],
     keep_tokens: KeepTokens = 0,
     drop_unknown: Annotated[bool, typer.Option(help="Drop tags with no equivalent.")] = False,
     dry_run: DryRun = False, json: Json = False,

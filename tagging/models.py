@@ -84,6 +84,8 @@ def resolve(name: str | None, vocab: str, model_dir: Path | None) -> TaggerFiles
     if model_dir is not None:
         model, tags = _from_dir(model_dir)
         return TaggerFiles(name or model_dir.name, model, tags, TAGGERS.get(name or ""))
+    if not name and vocab not in DEFAULT_TAGGER:
+        raise UserError(f"unknown vocabulary {vocab!r}: use {' or '.join(DEFAULT_TAGGER)}")
     name = name or DEFAULT_TAGGER[vocab]
     spec = TAGGERS.get(name)
     if spec is None:
