@@ -14,8 +14,7 @@ from lorakit import quiet
 quiet.install()  # before any library loads: their notices and bars stay out of our output
 
 from lorakit.curate.colors import DEFAULT_CYCLE, parse_color
-
-DEFAULT_SCAN_THRESHOLD = 1.5  # curate.scan.DEFAULT_THRESHOLD; kept here so --help stays fast
+from lorakit.curate.defaults import DEDUPE_DISTANCE, SCAN_THRESHOLD
 from lorakit.engine import run_stage
 from lorakit.options import (
     DEFAULT_JOBS,
@@ -169,7 +168,7 @@ def clean(
         min=0.1, max=1.0, help="Shrink factor before upscaling (the guide: 0.5-0.75).")] = 0.5,
     only_flagged: Annotated[bool, typer.Option(
         "--only-flagged", help="Clean only images that curate scan flags; copy the rest.")] = False,
-    threshold: Annotated[float, typer.Option(help="Scan score that flags an image.")] = DEFAULT_SCAN_THRESHOLD,
+    threshold: Annotated[float, typer.Option(help="Scan score that flags an image.")] = SCAN_THRESHOLD,
     tile: Tile = 512, device: Device = "auto", precision: Precision = "auto",
     jobs: Jobs = DEFAULT_JOBS, force: Force = False, dry_run: DryRun = False,
     max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
@@ -199,7 +198,7 @@ def clean(
 @app.command()
 def scan(
     src: Src,
-    threshold: Annotated[float, typer.Option(help="Noise score (grey levels) that flags an image.")] = DEFAULT_SCAN_THRESHOLD,
+    threshold: Annotated[float, typer.Option(help="Noise score (grey levels) that flags an image.")] = SCAN_THRESHOLD,
     jobs: Jobs = DEFAULT_JOBS, max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
 ) -> None:
     """Score every image for adversarial noise and list the suspicious ones."""
@@ -213,7 +212,7 @@ def scan(
 @app.command()
 def dedupe(
     src: Src,
-    threshold: Annotated[int, typer.Option(min=0, max=64, help="Max hash distance (of 64 bits).")] = 6,
+    threshold: Annotated[int, typer.Option(min=0, max=64, help="Max hash distance (of 64 bits).")] = DEDUPE_DISTANCE,
     move_to: Annotated[Optional[Path], typer.Option(
         help="Move the duplicates (and their captions) here, mirroring the tree.")] = None,
     jobs: Jobs = DEFAULT_JOBS, dry_run: DryRun = False, max_pixels: MaxPixels = DEFAULT_PIXELS,

@@ -16,13 +16,14 @@ import numpy as np
 from PIL import Image
 
 from lorakit.captions import caption_files
+from lorakit.curate.defaults import DEDUPE_DISTANCE
 from lorakit.discovery import mark_output
 from lorakit.engine import RunOptions, analyse
 from lorakit.fsio import move_file
 from lorakit.images import ImageError, load_image
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 
-DEFAULT_THRESHOLD = 6  # of 64 bits; resized/re-encoded copies sit at 0-4, distinct images > 15
+DEFAULT_THRESHOLD = DEDUPE_DISTANCE
 # pHash sees only grey levels, so a recoloured drawing hashes like the original; an 8x8 colour
 # thumbnail must agree too, in every cell (mean channel difference, in levels). A recolour is a
 # different image to train on.

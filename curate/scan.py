@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from lorakit.curate.defaults import SCAN_THRESHOLD
 from lorakit.engine import RunOptions, analyse
 from lorakit.images import ImageError, load_image
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 
-DEFAULT_THRESHOLD = 1.5  # grey levels; see tests/test_scan.py for the calibration
+DEFAULT_THRESHOLD = SCAN_THRESHOLD
 TILE = 32
 MAX_SIDE = 1024  # analyse a centre crop at most this large: noise is everywhere if present
 # Below this short side, edges fill every tile and the score says nothing (measured: clean

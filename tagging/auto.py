@@ -22,6 +22,7 @@ from lorakit.parallel import default_jobs, make_progress
 from lorakit.report import FAILED, Outcome, Report
 from lorakit.tagging import relations
 from lorakit.tagging.compose import Thresholds, Writing, compose, select
+from lorakit.tagging.defaults import CHARACTER, GENERAL
 from lorakit.tagging.inference import Session, tag_all
 from lorakit.tagging.models import TagInfo, quantized, read_tags, resolve
 from lorakit.tagging.rewrite import rewrite
@@ -155,8 +156,8 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
         info, files, probs = _run_model(root, rels, opts, report)
         spec = files.spec
     thresholds = Thresholds(
-        general=opts.general if opts.general is not None else (spec.general if spec else 0.35),
-        character=opts.character if opts.character is not None else (spec.character if spec else 0.85),
+        general=opts.general if opts.general is not None else (spec.general if spec else GENERAL),
+        character=opts.character if opts.character is not None else (spec.character if spec else CHARACTER),
         mcut=opts.mcut)
     rel_data = relations.load(opts.vocab) if opts.writing.prune else None
     found = {rel: select(p, info, thresholds) for rel, p in probs.items() if not isinstance(p, str)}

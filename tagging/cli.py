@@ -14,6 +14,7 @@ from lorakit import quiet
 quiet.install()  # before any library loads: their notices and bars stay out of our output
 
 from lorakit.options import DryRun, Json, emit, user_errors
+from lorakit.tagging.defaults import CHARACTER
 from lorakit.tagging.relations import VOCABS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -59,7 +60,7 @@ def auto(
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Decode processes (default: 1 on CPU, up to 8 with a GPU; 0 = none).")] = None,
     general: Annotated[Optional[float], typer.Option(help="General tag threshold (default: the model's).")] = None,
-    character: Annotated[Optional[float], typer.Option(help="Character tag threshold (default 0.85).")] = None,
+    character: Annotated[Optional[float], typer.Option(help=f"Character tag threshold (default {CHARACTER}).")] = None,
     mcut: Annotated[bool, typer.Option("--mcut", help="MCut thresholds instead of fixed ones.")] = False,
     rethreshold: Annotated[bool, typer.Option(
         "--rethreshold", help="Rewrite captions from the stored probabilities; do not run the model.")] = False,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lorakit.tagging import defaults
 from lorakit.tagging.models import TagInfo
 from lorakit.tagging.prune import prune
 from lorakit.tagging.relations import Relations
@@ -21,8 +22,8 @@ MODES = ("overwrite", "append", "merge", "skip")
 
 @dataclass
 class Thresholds:
-    general: float = 0.35
-    character: float = 0.85
+    general: float = defaults.GENERAL
+    character: float = defaults.CHARACTER
     mcut: bool = False
 
 
@@ -68,7 +69,7 @@ def select(probs: np.ndarray, info: TagInfo, th: Thresholds) -> Found:
     g_th, c_th = th.general, th.character
     if th.mcut:
         g_th = mcut(probs[gen_idx]) if len(gen_idx) else 1.0
-        c_th = max(0.15, mcut(probs[char_idx])) if len(char_idx) else 1.0
+        c_th = max(defaults.MCUT_CHARACTER_FLOOR, mcut(probs[char_idx])) if len(char_idx) else 1.0
     rating = info.names[rating_idx[np.argmax(probs[rating_idx])]] if len(rating_idx) else None
 
     def above(idx: np.ndarray, t: float) -> list[tuple[str, float]]:

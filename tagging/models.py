@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lorakit.errors import UserError
 from lorakit.fsio import cache_dir
+from lorakit.tagging.defaults import CHARACTER, GENERAL
 
 TAG_FILES = ("selected_tags.csv", "tags-selected.csv")
 
@@ -25,8 +26,8 @@ class TaggerSpec:
     repo: str
     vocab: str
     tags_file: str = "selected_tags.csv"
-    general: float = 0.35  # the reference app's defaults; model cards give P=R thresholds
-    character: float = 0.85
+    general: float = GENERAL  # the reference app's; a model card's P=R threshold where it gives one
+    character: float = CHARACTER
 
 
 TAGGERS = {

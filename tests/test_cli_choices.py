@@ -2,9 +2,8 @@
 never a traceback."""
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT, run
+from PIL import Image
 
 TAGGER = ROOT / "examples" / "demo-tagger" / "danbooru"
 TYPOS = [
