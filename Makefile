@@ -1,4 +1,4 @@
-# make setup   create .venv and install lorakit with its test extras
+# make setup   create .venv and install lorakit (make test adds the test tools)
 # make test    run the test suite (sets up first when needed)
 # make lint    ruff: pyflakes, import order, pycodestyle E4/E7/E9 (CI runs it before the tests)
 # make demo    run the pipeline (examples/pipeline.mk) on the bundled sample into demo-out/
@@ -8,30 +8,37 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# onnxruntime for `tag auto`: the GPU build where an NVIDIA driver is, else the CPU one
+RUNTIME := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: setup test lint demo bench bench-gpu clean
+.PHONY: setup setup-test test lint demo bench bench-gpu clean
 
 setup: $(STAMP)
+setup-test: $(TEST_STAMP)
 
 # Without an NVIDIA GPU, torch's CPU wheel goes in first: pip then finds torch satisfied and
 # does not pull several GB of CUDA packages. torchvision is never installed (lorakit needs none,
 # and its only build here is a CUDA one that breaks transformers' imports).
 # setuptools' generic notice about editable installs says nothing to a lorakit user: filtered out.
+# `make setup` (what `make demo` needs) installs lorakit alone; the test tools come with `make test`.
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (first run only)."
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,gpu]'; \
-	else \
-		$(PY) -m pip install -q torch==2.13.0 && PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,cpu]'; \
-	fi
+	@if [ "$(RUNTIME)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0; fi
+	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[$(RUNTIME)]'
 	@touch $(STAMP)
 
-test: setup
+$(TEST_STAMP): $(STAMP)
+	@echo "Installing the test tools (pytest, onnx, peft, tensorboard, ruff)."
+	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,$(RUNTIME)]'
+	@touch $(TEST_STAMP)
+
+test: setup-test
 	$(PY) -m pytest -q --durations=15
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
 # The pipeline Makefile shows each lorakit command it runs; the rest is lorakit's own output.
@@ -51,7 +58,7 @@ demo: setup
 	$(VENV)/bin/train embedding inspect demo-out/lora/kitchan.safetensors
 	$(VENV)/bin/train export demo-out/lora/kitchan.safetensors --for diffusers
 
-bench: setup
+bench: setup-test
 	$(PY) bench/curate.py
 	$(PY) bench/clean.py
 	$(PY) bench/tag.py
