@@ -7,6 +7,7 @@ from typing import Annotated, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lorakit.engine import RunOptions
 from lorakit.errors import UserError
@@ -48,5 +49,5 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        err_console.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

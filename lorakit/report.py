@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Outcome statuses. "failed" is the only one that makes a stage exit non-zero.
@@ -51,6 +52,7 @@ class Report:
     sections: list[Section] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # extra machine-readable results
+    about_files: bool = True  # false: a report on no files (train glossary), shown without the file summary
 
     @property
     def counts(self) -> dict[str, int]:
@@ -88,8 +90,9 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         json.dump(report.to_dict(), sys.stdout, default=str, ensure_ascii=False)
         sys.stdout.write("\n")
         return
+    # user text (paths, captions, messages) is escaped: rich would read `[[embeddings]]` as markup
     for failure in report.failed:
-        err.print(f"[red]error[/red]: {failure.path}: {failure.message}", highlight=False,
+        err.print(f"[red]error[/red]: {escape(failure.path)}: {escape(failure.message)}", highlight=False,
                   markup=True, soft_wrap=True)
     for section in report.sections:
         if not section.rows:
@@ -98,12 +101,16 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         for column in section.columns:
             table.add_column(column)
         for row in section.rows[:SHOWN_ROWS]:
-            table.add_row(*(str(v) for v in row))
+            table.add_row(*(escape(str(v)) for v in row))
         if len(section.rows) > SHOWN_ROWS:
             table.add_row(f"… and {len(section.rows) - SHOWN_ROWS} more (--json lists all)")
         out.print(table)
-    out.print(f"[bold]{report.stage}[/bold] {report.src}" + (f" → {report.dst}" if report.dst else ""),
+    out.print(f"[bold]{report.stage}[/bold] {escape(report.src)}" + (f" → {escape(report.dst)}" if report.dst else ""),
               highlight=False, soft_wrap=True)
+    if not report.about_files:
+        for note in report.notes:
+            out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        return
     summary = Table()
     summary.add_column("status")
     summary.add_column("files", justify="right")
@@ -114,4 +121,4 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         summary.add_row("no images found", "0")
     out.print(summary)
     for note in report.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)

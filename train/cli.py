@@ -61,7 +61,7 @@ def glossary(json: Json = False) -> None:
     from lorakit.report import Report, Section
     from lorakit.train.glossary import GLOSSARY
 
-    report = Report("glossary", "the LoRA parameter glossary")
+    report = Report("glossary", "the LoRA parameter glossary", about_files=False)
     report.sections.append(Section("terms", ["term", "lorakit config"],
                                    [[t, v.lstrip("- ")] for t, v in GLOSSARY.items()]))
     emit(report, json)

@@ -172,7 +172,8 @@ def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) 
     text = f"{d.caption_prefix}{text}{d.caption_suffix}"
     if d.caption_dropout_rate and rng.random() < d.caption_dropout_rate:
         return ""
-    if d.caption_dropout_every_n_epochs and epoch % d.caption_dropout_every_n_epochs == 0:
+    # kohya counts epochs from 1: every 2 drops the 2nd, 4th... (epoch here counts from 0)
+    if d.caption_dropout_every_n_epochs and (epoch + 1) % d.caption_dropout_every_n_epochs == 0:
         return ""
     if not d.shuffle_caption and not d.caption_tag_dropout_rate:
         return text

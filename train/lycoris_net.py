@@ -11,7 +11,9 @@ which is what A1111 and ComfyUI read. Dropouts, the multiplier and max-norm are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 
 import torch
 from torch import nn
@@ -47,8 +49,18 @@ def dylora_unit(args: dict) -> int:
     return int(args.get("unit", args.get("block_size", 1)))
 
 
-def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: float = 0.0) -> None:
+# lycoris-lora's modules that take network.dropout and do nothing with it (LoHa and LoKr also print
+# a notice on stdout): refused, not ignored
+NO_DROPOUT = ("loha", "lokr", "ia3", "glora")
+
+
+def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: float = 0.0,
+               dropout: float = 0.0) -> None:
     """What `train plan` can tell before a model loads."""
+    if algo in NO_DROPOUT and dropout:
+        raise UserError(f"network.dropout = {dropout}: {algo} has no dropout on its hidden activations in "
+                        "lycoris-lora (it would be ignored); set network.dropout = 0, and use rank_dropout or "
+                        "module_dropout instead" + (" (module_dropout only for lokr)" if algo == "lokr" else ""))
     known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else set()
     unknown = sorted(set(args) - known)
     if unknown:
@@ -75,7 +87,7 @@ class LycorisNetwork(nn.Module):
                  conv_alpha: float = 1.0, dropout: float = 0.0, rank_dropout: float = 0.0,
                  module_dropout: float = 0.0, args: dict | None = None):
         super().__init__()
-        check_args(algo, args or {}, rank, conv_rank, rank_dropout)
+        check_args(algo, args or {}, rank, conv_rank, rank_dropout, dropout)
         kwargs = dict(args or {})
         if "dora_wd" in kwargs:  # kohya's spelling of weight decomposition (DoRA)
             kwargs["weight_decompose"] = kwargs.pop("dora_wd")
@@ -87,8 +99,9 @@ class LycorisNetwork(nn.Module):
                 continue  # as with LoCon: 3x3 convolutions train only with a conv rank
             dim, a = (conv_rank, conv_alpha) if target.is_conv3x3 else (rank, alpha)
             try:
-                module = module_class(target.name, target.module, 1.0, dim, a, dropout, rank_dropout,
-                                      module_dropout, use_tucker, **kwargs)
+                with contextlib.redirect_stdout(sys.stderr):  # lycoris prints notices; stdout is the report's
+                    module = module_class(target.name, target.module, 1.0, dim, a, dropout, rank_dropout,
+                                          module_dropout, use_tucker, **kwargs)
             except (ValueError, AssertionError) as error:  # e.g. a layer type the algorithm lacks
                 raise UserError(f"network.module = {algo!r} on {target.name}: {error}") from None
             modules.append(module)

@@ -243,6 +243,12 @@ def _final_norm(text_encoder):
         else text_encoder.final_layer_norm
 
 
+def sdxl_clip_skip(clip_skip: int) -> str:
+    """The warning for a clip_skip SDXL ignores (kohya warns the same way)."""
+    return (f"model.clip_skip = {clip_skip} does nothing for SDXL: SDXL always uses the penultimate layer of "
+            "both text encoders (and the second one's pooled output), as kohya does")
+
+
 def encode_text(models: Models, captions: list[str], clip_skip: int, max_tokens: int = CHUNK
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states for cross-attention, pooled embedding or None). SD1/2: the last layer, or

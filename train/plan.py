@@ -15,19 +15,22 @@ from lorakit.train.config import Config
 from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.lycoris_net import check_args
+from lorakit.train.models import sdxl_clip_skip
 from lorakit.train.sampling import read_prompts
 from lorakit.train.schedule import base_rate
 from lorakit.train.validation import split
 
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
 MAX_TAGS = 20
-TINY = 10
+# the training guide's images per concept: (at least, about), per family
+IMAGES_PER_CONCEPT = {"sd1": (15, 30), "sd2": (15, 30), "sdxl": (12, 20)}
+ADAPTIVE = ("prodigy", "dadaptadam")  # optimisers that find their own rate (lr 1, alpha 1)
 
 
 def plan(config: Config) -> Report:
     data = config.data
     n = config.network
-    check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout)
+    check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout, n.dropout)
     report = Report("plan", data.image_root or "datasets")
     warnings: list[str] = []
     found = subsets(config)
@@ -75,18 +78,9 @@ def plan(config: Config) -> Report:
     epochs = math.ceil(total / max(1, steps_per_epoch))
     saves = sorted({e for e in range(1, epochs + 1) if config.saving.every_n_epochs
                     and e % config.saving.every_n_epochs == 0} | {epochs})
-    n_train = sum(1 for i in items if not i.is_reg)
-    if n_train < TINY:
-        warnings.append(f"only {n_train} training images: the guide suggests at least 10-15, ideally more")
     family = _family(config)
     v_prediction = _prediction(config)
-    longest = max(resolution_pair(data.resolution))
-    if family and longest > NATIVE[family]:
-        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
-    if config.network.alpha / max(1, config.network.dim) < 0.1 and base_rate(config.optimizer.learning_rate) < 1e-5 \
-            and config.optimizer.type not in ("prodigy", "dadaptadam"):
-        warnings.append("alpha much smaller than dim with a tiny learning rate (kohya's defaults) "
-                        "barely trains: see train init for the guide's values")
+    warnings += _advice(config, family, [(s, sum(1 for o, _ in owned if o is s)) for s in found])
     if config.embeddings:
         rows_e, more = _embeddings(config, items, steps_per_epoch)
         report.sections.append(Section("embeddings", ["embedding", "placeholder", "vectors", "captions with it",
@@ -99,7 +93,7 @@ def plan(config: Config) -> Report:
         Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
         Section("buckets", ["bucket", "images"],
                 [[f"{w}x{h}", n] for (w, h), n in sorted(bucket_counts.items())]),
-        Section("schedule", ["", ""], [
+        Section("schedule", ["quantity", "value"], [
             ["training images x repeats", train_images], ["regularisation images", reg_images],
             ["held out for validation", len(held)], ["model family", family or "read when the model loads"],
             ["prediction", {True: "v", False: "epsilon (noise)", None: "read when the model loads"}[v_prediction]],
@@ -114,6 +108,30 @@ def plan(config: Config) -> Report:
                        v_prediction=v_prediction,
                        held_out=sorted(str(i) for i in held))
     return report
+
+
+def _advice(config: Config, family: str | None, counts: list) -> list[str]:
+    """The training guide's advice that a config can break: images per concept, the resolution
+    a family was trained at, kohya's alpha 1 / tiny learning rate trap; and what SDXL ignores."""
+    warnings = []
+    least, about = IMAGES_PER_CONCEPT[family or "sd1"]
+    for s, count in counts:
+        if not s.is_reg and count < least:
+            warnings.append(f"{s.folder.name}: only {count} training images; the guide suggests about {about} "
+                            f"for {family or 'SD1.5'} (at least {least})")
+    longest = max(resolution_pair(config.data.resolution))
+    if family and longest > NATIVE[family]:
+        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
+    if family == "sdxl" and longest < NATIVE["sdxl"]:
+        warnings.append(f"resolution {longest} is under 1024 px: the guide never trains SDXL below 1024")
+    n, o = config.network, config.optimizer
+    rates = [o.learning_rate] + [r for r in (n.unet_lr, n.text_encoder_lr) if r is not None]
+    if n.alpha / max(1, n.dim) < 0.1 and o.type not in ADAPTIVE and any(base_rate(r) < 1e-5 for r in rates):
+        warnings.append("alpha much smaller than dim with a tiny learning rate (kohya's defaults) "
+                        "barely trains: see train init for the guide's values")
+    if family == "sdxl" and config.model.clip_skip > 1:
+        warnings.append(sdxl_clip_skip(config.model.clip_skip))
+    return warnings
 
 
 def _samples(config: Config) -> bool:

@@ -23,7 +23,7 @@ from lorakit.train.distributed import setup as distributed_setup
 from lorakit.train.embeddings import Embeddings
 from lorakit.train.latents import Latents
 from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit
-from lorakit.train.models import Models, encode_text, load_models, set_attention
+from lorakit.train.models import Models, encode_text, load_models, sdxl_clip_skip, set_attention
 from lorakit.train.naming import text_encoder_targets, unet_targets
 from lorakit.train.network import MODULES, LoRANetwork
 from lorakit.train.saving import Saver
@@ -121,8 +121,11 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     templates = load_template(config.data.template) if config.data.template else None
     items, held_out = split(load_items(config), config.data.validation_split, seed)
     placeholder = config.embeddings[0].placeholder if config.embeddings else ""
-    for warning in prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
-                                   config.data.max_token_length):
+    warnings = prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
+                               config.data.max_token_length)
+    if models.sdxl and config.model.clip_skip > 1:
+        warnings.append(sdxl_clip_skip(config.model.clip_skip))
+    for warning in warnings:
         log(json.dumps({"warning": warning}))
     latents = Latents(items, models.vae, device, config)
     validation = Validation(held_out, models.vae, device, config, seed) if held_out else None
@@ -201,7 +204,7 @@ def _network(config: Config, models: Models, device: torch.device):
         te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
                 for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
     conv_rank = n.conv_dim if n.module != "lora" else 0
-    check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout)
+    check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout, n.dropout)
     if kind == "lycoris":
         network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                                  n.rank_dropout, n.module_dropout, n.args)
