@@ -7,9 +7,9 @@ import json
 import random
 
 import pytest
+from conftest import run, train, train_config, train_json
 from PIL import Image
 
-from conftest import run, train, train_config, train_json
 from lorakit.train.config import load
 
 
