@@ -34,7 +34,7 @@ from PIL import Image
 
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the generators (see curate.py)
 
-from lorakit.train.config import load  # noqa: E402
+from lorakit.train.config_toml import load  # noqa: E402
 from lorakit.train.loop import train  # noqa: E402
 from lorakit.train.setup import setup  # noqa: E402
 
@@ -182,8 +182,9 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
 
 
 def measure(case: Case, models, device: torch.device, tmp: Path, steps: int, peak: float | None) -> dict:
-    data = dataset(tmp / f"data-{case.size}", case.size) if not (tmp / f"data-{case.size}").exists() \
-        else tmp / f"data-{case.size}"
+    data = tmp / f"data-{case.size}"
+    if not data.exists():  # one dataset per size, shared by the runs at that size
+        dataset(data, case.size)
     tag = case.name.replace(" ", "-")
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -198,8 +199,9 @@ def measure(case: Case, models, device: torch.device, tmp: Path, steps: int, pea
     ms = float(np.mean(measured)) * 1000
     row.update(ms_per_step=round(ms, 2), loss=result["losses"][-1] if result["losses"] else None)
     if peak:
-        floor_ms = case.batch * STEP_FACTOR * FORWARD_TFLOP[case.family] * (case.size / (512 if case.family == "sd15" else 1024)) ** 2 \
-            / peak * 1000
+        native = 512 if case.family == "sd15" else 1024  # the size FORWARD_TFLOP is counted at
+        image_tflop = STEP_FACTOR * FORWARD_TFLOP[case.family] * (case.size / native) ** 2
+        floor_ms = case.batch * image_tflop / peak * 1000
         row.update(floor_ms=round(floor_ms, 2), share_of_floor=round(floor_ms / ms, 3))
     if device.type == "cuda":
         row["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)

@@ -22,7 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1] / "examples")  # the gener
 
 import make_demo_model  # noqa: E402
 
-from lorakit.train.config import load  # noqa: E402
+from lorakit.train.config_toml import load  # noqa: E402
 from lorakit.train.loop import run  # noqa: E402
 from lorakit.train.models import encode_text, load_models  # noqa: E402
 from lorakit.train.naming import text_encoder_targets, unet_targets  # noqa: E402

@@ -128,7 +128,7 @@ def test_base_embedding_continues_from_a_file(tmp_path, base):
 def test_embedding_only_run_changes_only_the_new_vectors_and_learns(tmp_path, base):
     """network = "none": the loss on fixed noise falls, every model weight stays bit-identical,
     and diffusers' load_textual_inversion gives the prompt the same encoding as training did."""
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
     from lorakit.train.data import load_items
     from lorakit.train.latents import Latents
     from lorakit.train.loop import train, training_step
@@ -306,7 +306,7 @@ def test_sdxl_bundled_embedding_with_a_unet_lora_and_standalone_clip_l_clip_g(tm
 
 
 def test_sdxl_embedding_only_run_touches_no_weight(tmp_path, base_xl):
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
     from lorakit.train.loop import train
     from lorakit.train.setup import setup
 

@@ -5,7 +5,7 @@ import torch
 from conftest import train_config, train_json
 from PIL import Image
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 from lorakit.train.data import load_items
 from lorakit.train.latents import Latents
 from lorakit.train.models import load_models

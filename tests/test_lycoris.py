@@ -11,7 +11,7 @@ import torch
 from conftest import train, train_config, train_json
 from safetensors import safe_open
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 from lorakit.train.lycoris_net import LycorisNetwork
 from lorakit.train.models import encode_text, load_models
 from lorakit.train.naming import text_encoder_targets, unet_targets

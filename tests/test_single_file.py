@@ -11,7 +11,7 @@ from conftest import train, train_config, train_json
 from ldm_format import ldm_state_dict
 from safetensors.torch import save_file
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 from lorakit.train.models import load_models
 from lorakit.train.single_file import config_folder, family_of
 

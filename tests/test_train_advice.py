@@ -10,7 +10,7 @@ import pytest
 from conftest import run, train, train_config, train_json
 from PIL import Image
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 
 
 def _plan_config(tmp_path, images: int, text: str = "") -> str:

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, train_config
 from safetensors.torch import load_file
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 
 EMB = '''
 [[embeddings]]

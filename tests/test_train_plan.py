@@ -6,7 +6,8 @@ from conftest import run, run_json
 from PIL import Image
 
 from lorakit.train.buckets import assign, resolutions
-from lorakit.train.config import Config, from_dict
+from lorakit.train.config import Config
+from lorakit.train.config_toml import from_dict
 from lorakit.train.presets import PRESETS, render
 
 
@@ -112,7 +113,7 @@ def test_tag_balance_toml_plans_directly(tmp_path):
 
 
 def test_every_glossary_term_maps_to_a_real_key_or_a_reason():
-    from lorakit.train.config import _all_keys
+    from lorakit.train.config_toml import _all_keys
     from lorakit.train.glossary import GLOSSARY, key_of
 
     keys = set(_all_keys(Config))

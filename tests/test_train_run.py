@@ -131,7 +131,7 @@ def test_noise_and_snr_options(tmp_path, base):
                       "--set", "loss.ip_noise_gamma=0.1", "--set", "loss.noise_offset=0.05",
                       "--set", "loss.adaptive_noise_scale=0.01")
     assert result["step"] == 2 and np.isfinite(result["losses"]).all()
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
     from lorakit.train.models import load_models
     cfg = load(config(tmp_path, base, "z"), ["loss.zero_terminal_snr=true"])
     assert float(load_models(cfg).scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise
@@ -168,7 +168,7 @@ def test_augmentations(tmp_path, base):
 
     from diffusers import AutoencoderKL
 
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
     from lorakit.train.data import load_items, pixels
     from lorakit.train.latents import Latents
 

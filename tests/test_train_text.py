@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import train, train_config, train_json
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 from lorakit.train.models import _ids, encode_text, load_models
 
 

@@ -15,7 +15,7 @@ from conftest import train_config as config
 from PIL import Image
 from safetensors import safe_open
 
-from lorakit.train.config import load
+from lorakit.train.config_toml import load
 
 
 def _meta(path):

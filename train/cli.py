@@ -47,7 +47,7 @@ def plan(
 ) -> None:
     """Check the config and the dataset without loading a model: images, repeats, buckets,
     steps, saves, and warnings."""
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
     from lorakit.train.plan import plan as make_plan
 
     with user_errors():
@@ -108,7 +108,7 @@ def run(
     json: Json = False,
 ) -> None:
     """Train a LoRA / LoCon, additional embeddings, or textual inversion alone (network.module = "none")."""
-    from lorakit.train.config import load
+    from lorakit.train.config_toml import load
 
     with user_errors():
         cfg = load(config, set_ or [])

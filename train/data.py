@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -26,8 +27,10 @@ from lorakit.errors import UserError
 from lorakit.images import ImageError, flatten, load_image, read_header
 from lorakit.train import seeds
 from lorakit.train.buckets import assign
-from lorakit.train.config import Config
 from lorakit.train.templates import filewords_from_name
+
+if TYPE_CHECKING:  # the config imports the registries, one of which (sampling) imports this module
+    from lorakit.train.config import Config
 
 
 @dataclass

@@ -151,9 +151,6 @@ class Latents:
                             device=self.device)
         return latent, size
 
-    def encode(self, i: int, flip: bool, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._encode(i, self._pixels(i, flip, rng))
-
     def batch(self, indices: list[int], rng: random.Random | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's latents and size conditionings. Flips, and the seed of each image's crop
         and colour draws, come from rng in the batch's order (here, never in a worker)."""

@@ -24,7 +24,8 @@ import torch
 from lorakit.errors import UserError
 from lorakit.train import loss as L
 from lorakit.train import precision, seeds
-from lorakit.train.config import Config, from_dict
+from lorakit.train.config import Config
+from lorakit.train.config_toml import from_dict
 from lorakit.train.data import epoch_batches
 from lorakit.train.models import encode_text
 from lorakit.train.saving import save_state

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from lorakit.train.config import Config
-from lorakit.train.data import Item
+from lorakit.train.data import Item, resolution_pair
 from lorakit.train.lycoris_net import dylora_unit
 
 # kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
@@ -50,7 +50,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
     if n.module != "lora":
         network_args.update({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha})
     network_args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})
-    resolution = d.resolution if isinstance(d.resolution, list) else [d.resolution, d.resolution]
+    resolution = resolution_pair(d.resolution)
     meta = {
         "ss_network_module": module,
         "ss_network_dim": str(n.dim), "ss_network_alpha": str(n.alpha),

@@ -40,55 +40,51 @@ def family_of_unet(unet_config) -> str:
     return "sd1"
 
 
-def family_on_disk(base: str) -> str | None:
-    """The family of model.base read from its config or keys, without loading weights (for
-    `train plan`): a single .safetensors file's keys, a diffusers folder's unet/config.json, or
-    that file in the hub cache for a repo id. None when it cannot be told without loading."""
+def _component_config(base: str, relative: str) -> dict | None:
+    """A JSON config of model.base (`unet/config.json`…) without loading any weights: from a
+    diffusers folder, or from the hub cache for a repo id; None when neither has it."""
     import json
     from pathlib import Path
 
-    path = Path(base)
+    found = Path(base) / relative
+    if not Path(base).exists() and base.count("/") == 1:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(base, relative)
+        except ValueError:  # not a valid repo id
+            return None
+        found = Path(cached) if isinstance(cached, str) else found
     try:
-        if base.endswith(".safetensors") and path.is_file():
-            from safetensors import safe_open
+        return json.loads(found.read_text()) if found.is_file() else None
+    except (OSError, ValueError):
+        return None
 
-            from lorakit.train.single_file import family_of
 
+def family_on_disk(base: str) -> str | None:
+    """The family of model.base read from its config or keys, without loading weights (for
+    `train plan`): a single .safetensors file's keys, or the UNet's config. None when it cannot
+    be told without loading."""
+    if base.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        from lorakit.train.single_file import family_of
+
+        try:
             with safe_open(base, "pt") as f:
                 return family_of(f.keys())
-        unet_config = path / "unet" / "config.json"
-        if not path.exists() and base.count("/") == 1:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base, "unet/config.json")
-            unet_config = Path(cached) if isinstance(cached, str) else None
-        if unet_config is not None and unet_config.is_file():
-            return family_of_unet(json.loads(unet_config.read_text()))
-    except (OSError, ValueError, UserError):
-        return None
-    return None
+        except (OSError, SafetensorError, UserError):
+            return None
+    unet = _component_config(base, "unet/config.json")
+    return family_of_unet(unet) if unet is not None else None
 
 
 def prediction_on_disk(base: str) -> bool | None:
     """True when model.base's scheduler config predicts v (SD2 768-v, v-prediction SDXL
     fine-tunes), False when it predicts noise, None when there is none to read (a single file,
     a hub id not in the cache)."""
-    import json
-    from pathlib import Path
-
-    found = Path(base) / "scheduler" / "scheduler_config.json"
-    if not found.is_file() and not Path(base).exists() and base.count("/") == 1:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base, "scheduler/scheduler_config.json")
-            found = Path(cached) if isinstance(cached, str) else found
-        except ValueError:
-            return None
-    try:
-        return json.loads(found.read_text()).get("prediction_type") == "v_prediction" if found.is_file() else None
-    except (OSError, ValueError):
-        return None
+    scheduler_config = _component_config(base, "scheduler/scheduler_config.json")
+    return scheduler_config.get("prediction_type") == "v_prediction" if scheduler_config is not None else None
 
 
 def decide_prediction(config: Config) -> bool:

@@ -19,6 +19,7 @@ from PIL import PngImagePlugin
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
+from lorakit.train.data import resolution_pair
 from lorakit.train.models import CHUNK, encode_text
 
 if TYPE_CHECKING:
@@ -72,16 +73,12 @@ def read_prompts(path: str) -> list[Prompt]:
     return prompts
 
 
-def _resolution(config: Config) -> tuple[int, int]:
-    r = config.data.resolution
-    return (r, r) if isinstance(r, int) else (r[0], r[-1])
-
-
 def at_bucket(prompt: Prompt, config: Config, index: int) -> Prompt:
     """Defaults filled in: the training resolution, seed = run seed + index; sizes rounded
     to the bucket step."""
     step = max(8, config.data.bucket_reso_steps)
-    width, height = prompt.width or _resolution(config)[0], prompt.height or _resolution(config)[1]
+    default_width, default_height = resolution_pair(config.data.resolution)
+    width, height = prompt.width or default_width, prompt.height or default_height
     return replace(prompt, width=max(step, round(width / step) * step), height=max(step, round(height / step) * step),
                    seed=prompt.seed if prompt.seed is not None else config.training.seed + index)
 

@@ -1,0 +1,176 @@
+"""Reading a training config: TOML (or a saved run's JSON) into the dataclass tree of
+train/config.py. An unknown key is an error naming the closest valid key, a closed choice outside
+its registry is refused with the choices, relative paths are taken from the config file's folder,
+and `check` refuses combinations that could not do what they say, all before any model loads."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomllib
+
+from lorakit.train.config import VERSION, Config, ConfigError
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        hint = get_type_hints(cls)[f.name]
+        inner = get_args(hint)[0] if get_origin(hint) is list else hint
+        if is_dataclass(inner):
+            keys += _all_keys(inner, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str, where: str, cls: type) -> ConfigError:
+    """Name the closest key: first among the table's own keys, then anywhere in the config
+    (a key put in the wrong table: `[training] learning_rate`)."""
+    full = f"{where}{key}"
+    local = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1, cutoff=0.6)
+    if local:
+        return ConfigError(f"unknown key '{full}'; did you mean '{where}{local[0]}'?")
+    elsewhere = [k for k in _all_keys(Config) if k.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return ConfigError(f"unknown key '{full}'; '{key}' belongs in '{elsewhere[0]}'")
+    return ConfigError(f"unknown key '{full}'")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"'{where}': bad value {value!r}")
+    if origin is Literal:
+        if value not in get_args(hint):
+            allowed = ", ".join(repr(a) for a in get_args(hint))
+            raise ConfigError(f"'{where}' is {value!r}; use one of {allowed}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{where}' must be a list, not {value!r}")
+        inner = get_args(hint)[0]
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a table")
+        return dict(value)
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a table")
+        return from_dict(hint, value, f"{where}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                                 not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"'{where}' must be {hint.__name__}, not {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown(key, where, cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], where + f.name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"'{where}{f.name}' is required")
+    return cls(**kwargs)
+
+
+def check(config: Config) -> None:
+    """What a config says that cannot work, refused when it loads (so by `train plan` too), before
+    any model is read: options that would do nothing, or could not do what they say."""
+    d = config.data
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers = {d.num_workers}: use 0 (decode in the training thread) or more")
+    if not d.persistent_workers:
+        raise ConfigError("data.persistent_workers = false: lorakit's decode threads cost nothing to keep and "
+                          "live for the whole run, so there is nothing to restart each epoch; remove the key")
+    if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
+        raise ConfigError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
+    if config.network.module == "none" and not any(e.train for e in config.embeddings):
+        raise ConfigError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
+                          "with train = true")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`--set training.max_steps=100`: the value is read as TOML (strings need no quotes)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: write key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load(path: Path, overrides: list[str] = ()) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; `train init > {path}` writes one") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    if "general" in data:  # kohya dataset configs: [general] holds dataset-wide defaults = [data]
+        data["data"] = {**data.pop("general"), **data.get("data", {})}
+    version = data.get("version", VERSION)
+    if version != VERSION:
+        raise ConfigError(f"{path}: config version {version}; this lorakit reads version {VERSION}")
+    try:
+        config = from_dict(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    base = path.parent  # every relative path in a config is relative to the config file
+    for section, attr in (("data", "image_root"), ("data", "reg_root"), ("output", "dir"),
+                          ("model", "base"), ("model", "vae")):
+        value = getattr(getattr(config, section), attr)
+        if value and not Path(value).is_absolute():
+            local = (base / value).resolve()
+            if section != "model" or local.exists():  # a model may also be a hub repo id
+                setattr(getattr(config, section), attr, str(local))
+    for emb in config.embeddings:
+        if emb.base_embedding and not Path(emb.base_embedding).is_absolute():
+            emb.base_embedding = str((base / emb.base_embedding).resolve())
+    for section, attr in (("data", "template"), ("sampling", "prompts"), ("output", "log_dir")):
+        value = getattr(getattr(config, section), attr)
+        if value and not Path(value).is_absolute() and (section != "data" or (base / value).exists()):
+            setattr(getattr(config, section), attr, str((base / value).resolve()))
+    for dataset in config.datasets:
+        for subset in dataset.subsets:
+            if subset.image_dir and not Path(subset.image_dir).is_absolute():
+                subset.image_dir = str((base / subset.image_dir).resolve())
+    try:
+        check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
