@@ -20,6 +20,7 @@ LIBRARIES = r"(diffusers|transformers|huggingface_hub|accelerate|torch|lycoris|o
 ENVIRONMENT = {
     "TRANSFORMERS_VERBOSITY": "error",  # e.g. its notices that torchvision is not installed (lorakit needs none)
     "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_VERBOSITY": "error",  # its "Retrying in 8s" lines
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # "Loading weights", "Writing model shards"
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",  # tensorboard's TensorFlow stub

@@ -182,3 +182,27 @@ def test_missing_provider_is_a_clear_error(tmp_path, taggers):
     if proc.returncode == 0:
         pytest.skip("this onnxruntime has CUDA")
     assert proc.returncode == 2 and "CUDAExecutionProvider" in proc.stderr
+
+
+def test_unreachable_hub_fails_at_once_and_reads_the_cache(tmp_path, taggers):
+    """No HF_HUB_OFFLINE, and a hub that refuses connections: one refused connection is enough;
+    huggingface_hub's five retries with back-off (and their "Retrying" lines) never start."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = images(tmp_path / "data")
+    hf = tmp_path / "hf"
+    env = {"HF_HOME": str(hf), "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    proc = run("tag", "auto", root, env=env, check=2)
+    message = " ".join(proc.stderr.split())
+    assert f"127.0.0.1:{port} cannot be reached" in message and "--model-dir" in message
+    assert "Retry" not in proc.stderr and proc.stdout == ""
+    snapshot = hf / "hub" / "models--SmilingWolf--wd-swinv2-tagger-v3" / "snapshots" / ("b" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("model.onnx", "selected_tags.csv"):
+        shutil.copy(taggers / "danbooru" / name, snapshot / name)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("b" * 40)
+    assert run_json("tag", "auto", root, env=env)["model"] == "wd-swinv2-v3"
