@@ -1,5 +1,5 @@
-"""`train`: the Typer layer of the training stage: init, plan, glossary, run, resume, export and
-embedding inspect."""
+"""`train`: the Typer layer of the training stage: init, plan, glossary, run, resume, export,
+inspect, resize, merge and embedding inspect."""
 
 from __future__ import annotations
 
@@ -141,6 +141,20 @@ def export(
 
     with user_errors():
         report = do_export(lora, for_, out)
+    emit(report, json)
+
+
+@app.command("inspect")
+def inspect_lora(
+    lora: Annotated[Path, typer.Argument(help="A LoRA .safetensors (ours, kohya's, or any UI's).")],
+    json: Json = False,
+) -> None:
+    """The file's model card (title, author, license, trigger words, …), how it was trained, and
+    what it holds: modules, ranks, bundled embeddings, the most frequent tags."""
+    from lorakit.train.lora_files import inspect_lora as do_inspect
+
+    with user_errors():
+        report = do_inspect(lora)
     emit(report, json)
 
 

@@ -213,12 +213,26 @@ class EmbeddingConfig:
 
 
 @dataclass
+class ModelCardConfig:
+    """What kohya's GUI asks before a run (the guide fills it in), written into the file as the
+    SAI model spec's `modelspec.*` keys, which A1111's, ComfyUI's and Civitai's panels show."""
+    title: str | None = None  # None: output.name
+    author: str = ""
+    description: str = ""
+    license: str = ""  # e.g. "CreativeML Open RAIL-M"
+    tags: list[str] = field(default_factory=list)
+    trigger_words: list[str] = field(default_factory=list)  # modelspec.trigger_phrase
+    usage_hint: str = ""  # e.g. "weight 0.7-0.9, with 'smile'"
+
+
+@dataclass
 class OutputConfig:
     dir: str = "output"
     name: str = "lora"
-    comment: str = ""
+    comment: str = ""  # ss_training_comment
     log_dir: str | None = None
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
+    metadata: ModelCardConfig = field(default_factory=ModelCardConfig)
 
 
 @dataclass

@@ -16,30 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import save as save_bytes
-
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path
 from lorakit.report import OK, WRITTEN, Outcome, Report, Section
 from lorakit.train.embedding_files import BUNDLE, EmbeddingFile, bundle_keys, read_embedding, save_standalone
-from lorakit.train.network import model_hashes
+from lorakit.train.lora_files import PREFIXES, read_lora, write_lora
 
 TARGETS = ("a1111", "diffusers", "comfyui")
-PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
-
-
-def _read_lora(path: Path) -> tuple[dict, dict]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    if path.suffix != ".safetensors":
-        raise UserError(f"{path}: export reads the .safetensors LoRA files train run writes")
-    with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata() or {}
-    if not any(k.startswith(PREFIXES) for k in tensors):
-        raise UserError(f"{path}: not a LoRA (no lora_unet_/lora_te keys); embedding files load as they are")
-    return tensors, meta
 
 
 def _lora_only(tensors: dict) -> bool:
@@ -56,21 +38,10 @@ def _embeddings(path: Path, tensors: dict) -> list[EmbeddingFile]:
     return [found for file in files for found in read_embedding(file)]
 
 
-def _write_lora(path: Path, tensors: dict, meta: dict, source: Path) -> Path:
-    if path.resolve() == source.resolve():
-        raise UserError(f"{path}: export never overwrites its source; choose another --out")
-    meta = {k: v for k, v in meta.items() if not k.startswith("sshs_")}
-    meta.update(model_hashes(tensors, meta))  # the tensors changed: so did the hashes
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(save_bytes(tensors, meta))
-    return path
-
-
 def export(source: Path, target: str, out: Path | None = None) -> Report:
     if target not in TARGETS:
         raise UserError(f"--for {target!r}: use one of {', '.join(TARGETS)}")
-    tensors, meta = _read_lora(source)
+    tensors, meta = read_lora(source)
     if target == "diffusers" and not _lora_only(tensors):
         algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "a LyCORIS network")
         raise UserError(f"{source}: diffusers loads LoRA, LoCon and DyLoRA files only, not {algo}; "
@@ -83,11 +54,11 @@ def export(source: Path, target: str, out: Path | None = None) -> Report:
         bundled = dict(clean)
         for found in embeddings:
             bundled.update(bundle_keys(found.name, list(found.vectors.values())))
-        written.append(_write_lora(out / source.name, bundled, meta, source))
+        written.append(write_lora(out / source.name, bundled, meta, source))
     else:
         lora_path = out / ("loras" if target == "comfyui" else "") / source.name
         emb_dir = out / "embeddings" if target == "comfyui" else out / f"{source.stem}_embeddings"
-        written.append(_write_lora(lora_path, clean, meta, source))
+        written.append(write_lora(lora_path, clean, meta, source))
         for found in embeddings:
             written.append(save_standalone(emb_dir / f"{found.name}.safetensors", found.name, list(found.vectors.values()),
                                            found.step or 0, found.base_model or meta.get("ss_sd_model_name")))

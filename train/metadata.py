@@ -74,9 +74,18 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         "modelspec.architecture": f"{architecture}/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.prediction_type": "v" if v_prediction else "epsilon",
-        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}", "modelspec.title": config.output.name,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": time.strftime("%Y-%m-%d"),
     }
     if config.saving.private_metadata:
         meta = {k: v for k, v in meta.items() if k in PUBLIC}
-    return meta
+    return {**meta, **model_card(config)}  # what the user wrote to be shown stays, private or not
+
+
+def model_card(config: Config) -> dict[str, str]:
+    """output.metadata as modelspec.* keys; unset ones are left out (as kohya does)."""
+    card = config.output.metadata
+    values = {"title": card.title or config.output.name, "author": card.author, "description": card.description,
+              "license": card.license, "tags": ", ".join(card.tags), "trigger_phrase": ", ".join(card.trigger_words),
+              "usage_hint": card.usage_hint}
+    return {f"modelspec.{k}": v for k, v in values.items() if v}

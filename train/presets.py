@@ -86,6 +86,8 @@ COMMENTS = {
     "training.max_epochs": "the guide aims at ~100 passes per image: epochs x repeats",
     "training.max_steps": "wins over max_epochs when set",
     "data.template": "textual inversion: subject | style | a file of lines with [name] and [filewords]",
+    "output.metadata.title": "unset: output.name; these keys are shown by A1111, ComfyUI and Civitai",
+    "output.metadata.trigger_words": "the words that call the LoRA up, e.g. [\"kitchan\"]",
     "saving.bundle_embeddings": "false: standalone files in NAME_embeddings/ (diffusers, ComfyUI)",
     "embeddings.placeholder": "the trigger word of the captions (several words allowed)",
     "embeddings.token_count": "vectors: each takes one of the prompt's 75 tokens",
@@ -134,6 +136,22 @@ def _embedding_table(preset: str, trigger: str) -> list[str]:
     return lines
 
 
+def _table(name: str, value: Any) -> list[str]:
+    """`[name]` with every key; a nested table (output.metadata) follows as `[name.sub]`."""
+    lines, nested = ["", f"[{name}]"], []
+    for f in fields(value):
+        v = getattr(value, f.name)
+        if is_dataclass(v):
+            nested.append((f"{name}.{f.name}", v))
+            continue
+        comment = COMMENTS.get(f"{name}.{f.name}")
+        text = f"# {f.name} =" if v is None else f"{f.name} = {_toml_value(v)}"
+        lines.append(text + (f"  # {comment}" if comment else ""))
+    for sub, v in nested:
+        lines += _table(sub, v)
+    return lines
+
+
 def render(preset: str, image_root: str = "dataset", base: str = "", trigger: str = "trigger") -> str:
     config = build(preset)
     config.data.image_root = image_root
@@ -146,12 +164,7 @@ def render(preset: str, image_root: str = "dataset", base: str = "", trigger: st
         value = getattr(config, section.name)
         if not is_dataclass(value):
             continue
-        lines += ["", f"[{section.name}]"]
-        for f in fields(value):
-            v = getattr(value, f.name)
-            comment = COMMENTS.get(f"{section.name}.{f.name}")
-            text = f"# {f.name} =" if v is None else f"{f.name} = {_toml_value(v)}"
-            lines.append(text + (f"  # {comment}" if comment else ""))
+        lines += _table(section.name, value)
     lines += _embedding_table(preset, trigger)
     lines += ["", "# kohya-style datasets can be used instead of data.image_root, e.g. the file",
               "# `tag balance DIR --toml dataset.toml` writes: [[datasets]] / [[datasets.subsets]].", ""]
