@@ -31,15 +31,19 @@ def default_jobs() -> int:
 class RateColumn(ProgressColumn):
     """Items per second (rich only ships a bytes-per-second column)."""
 
+    def __init__(self, unit: str = "img"):
+        super().__init__()
+        self.unit = unit
+
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- img/s" if speed is None else f"{speed:.1f} img/s", style="cyan")
+        return Text(f"-- {self.unit}/s" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
 
 
-def make_progress(console: Console, enabled: bool) -> Progress:
+def make_progress(console: Console, enabled: bool, unit: str = "img") -> Progress:
     return Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
         console=console, disable=not enabled, transient=False,
     )
 

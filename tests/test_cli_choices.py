@@ -23,6 +23,8 @@ TYPOS = [
     ("tag", "stats", "{src}", "--vocab", "x"),
     ("train", "init", "--preset", "sd3"),
     ("train", "export", "{src}/1_x/a.png", "--for", "invoke"),
+    ("train", "resize", "{src}/a.safetensors", "--dim", "4", "--dynamic", "sv_frob"),
+    ("train", "merge", "{src}/a.safetensors", "--out", "{out}.safetensors", "--mode", "average"),
 ]
 
 

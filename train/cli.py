@@ -4,7 +4,7 @@ inspect, resize, merge and embedding inspect."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -12,7 +12,8 @@ from lorakit import quiet
 
 quiet.install()  # before any library loads: their notices and bars stay out of our output
 
-from lorakit.options import Json, emit, user_errors
+from lorakit.errors import UserError
+from lorakit.options import DryRun, Json, emit, user_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train LoRA / LyCORIS networks and embeddings for SD1.x, SD2.x and SDXL from a TOML config.")
@@ -155,6 +156,66 @@ def inspect_lora(
 
     with user_errors():
         report = do_inspect(lora)
+    emit(report, json)
+
+
+@app.command()
+def resize(
+    lora: Annotated[Path, typer.Argument(help="A LoRA / LoCon .safetensors.")],
+    dim: Annotated[int, typer.Option(help="The new rank (modules of a lower rank keep theirs).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: NAME-dimN.safetensors beside it).")] = None,
+    dynamic: Annotated[Optional[Literal["sv_ratio", "sv_fro", "sv_cumulative"]], typer.Option(
+        help="sv_ratio, sv_fro or sv_cumulative: a rank per module, at most --dim (kohya's resize_lora).")] = None,
+    dynamic_param: Annotated[Optional[float], typer.Option(help="sv_ratio: >= 1; sv_fro, sv_cumulative: 0..1.")] = None,
+    precision: Annotated[Optional[Literal["fp16", "bf16", "fp32"]], typer.Option(
+        help="default: the file's.")] = None,
+    dry_run: DryRun = False,
+    json: Json = False,
+) -> None:
+    """A smaller LoRA by SVD, keeping each module's alpha/rank (kohya's resize_lora), with the
+    share of the Frobenius norm each module keeps."""
+    from lorakit.options import err_console
+    from lorakit.train.resize import resize as do_resize
+
+    with user_errors():
+        report = do_resize(lora, dim, out or lora.with_name(f"{lora.stem}-dim{dim}.safetensors"), dynamic,
+                           dynamic_param, precision, dry_run, show_progress=err_console.is_terminal and not json)
+    emit(report, json)
+
+
+@app.command()
+def merge(
+    loras: Annotated[list[Path], typer.Argument(help="LoRA / LoCon .safetensors files.")],
+    out: Annotated[Path, typer.Option(help="The file to write.")],
+    ratios: Annotated[Optional[str], typer.Option(help="One weight per file, e.g. 1,0.5 (default: 1 each).")] = None,
+    mode: Annotated[Literal["concat", "svd"], typer.Option(help="concat: exact, ranks add up; svd: at --dim.")
+                    ] = "concat",
+    dim: Annotated[Optional[int], typer.Option(help="The merged rank, with --mode svd.")] = None,
+    into: Annotated[Optional[Path], typer.Option(
+        help="A base model's single-file .safetensors: merge the LoRAs into its weights instead.")] = None,
+    precision: Annotated[Literal["fp16", "bf16", "fp32"], typer.Option(help="LoRA outputs' dtype.")] = "fp16",
+    config: Annotated[Optional[Path], typer.Option(
+        help="With --into: the base's diffusers-layout config folder, for another architecture (as model.config).")
+                      ] = None,
+    json: Json = False,
+) -> None:
+    """LoRAs into one LoRA (concatenated, or SVD at a rank), or into a base checkpoint."""
+    from lorakit.train.merge import merge_into, merge_loras
+
+    try:
+        weights = [float(r) for r in ratios.split(",")] if ratios else None
+    except ValueError:
+        raise typer.BadParameter(f"{ratios!r}: numbers separated by commas", param_hint="--ratios") from None
+    with user_errors():
+        if into is not None:
+            if mode != "concat" or dim is not None or precision != "fp16":  # accepted and ignored is worse
+                raise UserError("--into writes the base's own layout and dtypes: --mode, --dim and --precision "
+                                "are for LoRA outputs")
+            report = merge_into(into, loras, out, weights, config)
+        elif config is not None:
+            raise UserError("--config describes the --into checkpoint; without --into there is none")
+        else:
+            report = merge_loras(loras, out, weights, mode, dim, precision)
     emit(report, json)
 
 
