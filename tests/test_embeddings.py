@@ -382,3 +382,26 @@ def test_embedding_config_errors(tmp_path, base):
         with pytest.raises(UserError, match=message):
             Embeddings.build([EmbeddingConfig(placeholder="k", base_embedding=str(tmp_path / file))],
                              *[[m] for m in tiny_text_model(base)])
+
+
+def test_sdxl_embedding_rate_per_encoder(tmp_path, base_xl, base):
+    """clip_l at rate 0 stays where it started while clip_g trains; on a one-encoder model
+    clip_g_learning_rate is refused (plan and run), not ignored."""
+    from lorakit.train.config_toml import load
+    from lorakit.train.loop import train as train_loop
+    from lorakit.train.setup import setup
+
+    rates = EMB + "clip_l_learning_rate = 0.0\nclip_g_learning_rate = 0.05\n"
+    cfg = load(train_config(tmp_path, base_xl, "rates", rates), [
+        'model.family="auto"', 'network.module="none"', "training.max_steps=2", "saving.every_n_epochs=0"])
+    run = setup(cfg, log=lambda line: None)
+    item = run.embeddings.items[0]
+    start = [v.detach().clone() for v in item.vectors]
+    assert [g["lr"] for g in run.optimizer.param_groups] == [0.0, 0.05]
+    train_loop(run)
+    assert torch.equal(item.vectors[0].detach(), start[0])
+    assert not torch.allclose(item.vectors[1].detach(), start[1])
+
+    one_encoder = train_config(tmp_path, base, "sd1rates", EMB + "clip_g_learning_rate = 0.05\n")
+    for command in ("plan", "run"):
+        assert "clip_g_learning_rate is for SDXL" in " ".join(train(command, one_encoder, check=2).stderr.split())

@@ -209,6 +209,9 @@ class EmbeddingConfig:
     stop_training_after: int | None = None  # then frozen (the pivot)
     stop_training_after_unit: Literal["steps", "epochs"] = "steps"
     learning_rate: float | str | None = None  # None: optimizer.learning_rate
+    # SDXL trains a vector set per encoder; each may have its own rate (None: learning_rate)
+    clip_l_learning_rate: float | str | None = None
+    clip_g_learning_rate: float | str | None = None
     preserve_norm: bool = False  # rescale to the median norm of the vocabulary after each step
 
 

@@ -43,6 +43,17 @@ class Embedding:
         return self.config.train and (self.stop_step is None or step < self.stop_step)
 
 
+def check_encoder_rates(configs: list[EmbeddingConfig], family: str | None) -> None:
+    """clip_g_learning_rate on a model with one text encoder would be accepted and do nothing."""
+    if family in (None, "sdxl"):
+        return
+    for cfg in configs:
+        if cfg.clip_g_learning_rate is not None:
+            raise UserError(f"embedding {cfg.placeholder!r}: clip_g_learning_rate is for SDXL's second text "
+                            f"encoder, and this {family} model has one (its rate: clip_l_learning_rate or "
+                            "learning_rate)")
+
+
 def placeholder_pattern(placeholder: str) -> re.Pattern:
     words = [re.escape(w) for w in placeholder.split()]
     # whole words only, any case and spacing: CLIP lowercases and splits on spaces anyway

@@ -14,6 +14,7 @@ from lorakit.report import FAILED, OK, Outcome, Report, Section
 from lorakit.train.config import Config
 from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
+from lorakit.train.embeddings import check_encoder_rates
 from lorakit.train.lycoris_net import check_args
 from lorakit.train.models import sdxl_clip_skip
 from lorakit.train.sampling import read_prompts
@@ -79,6 +80,7 @@ def plan(config: Config) -> Report:
     saves = sorted({e for e in range(1, epochs + 1) if config.saving.every_n_epochs
                     and e % config.saving.every_n_epochs == 0} | {epochs})
     family = _family(config)
+    check_encoder_rates(config.embeddings, family)
     v_prediction = _prediction(config)
     warnings += _advice(config, family, [(s, sum(1 for o, _ in owned if o is s)) for s in found])
     if config.embeddings:

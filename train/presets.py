@@ -94,6 +94,8 @@ COMMENTS = {
     "embeddings.init_text": "start from these words' vectors (padded with *, cut to token_count)",
     "embeddings.stop_training_after": "then the embedding stays fixed and the LoRA goes on (the pivot)",
     "embeddings.learning_rate": "unset: optimizer.learning_rate; A1111's \"0.005:100, 1e-3\" works too",
+    "embeddings.clip_l_learning_rate": "SDXL trains vectors per encoder: clip_l's rate (unset: learning_rate)",
+    "embeddings.clip_g_learning_rate": "and clip_g's (SDXL only)",
     "embeddings.preserve_norm": "keep the vectors at the vocabulary's median norm",
 }
 

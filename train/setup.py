@@ -20,7 +20,7 @@ from lorakit.train.config import Config
 from lorakit.train.data import Item, caption_for_step, load_items, steps_per_epoch
 from lorakit.train.distributed import Dist
 from lorakit.train.distributed import setup as distributed_setup
-from lorakit.train.embeddings import Embeddings
+from lorakit.train.embeddings import Embeddings, check_encoder_rates
 from lorakit.train.latents import Latents
 from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit
 from lorakit.train.models import Models, encode_text, load_models, sdxl_clip_skip, set_attention
@@ -92,6 +92,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     state = torch.load(out_dir / STATE, weights_only=True) if resume else None
     seed = config.training.seed
     models = models or load_models(config)
+    check_encoder_rates(config.embeddings, models.family)
     # what the model is, decided once at load: every later reader of the config sees it
     config = replace(config, model=replace(config.model, v_parameterization=models.v_prediction))
     dist = distributed_setup()
@@ -163,6 +164,12 @@ def _restore(run: Run, state: dict) -> None:
     run.schedule.last_epoch = run.step
 
 
+def embedding_rates(cfg, default: float | str) -> list[float | str]:
+    """The rate of each encoder's vectors: SD1/SD2 use the first (clip_l's place)."""
+    rate = default if cfg.learning_rate is None else cfg.learning_rate
+    return [rate if r is None else r for r in (cfg.clip_l_learning_rate, cfg.clip_g_learning_rate)]
+
+
 def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Embeddings | None,
                    total: int):
     """The optimizer with one group per learning rate (UNet, text encoder, each embedding), and
@@ -179,9 +186,11 @@ def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Em
         rates.append(n.text_encoder_lr or o.learning_rate)
     for item in embeddings.items if embeddings else []:
         if item.config.train:
-            # no weight decay: it would pull the vectors towards zero, away from the vocabulary
-            groups.append({"params": list(item.vectors), "weight_decay": 0.0})
-            rates.append(item.config.learning_rate or o.learning_rate)
+            # A group per encoder's vectors (SDXL: clip_l, clip_g), each at its own rate; no
+            # weight decay: it would pull the vectors towards zero, away from the vocabulary
+            for vectors, rate in zip(item.vectors, embedding_rates(item.config, o.learning_rate)):
+                groups.append({"params": [vectors], "weight_decay": 0.0})
+                rates.append(rate)
     if not groups:
         raise UserError("nothing to train: the network needs train_unet or train_text_encoder")
     for group, rate in zip(groups, rates):
