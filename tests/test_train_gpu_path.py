@@ -154,3 +154,43 @@ def test_fp16_gradients_are_unscaled_before_they_are_clipped(tmp_path, base, mon
         optimizer_step(run, step_groups(run, 0)[0], 0, 0)
     assert run.scaler.get_scale() == 65536.0  # the fp16 run did scale its loss
     assert 0.5 < norms[1] / norms[0] < 2.0, norms
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_weights_train_in_their_dtype(tmp_path, base, dtype):
+    """training.weights_dtype (kohya's full_bf16 / full_fp16): the network's weights, gradients and
+    optimizer moments in the half dtype; fp16 gradients are unscaled (torch's scaler refuses
+    them), the weights move, the loss stays finite; the file saves as usual."""
+    from lorakit.train.loop import train
+    from lorakit.train.setup import setup
+
+    run = setup(load(train_config(tmp_path, base, f"w{dtype}", EMB), [
+        f'training.mixed_precision="{dtype}"', f'training.weights_dtype="{dtype}"', "training.max_steps=3",
+        "saving.every_n_epochs=0", "optimizer.weight_decay=0.0", "optimizer.args={eps = 1e-6}"]),
+        log=lambda line: None)
+    network = [p for p in run.network.parameters() if p.requires_grad]
+    assert {p.dtype for p in network} == {DTYPE[dtype]}
+    assert {p.dtype for item in run.embeddings.items for p in item.vectors} == {torch.float32}  # embeddings: float32
+    start = [p.detach().clone() for p in network]
+    result = train(run)
+    assert all(np.isfinite(result["losses"]))
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(start, network))
+    moments = [s["exp_avg"] for s in run.optimizer.state.values() if "exp_avg" in s]
+    assert DTYPE[dtype] in {m.dtype for m in moments}
+    saved = load_file(str(tmp_path / f"w{dtype}" / "out" / "kit.safetensors"))
+    assert {v.dtype for k, v in saved.items() if k.endswith("weight")} == {torch.float16}  # saving.precision
+
+
+def test_half_precision_weights_need_their_autocast(tmp_path, base):
+    from conftest import train as train_cli
+
+    config = train_config(tmp_path, base, "wmix")
+    for weights, mixed in (("fp16", "bf16"), ("bf16", "no"), ("fp16", "no")):
+        proc = train_cli("plan", config, "--set", f'training.weights_dtype="{weights}"',
+                         "--set", f'training.mixed_precision="{mixed}"', check=2)
+        assert f'needs training.mixed_precision = "{weights}"' in " ".join(proc.stderr.split())
+    proc = train_cli("plan", config, "--set", 'training.weights_dtype="fp16"', "--set", 'training.mixed_precision="fp16"',
+                     check=2)
+    assert "eps 1e-08 is 0 in fp16" in " ".join(proc.stderr.split())
+    train_cli("plan", config, "--set", 'training.weights_dtype="fp16"', "--set", 'training.mixed_precision="fp16"',
+              "--set", "optimizer.args={eps = 1e-6}")

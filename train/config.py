@@ -167,6 +167,9 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     mixed_precision: MixedPrecision = "bf16"
+    # the network's own weights (kohya full_fp16 / full_bf16): fp16 needs mixed_precision "fp16",
+    # bf16 needs "bf16"; less memory, less stable (docs/formats.md, "Precision and memory")
+    weights_dtype: SavePrecision = "fp32"
     no_half_vae: bool = True  # false: the VAE in the mixed-precision dtype (fp16 may give NaN)
     attention: Attention = "sdpa"
     seed: int = 42

@@ -100,6 +100,10 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+# optimizers dividing by sqrt(second moment) + eps, with eps 1e-8 by default
+EPS_OPTIMIZERS = ("adamw", "prodigy", "dadaptadam")
+
+
 def check(config: Config) -> None:
     """What a config says that cannot work, refused when it loads (so by `train plan` too), before
     any model is read: options that would do nothing, or could not do what they say."""
@@ -109,6 +113,16 @@ def check(config: Config) -> None:
     if not d.persistent_workers:
         raise ConfigError("data.persistent_workers = false: lorakit's decode threads cost nothing to keep and "
                           "live for the whole run, so there is nothing to restart each epoch; remove the key")
+    t = config.training
+    if t.weights_dtype != "fp32" and t.mixed_precision != t.weights_dtype:
+        raise ConfigError(f'training.weights_dtype = "{t.weights_dtype}" needs training.mixed_precision = '
+                          f'"{t.weights_dtype}" (half-precision weights train under autocast in their own dtype, '
+                          f'as kohya\'s full_{t.weights_dtype} needs mixed_precision {t.weights_dtype})')
+    eps = config.optimizer.args.get("eps", 1e-8)
+    if t.weights_dtype == "fp16" and config.optimizer.type in EPS_OPTIMIZERS and isinstance(eps, float) and eps < 1e-6:
+        raise ConfigError(f"training.weights_dtype = \"fp16\" with {config.optimizer.type}: its eps {eps:g} is 0 in "
+                          "fp16, and a zero gradient (every LoRA's down weights at the first step) then divides 0 by 0 "
+                          "into NaN; set optimizer.args = {eps = 1e-6} or more, or use bf16")
     if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
         raise ConfigError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
     if config.network.module == "none" and not any(e.train for e in config.embeddings):

@@ -61,7 +61,7 @@ def check_step(config: Config, device: str = "meta") -> dict:
     if config.network.scale_weight_norms or any(e.preserve_norm for e in config.embeddings):
         raise UserError("the placement check reads no values: run it without scale_weight_norms and preserve_norm")
     # meta has no autocast: the models stay float32 there, so no dtype mix hides a device mix
-    config = replace(config, training=replace(config.training, mixed_precision="no"))
+    config = replace(config, training=replace(config.training, mixed_precision="no", weights_dtype="fp32"))
     run = setup(config, log=lambda line: None, device=torch.device(device))
     try:
         group = step_groups(run, 0)[0]

@@ -2,7 +2,10 @@
 is saved: the same rules on every device, so the path a GPU takes is the path the tests take on
 the CPU (torch's CPU autocast runs bf16 and fp16 too, and its GradScaler scales fp16 losses).
 
-- The trained weights (LoRA, embeddings) stay float32; the frozen UNet and text encoders are
+- The trained weights (LoRA, embeddings) stay float32, unless `training.weights_dtype` puts the
+  network's in bf16 or fp16 (kohya's full_bf16 / full_fp16: half the memory of the weights, their
+  gradients and the optimizer's moments, at the cost of updates smaller than the dtype can
+  represent being lost; embeddings stay float32); the frozen UNet and text encoders are
   kept in the mixed-precision dtype (kohya's weight_dtype), whatever dtype the model was stored
   in; the forward and backward passes run under autocast in that dtype.
 - fp16 has a narrow range, so its losses are scaled up before backward and the gradients
@@ -34,10 +37,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+class HalfWeightsGradScaler(torch.amp.GradScaler):
+    """The scaler for `training.weights_dtype = "fp16"` (kohya's full_fp16): torch's refuses to
+    unscale fp16 gradients, because it expects float32 weights behind fp16 activations; here the
+    weights themselves are fp16, so their gradients are fp16 and are unscaled as they are (what
+    kohya's patch to accelerate's scaler does)."""
+
+    def _unscale_grads_(self, optimizer, inv_scale, found_inf, allow_fp16):
+        return super()._unscale_grads_(optimizer, inv_scale, found_inf, True)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None, weights: str = "fp32") -> torch.amp.GradScaler:
     """Loss scaling for fp16 (a disabled scaler, which passes everything through, otherwise)."""
     enabled = dtype == torch.float16 and device.type in AUTOCAST_DEVICES
-    return torch.amp.GradScaler(device.type if enabled else "cpu", enabled=enabled)
+    kind = HalfWeightsGradScaler if weights == "fp16" else torch.amp.GradScaler
+    return kind(device.type if enabled else "cpu", enabled=enabled)
 
 
 def frozen_dtype(mixed_precision: str) -> torch.dtype:

@@ -141,7 +141,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
                   {"steps_per_epoch": per_epoch, "total": total, "started": time.time()},
                   fill(templates[0], placeholder, first.caption) if templates else first.caption)
     run = Run(config, out_dir, dist, device, models, network, unet_t, te_t, embeddings, templates, items, held_out,
-              latents, validation, optimizer, schedule, precision.grad_scaler(device, amp_dtype), amp_dtype, per_epoch,
+              latents, validation, optimizer, schedule, precision.grad_scaler(device, amp_dtype, config.training.weights_dtype), amp_dtype, per_epoch,
               total, saver, log)
     if state is not None:
         _restore(run, state)
@@ -220,7 +220,7 @@ def _network(config: Config, models: Models, device: torch.device):
     else:
         network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                               n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None)
-    network.to(device)
+    network.to(device, precision.DTYPES[config.training.weights_dtype])
     network.attach()
     return network, unet_t, te_t
 
