@@ -205,6 +205,7 @@ def measure(case: Case, models, device: torch.device, tmp: Path, steps: int, pea
         row.update(floor_ms=round(floor_ms, 2), share_of_floor=round(floor_ms / ms, 3))
     if device.type == "cuda":
         row["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+    row["estimated_vram_gb"] = estimated_vram(case, models, config_file(tmp, case, data, steps, tag))
     if case.resume_check:
         half = steps // 2
         path = config_file(tmp, case, data, steps, tag + "-resumed")
@@ -217,21 +218,35 @@ def measure(case: Case, models, device: torch.device, tmp: Path, steps: int, pea
     return row
 
 
+def estimated_vram(case: Case, models, config_path: Path) -> float:
+    """train plan's estimate for the same run, less its fixed CUDA-context part, which
+    max_memory_allocated does not see: the two columns compare like for like."""
+    from lorakit.train.config_toml import load
+    from lorakit.train.memory import GIB, OVERHEAD, estimate
+
+    configs = {"unet": dict(models.unet.config), "vae": dict(models.vae.config)}
+    for name, encoder in zip(("text_encoder", "text_encoder_2"), models.text_encoders):
+        configs[name] = encoder.config.to_dict()
+    found = estimate(load(config_path), models.family, configs)
+    return round((found["total"] - OVERHEAD) / GIB, 2)
+
+
 def table(rows: list[dict], device: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     out = Table(title=f"train run on {device}")
-    for column in ("run", "ms/step", "floor ms", "share of floor", "peak VRAM GB", "resume after half = straight"):
+    for column in ("run", "ms/step", "floor ms", "share of floor", "peak VRAM GB", "estimate GB",
+                   "resume after half = straight"):
         out.add_column(column)
     for r in rows:
         if "error" in r:
-            out.add_row(r["run"], r["error"], "", "", "", "")
+            out.add_row(r["run"], r["error"], "", "", "", "", "")
             continue
         resume = "" if "resume_equal" not in r else ("yes" if r["resume_equal"] else f"no (max diff {r['resume_max_diff']:.2e})")
         out.add_row(r["run"], f"{r['ms_per_step']:.1f}", str(r.get("floor_ms", "n/a")),
                     f"{r['share_of_floor']:.0%}" if "share_of_floor" in r else "n/a",
-                    str(r.get("peak_vram_gb", "n/a")), resume)
+                    str(r.get("peak_vram_gb", "n/a")), str(r.get("estimated_vram_gb", "n/a")), resume)
     Console(stderr=True).print(out)
 
 

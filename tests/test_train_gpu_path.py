@@ -75,7 +75,8 @@ def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl
     cfg = load(train_config(tmp_path, model, "p", EMB), ['training.mixed_precision="bf16"', "data.batch_size=2",
                                                          "training.gradient_accumulation_steps=2"])
     done = check_step(cfg)
-    assert done == {"device": "meta", "batches": 2, "trained": done["trained"], "on_device": True}
+    assert done == {"device": "meta", "batches": 2, "trained": done["trained"], "on_device": True,
+                    "parked": ["AutoencoderKL"]}  # latents cached: the VAE waits on the CPU
 
 
 @pytest.mark.parametrize("module", ["locon", "dylora", "loha", "lokr", "ia3", "glora", "diag-oft"])
@@ -123,6 +124,7 @@ def test_gpu_bench_runs_in_its_tiny_mode():
     runs = {row["run"]: row for row in report["rows"]}
     assert set(runs) == {"sd15 64px b2 bf16", "sd15 64px b2 fp16", "sdxl 64px b2 bf16", "sdxl 64px b1 bf16 ckpt"}
     assert all(row["ms_per_step"] > 0 and "error" not in row for row in runs.values())
+    assert all(row["estimated_vram_gb"] > 0 for row in runs.values())  # beside the measured peak on a GPU
     assert runs["sd15 64px b2 bf16"]["resume_equal"] and runs["sdxl 64px b2 bf16"]["resume_equal"]
     assert "train run on" in proc.stderr  # the table
 
@@ -194,3 +196,32 @@ def test_half_precision_weights_need_their_autocast(tmp_path, base):
     assert "eps 1e-08 is 0 in fp16" in " ".join(proc.stderr.split())
     train_cli("plan", config, "--set", 'training.weights_dtype="fp16"', "--set", 'training.mixed_precision="fp16"',
               "--set", "optimizer.args={eps = 1e-6}")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_cached_latents_and_text_outputs_leave_their_models_off_the_device(tmp_path, base, base_xl, family):
+    """With every latent and every caption's text-encoder outputs cached, the VAE and the text
+    encoders are moved to the CPU; a step then runs on the model's device (meta here) without
+    them: the placement mode would refuse any call mixing the two."""
+    from lorakit.train.placement import check_step
+
+    model = base_xl if family == "sdxl" else base
+    args = ["data.cache_text_encoder_outputs=true", "network.train_text_encoder=false", "data.shuffle_caption=false"]
+    done = check_step(load(train_config(tmp_path, model, "park"), args))
+    encoders = ["CLIPTextModel", "CLIPTextModelWithProjection"] if family == "sdxl" else ["CLIPTextModel"]
+    assert done["on_device"] and done["parked"] == ["AutoencoderKL", *encoders]
+    kept = check_step(load(train_config(tmp_path, model, "keep"), ["data.cache_latents=false"]))
+    assert kept["parked"] == []  # latents encoded per step: the VAE stays
+
+
+def test_parked_models_are_borrowed_back_for_sampling_and_validation():
+    from lorakit.train.offload import Parking
+
+    vae, encoder = torch.nn.Linear(2, 2, device="meta"), torch.nn.Linear(2, 2, device="meta")
+    parking = Parking(torch.device("meta"))
+    parking.park(vae, encoder)
+    assert vae.weight.device.type == "cpu" and not parking.on_device(encoder)
+    with parking.borrowed():
+        assert vae.weight.device.type == "meta" and encoder.weight.device.type == "meta"
+    assert vae.weight.device.type == "cpu" and encoder.weight.device.type == "cpu"
+    Parking(torch.device("cpu")).park(vae)  # on the CPU there is nothing to move

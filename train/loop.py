@@ -202,7 +202,8 @@ def validate(run: Run, step: int, epoch: int) -> None:
     run.network.eval()
     try:
         with precision.autocast(run.device, run.amp_dtype):
-            value = run.validation.loss(encode, step_loss)
+            with run.parking.borrowed():  # the text encoders, when their outputs are cached
+                value = run.validation.loss(encode, step_loss)
     finally:
         run.network.train()
     run.val_losses[step] = value

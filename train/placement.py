@@ -71,4 +71,5 @@ def check_step(config: Config, device: str = "meta") -> dict:
         run.latents.close()
     trained = run.trained()
     return {"device": str(loss.device), "batches": len(group), "trained": len(trained),
-            "on_device": all(p.device.type == device for p in trained)}
+            "on_device": all(p.device.type == device for p in trained),
+            "parked": [type(m).__name__ for m in run.parking.parked]}

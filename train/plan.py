@@ -103,6 +103,7 @@ def plan(config: Config) -> Report:
             ["saved after epochs", ", ".join(map(str, saves))],
             ["sample prompts", prompts or "the first caption" if _samples(config) else "no samples"]]),
     ]
+    report.sections.append(_vram(config, family, report.data))
     report.notes += [f"warning: {w}" for w in warnings]
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
@@ -138,6 +139,20 @@ def _advice(config: Config, family: str | None, counts: list) -> list[str]:
 
 def _samples(config: Config) -> bool:
     return bool(config.sampling.every_n_steps or config.sampling.every_n_epochs or config.output.log_dir)
+
+
+def _vram(config: Config, family: str | None, data: dict) -> Section:
+    """The peak-VRAM estimate (train/memory.py): its parts and total, in GiB."""
+    from lorakit.train.memory import GIB, estimate
+
+    found = estimate(config, family)
+    if found is None:
+        data["vram_estimate_gb"] = None
+        return Section("VRAM estimate", ["part", "GiB"], [["the model's configs are not readable here", "n/a"]])
+    rows = [[part, f"{size / GIB:.2f}"] for part, size in found["parts"].items()]
+    rows.append(["total (an estimate from parameter and activation counts: docs/formats.md)", f"{found['total'] / GIB:.1f}"])
+    data["vram_estimate_gb"] = round(found["total"] / GIB, 2)
+    return Section("VRAM estimate", ["part", "GiB"], rows)
 
 
 def _family(config: Config) -> str | None:

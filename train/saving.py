@@ -31,9 +31,10 @@ from lorakit.train.sampling import generate, prompts_for, save_sample
 
 
 class Saver:
-    def __init__(self, config: Config, out_dir: Path, items, network, embeddings, models, plan: dict,
+    def __init__(self, config: Config, out_dir: Path, items, network, embeddings, models, parking, plan: dict,
                  fallback_prompt: str):
         self.config, self.out_dir, self.items = config, out_dir, items
+        self.parking = parking  # sampling borrows back the models parked off the device
         self.network, self.embeddings, self.models = network, embeddings, models
         self.plan = plan  # steps_per_epoch, total, started
         self.fallback_prompt = fallback_prompt
@@ -115,7 +116,8 @@ class Saver:
         substitute = self.embeddings.substitute if self.embeddings else (lambda text: text)
         self.network.eval()  # no dropout while sampling
         try:
-            samples = generate(self.models, self.config, prompts_for(self.config, self.fallback_prompt), substitute)
+            with self.parking.borrowed():
+                samples = generate(self.models, self.config, prompts_for(self.config, self.fallback_prompt), substitute)
         finally:
             self.network.train()
         for k, (prompt, image, parameters) in enumerate(samples):

@@ -26,6 +26,7 @@ from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit
 from lorakit.train.models import Models, encode_text, load_models, sdxl_clip_skip, set_attention
 from lorakit.train.naming import text_encoder_targets, unet_targets
 from lorakit.train.network import MODULES, LoRANetwork
+from lorakit.train.offload import Parking
 from lorakit.train.saving import Saver
 from lorakit.train.schedule import base_rate, group_lambda
 from lorakit.train.templates import fill, load_template
@@ -60,6 +61,7 @@ class Run:
     log: Callable[[str], None]
     step: int = 0  # optimizer steps done (from the saved state on resume)
     text_cache: list | None = None
+    parking: Parking | None = None  # frozen models moved off the device (train/offload.py)
     val_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss
 
     @property
@@ -137,7 +139,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     optimizer, schedule = make_optimizer(config, network, {t.name for t in unet_t}, embeddings, total)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = items[0]
-    saver = Saver(config, out_dir, items, network, embeddings, models,
+    saver = Saver(config, out_dir, items, network, embeddings, models, Parking(device),
                   {"steps_per_epoch": per_epoch, "total": total, "started": time.time()},
                   fill(templates[0], placeholder, first.caption) if templates else first.caption)
     run = Run(config, out_dir, dist, device, models, network, unet_t, te_t, embeddings, templates, items, held_out,
@@ -146,6 +148,11 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     if state is not None:
         _restore(run, state)
     run.text_cache = _text_cache(run)
+    run.parking = saver.parking
+    if config.data.cache_latents:  # every latent, validation's too, is cached: the VAE's work is done
+        run.parking.park(models.vae)
+    if run.text_cache is not None:  # and every caption's text-encoder outputs
+        run.parking.park(*models.text_encoders)
     return run
 
 
