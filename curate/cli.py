@@ -16,6 +16,7 @@ quiet.install()  # before any library loads: their notices and bars stay out of 
 from lorakit.curate.colors import DEFAULT_CYCLE, parse_color
 from lorakit.curate.defaults import DEDUPE_DISTANCE, SCAN_THRESHOLD
 from lorakit.engine import run_stage
+from lorakit.errors import UserError
 from lorakit.options import (
     DEFAULT_JOBS,
     DEFAULT_PIXELS,
@@ -99,6 +100,76 @@ def resize(
     with user_errors():
         report = run_stage(ResizeStage(max_side=max_side, min_side=min_side), src, dst,
                            run_options(jobs, force, dry_run, max_pixels, json))
+    emit(report, json)
+
+
+@app.command()
+def flip(
+    src: Src, dst: Dst,
+    only: Annotated[Optional[list[str]], typer.Option(
+        help="Images to mirror: a path under SRC, a file name or a stem; wildcards allowed; repeatable.")] = None,
+    only_from: Annotated[Optional[Path], typer.Option(help="A file listing them, one per line.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Mirror every image.")] = False,
+    swap_sides: Annotated[bool, typer.Option(
+        "--swap-sides", help="In the mirrored images' captions, swap left and right.")] = False,
+    jobs: Jobs = DEFAULT_JOBS, force: Force = False, dry_run: DryRun = False,
+    max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
+) -> None:
+    """Mirror the chosen images (an asymmetric subject drawn facing the wrong way); the others
+    are copied, so DST is the whole folder."""
+    from lorakit.curate.geometry import FlipStage
+
+    with user_errors():
+        names = list(only or [])
+        if only_from is not None:
+            if not only_from.is_file():
+                raise UserError(f"{only_from}: no such file")
+            names += [line.strip() for line in only_from.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if not names and not all_:
+            raise UserError("name the images to mirror with --only / --only-from, or pass --all")
+        if names and all_:
+            raise UserError("--all mirrors every image: drop --only / --only-from, or --all")
+        report = run_stage(FlipStage(only=tuple(names), swap_sides=swap_sides), src, dst,
+                           run_options(jobs, force, dry_run, max_pixels, json))
+    emit(report, json)
+
+
+@app.command()
+def crop(
+    src: Src, dst: Dst,
+    boxes: Annotated[Path, typer.Option(
+        help="CSV (image,left,top,right,bottom; a row per box) or JSON ({image: [l,t,r,b] or a list of them}).")],
+    jobs: Jobs = DEFAULT_JOBS, force: Force = False, dry_run: DryRun = False,
+    max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
+) -> None:
+    """Cut the listed boxes out of their images (several boxes: NAME, NAME-2, …, each with the
+    captions); images without a box are copied."""
+    from lorakit.curate.geometry import CropStage, read_boxes
+
+    with user_errors():
+        report = run_stage(CropStage(boxes=read_boxes(boxes)), src, dst,
+                           run_options(jobs, force, dry_run, max_pixels, json))
+    emit(report, json)
+
+
+@app.command()
+def split(
+    src: Src, dst: Dst,
+    tiles: Annotated[Optional[str], typer.Option(help="COLUMNSxROWS: every image into this grid (2x1, 1x3…).")] = None,
+    auto: Annotated[Optional[float], typer.Option(
+        help="Split only images whose long side is over this many times the short one, into near-squares.")] = None,
+    jobs: Jobs = DEFAULT_JOBS, force: Force = False, dry_run: DryRun = False,
+    max_pixels: MaxPixels = DEFAULT_PIXELS, json: Json = False,
+) -> None:
+    """Cut reference sheets and very wide scans into pieces (NAME, NAME-2, …), captions copied
+    to each; images left whole are copied."""
+    from lorakit.curate.geometry import SplitStage, auto_ratio, parse_tiles
+
+    with user_errors():
+        if (tiles is None) == (auto is None):
+            raise UserError("give --tiles COLUMNSxROWS or --auto RATIO (one of them)")
+        stage = SplitStage(*parse_tiles(tiles)) if tiles else SplitStage(auto=auto_ratio(auto))
+        report = run_stage(stage, src, dst, run_options(jobs, force, dry_run, max_pixels, json))
     emit(report, json)
 
 

@@ -56,6 +56,7 @@ class Result:
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     caption_tags: tuple[str, ...] = ()  # tags to append to the carried caption files
+    captions_written: bool = False  # the stage wrote the captions itself (changed): no copy
 
 
 class Stage:
@@ -120,7 +121,7 @@ class _Runner:
                 self.stage.prepare()
                 self.prepared = True
             result = self.stage.process(task)
-            for caption in task.captions:
+            for caption in () if result.captions_written else task.captions:
                 dst = _caption_dst(task, caption)
                 if result.caption_tags:
                     copy_with_tags(caption, dst, list(result.caption_tags))
