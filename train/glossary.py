@@ -71,6 +71,16 @@ GLOSSARY: dict[str, str] = {
     "bucket_no_upscale": "data.bucket_no_upscale",
     "v2": 'model.family = "sd2"',
     "v_parameterization": "model.v_parameterization",
+    # kohya's own option names, as its users bring them
+    "full_fp16": 'training.weights_dtype = "fp16"',
+    "full_bf16": 'training.weights_dtype = "bf16"',
+    "metadata_title": "output.metadata.title",
+    "metadata_author": "output.metadata.author",
+    "metadata_description": "output.metadata.description",
+    "metadata_license": "output.metadata.license",
+    "metadata_tags": "output.metadata.tags",
+    "resize_lora.py": "- `train resize FILE --dim N` (same SVD and alpha/rank rule)",
+    "merge_lora.py / svd_merge_lora.py": "- `train merge A B --out C [--mode concat|svd] [--into BASE]`",
 }
 
 
