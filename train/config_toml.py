@@ -108,6 +108,11 @@ def check(config: Config) -> None:
     """What a config says that cannot work, refused when it loads (so by `train plan` too), before
     any model is read: options that would do nothing, or could not do what they say."""
     d = config.data
+    extensions = [d.caption_extension] + [s.caption_extension for ds in config.datasets for s in ds.subsets
+                                          if s.caption_extension]
+    for extension in extensions:
+        if not extension.startswith(".") or len(extension) < 2:
+            raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers = {d.num_workers}: use 0 (decode in the training thread) or more")
     if not d.persistent_workers:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lorakit.captions import caption_file, parse_repeats_folder
+from lorakit.captions import caption_files, parse_repeats_folder
 from lorakit.discovery import discover
 from lorakit.errors import UserError
 from lorakit.images import ImageError, flatten, load_image, read_header
@@ -120,8 +120,20 @@ def load_items(config: Config, found: list[Subset] | None = None, on_error=None)
     return items
 
 
+def caption_path(image: Path, extension: str) -> Path | None:
+    """The caption kohya reads: the image's name with its suffix replaced by `extension`, and no
+    other (a `.caption` file beside a `.txt` setting is not read: plan says so)."""
+    path = image.with_name(image.stem + extension)
+    return path if path.is_file() else None
+
+
+def other_captions(image: Path, extension: str) -> list[Path]:
+    """Caption files beside the image that `extension` leaves unread."""
+    return [p for p in caption_files(image) if p.suffix != extension]
+
+
 def _caption_text(image: Path, subset: Subset, config: Config) -> str:
-    found = caption_file(image, subset.caption_extension)
+    found = caption_path(image, subset.caption_extension)
     if found:
         lines = found.read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
         if lines and lines[0].strip():

@@ -9,10 +9,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from lorakit.captions import caption_file, read_tags
+from lorakit.captions import read_tags
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from lorakit.train.config import Config
-from lorakit.train.data import Item, epoch_batches, load_items, resolution_pair, subsets
+from lorakit.train.data import Item, caption_path, epoch_batches, load_items, other_captions, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.embeddings import check_encoder_rates
 from lorakit.train.lycoris_net import check_args
@@ -58,18 +58,24 @@ def plan(config: Config) -> Report:
     rows = []
     for s in found:
         mine = [(k, item) for k, (owner, item) in enumerate(owned) if owner is s]
-        over_tagged = untriggered = uncaptioned = 0
+        over_tagged = untriggered = uncaptioned = unread = 0
         for _, item in mine:
-            caption = caption_file(item.image, s.caption_extension)
+            caption = caption_path(item.image, s.caption_extension)
             tags = read_tags(caption) if caption else []
             uncaptioned += caption is None
+            unread += caption is None and bool(other_captions(item.image, s.caption_extension))
             over_tagged += len(tags) > MAX_TAGS
             if s.token and tags and s.token.lower() not in {t.lower() for t in tags}:
                 untriggered += 1
         rows.append([s.folder.name, len(mine), s.repeats, "reg" if s.is_reg else "train",
                      sum(per_epoch[k] for k, _ in mine)])
         if uncaptioned:
-            warnings.append(f"{s.folder.name}: {uncaptioned} images have no caption (the folder name is used)")
+            warnings.append(f"{s.folder.name}: {uncaptioned} images have no {s.caption_extension} caption "
+                            "(the folder name is used)")
+        if unread:
+            others = sorted({p.suffix for _, i in mine for p in other_captions(i.image, s.caption_extension)})
+            warnings.append(f"{s.folder.name}: {unread} of them have a {'/'.join(others)} caption, which "
+                            f"caption_extension = {s.caption_extension!r} does not read")
         if over_tagged:
             warnings.append(f"{s.folder.name}: {over_tagged} captions have over {MAX_TAGS} tags (the guide's limit)")
         if untriggered and not s.is_reg:
