@@ -70,6 +70,8 @@ class NetworkConfig:
     unet_lr: float | str | None = None  # None: optimizer.learning_rate
     text_encoder_lr: float | str | None = None
     args: dict[str, Any] = field(default_factory=dict)  # passed to lycoris-lora
+    weights: str | None = None  # continue from this LoRA / LoCon file (kohya network_weights)
+    dim_from_weights: bool = False  # each module's rank and alpha from that file (kohya's option)
 
 
 @dataclass

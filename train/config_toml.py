@@ -113,6 +113,12 @@ def check(config: Config) -> None:
     for extension in extensions:
         if not extension.startswith(".") or len(extension) < 2:
             raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")
+    n = config.network
+    if n.weights and n.module not in ("lora", "locon", "dylora"):
+        raise ConfigError(f"network.weights continues a LoRA, LoCon or DyLoRA file; network.module = {n.module!r} "
+                          "keeps its weights in another layout")
+    if n.dim_from_weights and not n.weights:
+        raise ConfigError("network.dim_from_weights reads the ranks of network.weights, which is not set")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers = {d.num_workers}: use 0 (decode in the training thread) or more")
     if not d.persistent_workers:
@@ -177,6 +183,9 @@ def load(path: Path, overrides: list[str] = ()) -> Config:
             local = (base / value).resolve()
             if section != "model" or local.exists():  # a model may also be a hub repo id
                 setattr(getattr(config, section), attr, str(local))
+    weights = config.network.weights
+    if weights and not Path(weights).is_absolute():
+        config.network.weights = str((base / weights).resolve())
     for emb in config.embeddings:
         if emb.base_embedding and not Path(emb.base_embedding).is_absolute():
             emb.base_embedding = str((base / emb.base_embedding).resolve())

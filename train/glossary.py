@@ -72,6 +72,8 @@ GLOSSARY: dict[str, str] = {
     "v2": 'model.family = "sd2"',
     "v_parameterization": "model.v_parameterization",
     # kohya's own option names, as its users bring them
+    "network_weights": "network.weights",
+    "dim_from_weights": "network.dim_from_weights",
     "full_fp16": 'training.weights_dtype = "fp16"',
     "full_bf16": 'training.weights_dtype = "bf16"',
     "metadata_title": "output.metadata.title",

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.train.lycoris_net import ALGOS
 from lorakit.train.naming import Target
@@ -141,13 +142,21 @@ class LoRANetwork(nn.Module):
 
     def __init__(self, targets: list[Target], rank: int, alpha: float, conv_rank: int = 0,
                  conv_alpha: float = 1.0, dropout: float = 0.0, rank_dropout: float = 0.0,
-                 module_dropout: float = 0.0, unit: int | None = None):
+                 module_dropout: float = 0.0, unit: int | None = None,
+                 ranks: dict[str, tuple[int, float]] | None = None):
+        """`ranks`: {module name: (rank, alpha)} from a file (kohya's dim_from_weights): exactly
+        the modules it has, each at its own rank and alpha."""
         super().__init__()
         modules = []
         for target in targets:
-            if target.is_conv3x3 and conv_rank <= 0:
+            if ranks is not None:
+                if target.name not in ranks:
+                    continue
+                r, a = ranks[target.name]
+            elif target.is_conv3x3 and conv_rank <= 0:
                 continue
-            r, a = (conv_rank, conv_alpha) if target.is_conv3x3 else (rank, alpha)
+            else:
+                r, a = (conv_rank, conv_alpha) if target.is_conv3x3 else (rank, alpha)
             modules.append(DyLoRAModule(target, r, a, unit, dropout, module_dropout) if unit else
                            LoRAModule(target, r, a, dropout, rank_dropout, module_dropout))
         self.loras = nn.ModuleList(modules)
@@ -180,6 +189,26 @@ class LoRANetwork(nn.Module):
         for lora in self.loras:
             base = lora._base[0]
             base.weight += lora.delta_weight().to(base.weight.dtype)
+
+    @torch.no_grad()
+    def load_kohya(self, modules: dict, where: str) -> list[str]:
+        """Weights and alphas from a kohya-format file's modules (train/lora_files.Module), into
+        the modules of the same name; returns the file's modules this network has no place for."""
+        mine = {lora.lora_name: lora for lora in self.loras}
+        for name, found in modules.items():
+            lora = mine.get(name)
+            if lora is None:
+                continue
+            if lora.lora_down.weight.shape != found.down.shape or lora.lora_up.weight.shape != found.up.shape:
+                raise UserError(f"{where}: {name} has rank {found.rank} in the file and {lora.rank} here; set "
+                                "network.dim_from_weights = true to take the file's ranks")
+            lora.lora_down.weight.copy_(found.down)
+            lora.lora_up.weight.copy_(found.up)
+            lora.alpha.fill_(found.alpha)
+            lora._alpha = float(found.alpha)
+        if not set(modules) & set(mine):
+            raise UserError(f"{where}: none of its modules is one this network trains (another model family?)")
+        return sorted(set(modules) - set(mine))
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
         out = {}

@@ -116,7 +116,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
         for text_encoder in models.text_encoders:
             text_encoder.gradient_checkpointing_enable()
     torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
-    network, unet_t, te_t = _network(config, models, device)
+    network, unet_t, te_t = _network(config, models, device, log)
     embeddings = Embeddings.build(config.embeddings, models.tokenizers, models.text_encoders) \
         if config.embeddings else None
     if embeddings:
@@ -207,7 +207,7 @@ def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Em
     return optimizer, schedule
 
 
-def _network(config: Config, models: Models, device: torch.device):
+def _network(config: Config, models: Models, device: torch.device, log=print):
     """The network and its UNet and text-encoder targets: our LoRA/LoCon module, or one of
     lycoris-lora's algorithms on the same targets (LoCon's set: attention and ResNet blocks)."""
     n = config.network
@@ -221,15 +221,32 @@ def _network(config: Config, models: Models, device: torch.device):
                 for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
     conv_rank = n.conv_dim if n.module != "lora" else 0
     check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout, n.dropout)
+    found = _continued(n.weights) if n.weights else None
+    ranks = {name: (m.rank, m.alpha) for name, m in found.items()} if found and n.dim_from_weights else None
+    if ranks and n.train_unet and n.module == "lora":  # the file's LoCon convolutions need their targets
+        unet_t = unet_targets(models.unet, locon=True, sgm=models.sdxl)
     if kind == "lycoris":
         network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                                  n.rank_dropout, n.module_dropout, n.args)
     else:
         network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
-                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None)
+                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None,
+                              ranks)
     network.to(device, precision.DTYPES[config.training.weights_dtype])
+    if found:
+        skipped = network.load_kohya(found, n.weights)
+        if skipped:
+            log(json.dumps({"warning": f"network.weights: {len(skipped)} of its modules are not trained by this "
+                                       f"config (first: {skipped[0]}) and are left out"}))
     network.attach()
     return network, unet_t, te_t
+
+
+def _continued(path: str) -> dict:
+    """kohya's network_weights: the modules of a LoRA / LoCon file to start from."""
+    from lorakit.train.lora_files import modules, read_lora
+
+    return modules(read_lora(Path(path))[0], path)
 
 
 def prompt_warnings(items: list[Item], tokenizer, embeddings: Embeddings | None, templates: list[str] | None,
