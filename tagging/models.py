@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from lorakit.errors import UserError
 from lorakit.fsio import cache_dir
+from lorakit.hub import unreachable
 from lorakit.tagging.defaults import CHARACTER, GENERAL
 
 TAG_FILES = ("selected_tags.csv", "tags-selected.csv")
@@ -96,7 +95,7 @@ def resolve(name: str | None, vocab: str, model_dir: Path | None) -> TaggerFiles
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = _offline()
+    offline = unreachable()
     try:
         model = Path(hf_hub_download(spec.repo, "model.onnx", local_files_only=bool(offline)))
         tags = Path(hf_hub_download(spec.repo, spec.tags_file, local_files_only=bool(offline)))
@@ -107,27 +106,6 @@ def resolve(name: str | None, vocab: str, model_dir: Path | None) -> TaggerFiles
             f"cache ({why}). Put both files in a folder and pass --model-dir FOLDER, or run: "
             f"huggingface-cli download {spec.repo} model.onnx {spec.tags_file}") from None
     return TaggerFiles(name, model, tags, spec)
-
-
-def _offline(timeout: float = 3.0) -> str:
-    """Why the hub cannot be reached ("" when it may be). Without this check huggingface_hub
-    retries an unreachable host five times with back-off (~25 s) before the same error; one
-    refused or timed-out connection is enough to know, and the cache is then read directly.
-    Behind a proxy the direct connection proves nothing, so the hub is left to try."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return ""
-    endpoint = urlsplit(constants.ENDPOINT)
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return f"{host}:{port} cannot be reached ({exc.strerror or type(exc).__name__})"
-    return ""
 
 
 def quantized(model: Path) -> Path:

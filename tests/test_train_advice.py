@@ -79,3 +79,20 @@ def test_reports_keep_brackets_and_labels(tmp_path):
     schedule = train_json("plan", path)["sections"]["schedule"]
     assert {"quantity": "steps per epoch", "value": 30} in schedule  # 15 images x 2, batch 1
     assert "no images found" not in run("train", "glossary").stdout
+
+
+def test_a_hub_model_on_an_unreachable_hub_fails_at_once(tmp_path, base):
+    """model.base as a repo id with no connection: the Hugging Face cache only, then one line
+    saying why; not the libraries' five retries with back-off and their "Retrying" lines."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = train_config(tmp_path, base, "hub")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
+           "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    proc = run("train", "run", config, "--set", 'model.base="someone/some-model"', env=env, check=2)
+    message = " ".join(proc.stderr.split())
+    assert "cannot load the model someone/some-model" in message
+    assert f"127.0.0.1:{port} cannot be reached" in message and "Retry" not in proc.stderr

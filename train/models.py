@@ -124,18 +124,26 @@ def load_models(config: Config) -> Models:
             vae = _separate_vae(m.vae, family == "sdxl")
         return Models(tokenizers, text_encoders, vae, unet, scheduler(config.loss.zero_terminal_snr, v),
                       decide_family(config, family), v)
+    from pathlib import Path
+
+    from lorakit.hub import unreachable
+
+    # a repo id on an unreachable hub: the cache only, at once (the libraries would retry for ~25 s)
+    offline = "" if Path(base).exists() else unreachable()
+    local = {"local_files_only": True} if offline else {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **local)
         family = decide_family(config, family_of_unet(unet.config))
-        tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77)]
-        text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
+        tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77, **local)]
+        text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **local)]
         if family == "sdxl":
-            tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77))
-            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
+            tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77, **local))
+            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **local))
         vae = _separate_vae(config.model.vae, family == "sdxl") if config.model.vae else \
-            AutoencoderKL.from_pretrained(base, subfolder="vae")
+            AutoencoderKL.from_pretrained(base, subfolder="vae", **local)
     except OSError as exc:
-        raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}") from None
+        why = f" (offline: {offline}; only the Hugging Face cache was read)" if offline else ""
+        raise UserError(f"cannot load the model {base}: {str(exc).splitlines()[0]}{why}") from None
     v = decide_prediction(config)
     return Models(tokenizers, text_encoders, vae, unet, scheduler(config.loss.zero_terminal_snr, v), family, v)
 
