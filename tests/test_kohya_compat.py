@@ -60,3 +60,102 @@ def test_network_weights_continue_a_file_with_or_without_its_ranks(tmp_path, bas
     assert "which is not set" in train("plan", first, "--set", "network.dim_from_weights=true", check=2).stderr
     assert "another layout" in train("plan", first, "--set", f'network.weights="{trained}"',
                                      "--set", 'network.module="loha"', check=2).stderr
+
+
+KOHYA_DATASETS = '''
+[model]
+base = "{base}"
+family = "sd1"
+[training]
+max_steps = 2
+mixed_precision = "no"
+[output]
+dir = "{out}"
+
+[general]
+shuffle_caption = true
+caption_extension = ".txt"
+keep_tokens = 1
+
+[[datasets]]
+resolution = 64
+batch_size = 2
+keep_tokens = 2  # for every subset of this dataset
+
+  [[datasets.subsets]]
+  image_dir = "kit"
+  num_repeats = 3
+  class_tokens = "kitchan"
+  flip_aug = true  # the symmetric subject only
+
+  [[datasets.subsets]]
+  image_dir = "reg"
+  is_reg = true
+  class_tokens = "girl"
+  shuffle_caption = false
+  caption_prefix = "photo, "
+
+[[datasets]]
+resolution = 64
+enable_bucket = false
+
+  [[datasets.subsets]]
+  image_dir = "wide"
+  num_repeats = 2
+'''
+
+
+def _kohya_dataset(tmp_path, base):
+    from PIL import Image
+
+    for name, size in (("kit", (64, 64)), ("reg", (64, 64)), ("wide", (128, 64))):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", size, (40 * i, 80, 120)).save(tmp_path / name / f"{i}.png")
+            (tmp_path / name / f"{i}.txt").write_text(f"{name}, tag{i}, other{i}\n")
+    path = tmp_path / "kohya.toml"
+    path.write_text(KOHYA_DATASETS.format(base=base, out=tmp_path / "out"))
+    return path
+
+
+def test_kohya_dataset_config_with_per_subset_and_per_dataset_options(tmp_path, base):
+    from lorakit.train.setup import setup
+
+    path = _kohya_dataset(tmp_path, base)
+    items = {f"{i.image.parent.name}/{i.image.name}": i for i in load_items(load(path))}
+    kit, reg, wide = items["kit/0.png"], items["reg/0.png"], items["wide/0.png"]
+    assert kit.augment.flip and not reg.augment.flip and not wide.augment.flip
+    assert kit.captions.keep_tokens == 2 and reg.captions.keep_tokens == 2 and wide.captions.keep_tokens == 1
+    assert kit.captions.shuffle and not reg.captions.shuffle and reg.captions.prefix == "photo, "
+    assert wide.bucket == (64, 64) and kit.bucket == (64, 64)  # enable_bucket = false: the dataset's resolution
+
+    report = train_json("plan", path)
+    rows = {r["folder"]: r for r in report["sections"]["datasets"]}
+    assert rows["kit"]["its own options"] == "keep_tokens = 2, flip_aug = true"
+    assert rows["reg"]["its own options"] == "caption_prefix = 'photo, ', shuffle_caption = false, keep_tokens = 2"
+    assert rows["wide"]["its own options"] == "enable_bucket = false"
+    # kohya's count: dataset 1 has 2 x 3 training images and its reg images repeated to match
+    # them (6 + 6, in batches of 2); dataset 2, 2 x 2 images at data.batch_size 1. Reg images
+    # match their own dataset's training images (lorakit matched all datasets' before)
+    assert report["steps_per_epoch"] == 6 + 4
+
+    run = setup(load(path), log=lambda line: None)
+    flipped = {run.items[i].image.parent.name for i, flip in run.latents.cache if flip}
+    assert flipped == {"kit"}  # both orientations cached for the flipped subset only
+    import random
+
+    from lorakit.train.setup import prompt
+
+    texts = {prompt(run, items_, random.Random(1), 0) for items_ in run.items if items_.image.parent.name == "reg"}
+    assert texts == {"photo, reg, tag0, other0", "photo, reg, tag1, other1"}  # not shuffled, prefixed
+    run.latents.close()
+
+
+def test_kohya_options_we_lack_are_refused_by_name(tmp_path, base):
+    path = _kohya_dataset(tmp_path, base)
+    text = path.read_text()
+    path.write_text(text.replace('flip_aug = true', 'flip_aug = true\n  face_crop_aug_range = [2.0, 4.0]'))
+    message = " ".join(train("plan", path, check=2).stderr.split())
+    assert "face_crop_aug_range' (a kohya dataset option) is not supported: face detection is out of scope" in message
+    path.write_text(text.replace('class_tokens = "kitchan"', 'class_tokens = "kitchan"\n  keep_tokenz = 1'))
+    assert "did you mean 'datasets[0].subsets[0].keep_tokens'?" in " ".join(train("plan", path, check=2).stderr.split())

@@ -56,10 +56,10 @@ def test_kohyas_alpha_trap_through_any_learning_rate(tmp_path, key):
 
 
 def test_caption_dropout_every_n_epochs_drops_kohyas_epochs(tmp_path, base):
-    from lorakit.train.data import caption_for_step
+    from lorakit.train.subset_options import caption_for_step, caption_options
 
     cfg = load(train_config(tmp_path, base, "c"), ["data.caption_dropout_every_n_epochs=2", "data.shuffle_caption=false"])
-    dropped = [epoch + 1 for epoch in range(6) if caption_for_step("kit, smile", cfg, random.Random(0), epoch) == ""]
+    dropped = [epoch + 1 for epoch in range(6) if caption_for_step("kit, smile", caption_options(cfg.data), random.Random(0), epoch) == ""]
     assert dropped == [2, 4, 6]  # kohya counts epochs from 1 and drops every 2nd: not the first
 
 

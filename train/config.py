@@ -75,18 +75,40 @@ class NetworkConfig:
 
 
 @dataclass
-class SubsetConfig:
+class SubsetOptions:
+    """What a [[datasets.subsets]] table, or its [[datasets]] table for all of its subsets, may
+    set for itself (kohya's per-subset options); None: the next table's, then [data]'s."""
+    caption_extension: str | None = None
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    shuffle_caption: bool | None = None
+    keep_tokens: int | None = None
+    keep_tokens_separator: str | None = None
+    caption_dropout_rate: float | None = None
+    caption_dropout_every_n_epochs: int | None = None
+    caption_tag_dropout_rate: float | None = None
+    flip_aug: bool | None = None
+    color_aug: bool | None = None
+    random_crop: bool | None = None
+
+
+@dataclass
+class SubsetConfig(SubsetOptions):
     image_dir: str = ""
     num_repeats: int = 1
     class_tokens: str | None = None
     is_reg: bool = False
-    caption_extension: str | None = None  # None: the dataset's / data's
 
 
 @dataclass
-class DatasetConfig:
-    resolution: int | list[int] = 512
+class DatasetConfig(SubsetOptions):
+    resolution: int | list[int] | None = None  # None: data.resolution
     batch_size: int | None = None
+    enable_bucket: bool | None = None  # the bucket options: None, data's
+    min_bucket_reso: int | None = None
+    max_bucket_reso: int | None = None
+    bucket_reso_steps: int | None = None
+    bucket_no_upscale: bool | None = None
     subsets: list[SubsetConfig] = field(default_factory=list)
 
 

@@ -29,10 +29,33 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+# kohya dataset-config options lorakit does not have, and why: refused by name, not "unknown"
+KOHYA_REFUSED = {
+    "caption_separator": "captions are comma-separated tags here, as every lorakit stage writes them",
+    "secondary_separator": "captions are comma-separated tags here; use keep_tokens_separator to fix a head",
+    "enable_wildcard": "captions are one line of tags; wildcard {a|b} captions are not read",
+    "face_crop_aug_range": "face detection is out of scope (crop with `curate crop` instead)",
+    "token_warmup_min": "token warm-up is not implemented",
+    "token_warmup_step": "token warm-up is not implemented",
+    "custom_attributes": "kohya's free-form subset attributes have no reader here",
+    "alpha_mask": "transparency is flattened by `curate flatten`; a masked loss is not implemented",
+    "resize_interpolation": "images are resized with Lanczos (curate) and area-scaled into buckets",
+    "metadata_file": "fine-tuning metadata JSON is not read: captions are the .txt files beside the images",
+    "conditioning_data_dir": "ControlNet training is out of scope",
+    "cache_info": "the image list is read from the folder at each run",
+    "validation_seed": "held-out images are chosen by training.seed",
+    "validation_split": "lorakit holds out a share of all training images: set data.validation_split",
+    "network_multiplier": "a dataset's network multiplier is not implemented",
+    "debug_dataset": "`train plan` shows the buckets, batches and captions without training",
+}
+
+
 def _unknown(key: str, where: str, cls: type) -> ConfigError:
     """Name the closest key: first among the table's own keys, then anywhere in the config
     (a key put in the wrong table: `[training] learning_rate`)."""
     full = f"{where}{key}"
+    if key in KOHYA_REFUSED and cls.__name__ in ("SubsetConfig", "DatasetConfig", "DataConfig"):
+        return ConfigError(f"'{full}' (a kohya dataset option) is not supported: {KOHYA_REFUSED[key]}")
     local = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1, cutoff=0.6)
     if local:
         return ConfigError(f"unknown key '{full}'; did you mean '{where}{local[0]}'?")
@@ -108,8 +131,8 @@ def check(config: Config) -> None:
     """What a config says that cannot work, refused when it loads (so by `train plan` too), before
     any model is read: options that would do nothing, or could not do what they say."""
     d = config.data
-    extensions = [d.caption_extension] + [s.caption_extension for ds in config.datasets for s in ds.subsets
-                                          if s.caption_extension]
+    extensions = [d.caption_extension] + [t.caption_extension for ds in config.datasets for t in (ds, *ds.subsets)
+                                          if t.caption_extension]
     for extension in extensions:
         if not extension.startswith(".") or len(extension) < 2:
             raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")

@@ -27,6 +27,7 @@ from lorakit.errors import UserError
 from lorakit.images import ImageError, flatten, load_image, read_header
 from lorakit.train import seeds
 from lorakit.train.buckets import assign
+from lorakit.train.subset_options import Augment, Buckets, CaptionOptions, augment, buckets, caption_options
 from lorakit.train.templates import filewords_from_name
 
 if TYPE_CHECKING:  # the config imports the registries, one of which (sampling) imports this module
@@ -45,6 +46,9 @@ class Subset:
     caption_extension: str
     dataset: int = 0  # 0: the N_name folders of data.image_root / reg_root; k: the k-th [[datasets]]
     images: list[Path] = field(default_factory=list)
+    captions: CaptionOptions = CaptionOptions()  # its own, or its dataset's, or [data]'s
+    augment: Augment = Augment()
+    buckets: Buckets = Buckets()
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Item:
     is_reg: bool
     batch_size: int = 1
     dataset: int = 0
+    captions: CaptionOptions = CaptionOptions()
+    augment: Augment = Augment()
 
 
 def resolution_pair(resolution: int | list[int]) -> tuple[int, int]:
@@ -77,12 +83,16 @@ def subsets(config: Config) -> list[Subset]:
             if parsed is None:
                 continue
             found.append(Subset(child, parsed[0], parsed[1], is_reg, resolution_pair(data.resolution),
-                                data.batch_size, data.caption_extension))
+                                data.batch_size, data.caption_extension, captions=caption_options(data),
+                                augment=augment(data), buckets=buckets(data)))
     for k, dataset in enumerate(config.datasets, 1):
         for s in dataset.subsets:
             found.append(Subset(Path(s.image_dir), s.num_repeats, s.class_tokens, s.is_reg,
-                                resolution_pair(dataset.resolution), dataset.batch_size or data.batch_size,
-                                s.caption_extension or data.caption_extension, dataset=k))
+                                resolution_pair(dataset.resolution or data.resolution),
+                                dataset.batch_size or data.batch_size,
+                                s.caption_extension or dataset.caption_extension or data.caption_extension, dataset=k,
+                                captions=caption_options(data, s, dataset), augment=augment(data, s, dataset),
+                                buckets=buckets(data, dataset)))
     if not [s for s in found if not s.is_reg]:
         raise UserError("no training images: set data.image_root (with N_name folders below it) "
                         "or [[datasets]] with [[datasets.subsets]]")
@@ -94,11 +104,10 @@ def subsets(config: Config) -> list[Subset]:
 
 
 def bucket_of(size: tuple[int, int], subset: Subset, config: Config) -> tuple[int, int]:
-    data = config.data
-    if not data.enable_bucket:
+    b = subset.buckets
+    if not b.enable:
         return subset.resolution
-    return assign(size, subset.resolution, data.min_bucket_reso, data.max_bucket_reso, data.bucket_reso_steps,
-                  not data.bucket_no_upscale)
+    return assign(size, subset.resolution, b.min_reso, b.max_reso, b.reso_steps, not b.no_upscale)
 
 
 def load_items(config: Config, found: list[Subset] | None = None, on_error=None) -> list[Item]:
@@ -116,7 +125,7 @@ def load_items(config: Config, found: list[Subset] | None = None, on_error=None)
                 on_error(s, image, str(exc))
                 continue
             items.append(Item(image, _caption_text(image, s, config), bucket_of((header.width, header.height), s, config),
-                              s.repeats, s.is_reg, s.batch_size, s.dataset))
+                              s.repeats, s.is_reg, s.batch_size, s.dataset, s.captions, s.augment))
     return items
 
 
@@ -180,43 +189,18 @@ def _color_aug(arr: np.ndarray, rng: random.Random) -> np.ndarray:
     return np.clip(255.0 * (arr / 255.0) ** rng.uniform(0.95, 1.05), 0, 255)
 
 
-def caption_for_step(text: str, config: Config, rng: random.Random, epoch: int) -> str:
-    """kohya's order: prefix/suffix, caption dropout, then shuffle past the kept tokens (or past
-    the keep separator) with tag dropout."""
-    d = config.data
-    text = f"{d.caption_prefix}{text}{d.caption_suffix}"
-    if d.caption_dropout_rate and rng.random() < d.caption_dropout_rate:
-        return ""
-    # kohya counts epochs from 1: every 2 drops the 2nd, 4th... (epoch here counts from 0)
-    if d.caption_dropout_every_n_epochs and (epoch + 1) % d.caption_dropout_every_n_epochs == 0:
-        return ""
-    if not d.shuffle_caption and not d.caption_tag_dropout_rate:
-        return text
-    if d.keep_tokens_separator and d.keep_tokens_separator in text:
-        head, tail = text.split(d.keep_tokens_separator, 1)
-        fixed = [t.strip() for t in head.split(",") if t.strip()]
-        rest = [t.strip() for t in tail.split(",") if t.strip()]
-    else:
-        tags = [t.strip() for t in text.split(",") if t.strip()]
-        fixed, rest = tags[:d.keep_tokens], tags[d.keep_tokens:]
-    if d.shuffle_caption:
-        rng.shuffle(rest)
-    if d.caption_tag_dropout_rate:
-        rest = [t for t in rest if rng.random() >= d.caption_tag_dropout_rate]
-    return ", ".join(fixed + rest)
-
-
 def epoch_batches(items: list[Item], seed: int, epoch: int) -> list[list[int]]:
     """Indices into `items`, in batches of one dataset and one bucket each (of that dataset's batch
-    size), in an order fixed by (seed, epoch). Regularisation images are repeated until they match
-    the training images, as kohya does."""
+    size), in an order fixed by (seed, epoch). Within each dataset, regularisation images are
+    repeated (or cut) until they match its training images, as kohya's datasets do."""
     rng = seeds.rng(seed, "batches", epoch)
-    train = [i for i, it in enumerate(items) for _ in range(it.repeats) if not it.is_reg]
-    reg_pool = [i for i, it in enumerate(items) for _ in range(it.repeats) if it.is_reg]
-    reg = [reg_pool[k % len(reg_pool)] for k in range(len(train))] if reg_pool else []
     pools: dict[tuple[int, tuple[int, int]], list[int]] = {}
-    for i in train + reg:
-        pools.setdefault((items[i].dataset, items[i].bucket), []).append(i)
+    for dataset in sorted({it.dataset for it in items}):
+        train = [i for i, it in enumerate(items) for _ in range(it.repeats) if it.dataset == dataset and not it.is_reg]
+        reg_pool = [i for i, it in enumerate(items) for _ in range(it.repeats) if it.dataset == dataset and it.is_reg]
+        reg = [reg_pool[k % len(reg_pool)] for k in range(len(train))] if reg_pool else []
+        for i in train + reg:
+            pools.setdefault((dataset, items[i].bucket), []).append(i)
     batches = []
     for key in sorted(pools):
         members = pools[key]

@@ -87,11 +87,10 @@ class Latents:
 
     def __init__(self, items: list[Item], vae, device: torch.device, config: Config):
         d = config.data
-        if d.cache_latents and (d.color_aug or d.random_crop):
-            raise UserError("data.random_crop and data.color_aug change the pixels at every step, so their "
-                            "latents cannot be cached: set data.cache_latents = false")
+        if d.cache_latents and any(item.augment.per_step() for item in items):
+            raise UserError("random_crop and color_aug (in [data] or a subset) change the pixels at every step, "
+                            "so their latents cannot be cached: set data.cache_latents = false")
         self.items, self.vae, self.device = items, vae, device
-        self.random_crop, self.color_aug, self.flip = d.random_crop, d.color_aug, d.flip_aug
         self.cache: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         if d.cache_latents_to_disk and not d.cache_latents:
             raise UserError("data.cache_latents_to_disk keeps the latent cache: it needs data.cache_latents = true")
@@ -104,7 +103,7 @@ class Latents:
             self.close()  # every latent is cached: nothing is decoded again
 
     def _fill(self) -> None:
-        jobs = [(i, flip) for i in range(len(self.items)) for flip in ((False, True) if self.flip else (False,))]
+        jobs = [(i, flip) for i, item in enumerate(self.items) for flip in ((False, True) if item.augment.flip else (False,))]
         paths = {}
         if self.disk:
             for job in jobs:
@@ -119,7 +118,8 @@ class Latents:
                 self.disk.store(paths[job[:2]], *self.cache[job[:2]])
 
     def _pixels(self, i: int, flip: bool, rng: random.Random | None):
-        return pixels(self.items[i], rng, self.random_crop, self.color_aug, flip)
+        a = self.items[i].augment
+        return pixels(self.items[i], rng, a.random_crop, a.color, flip)
 
     def _decoded(self, jobs: list[tuple[int, bool, random.Random | None]]):
         """(job, decoded pixels) in the jobs' order; with workers, decoded up to 2 per worker ahead."""
@@ -154,7 +154,7 @@ class Latents:
     def batch(self, indices: list[int], rng: random.Random | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's latents and size conditionings. Flips, and the seed of each image's crop
         and colour draws, come from rng in the batch's order (here, never in a worker)."""
-        flips = [self.flip and rng.random() < 0.5 for _ in indices]
+        flips = [self.items[i].augment.flip and rng.random() < 0.5 for i in indices]
         if self.cache:
             pairs = [self.cache[i, flip] for i, flip in zip(indices, flips)]
         else:

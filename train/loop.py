@@ -190,7 +190,7 @@ def validate(run: Run, step: int, epoch: int) -> None:
 
     def encode(batch):
         texts = [fill(run.templates[0], run.placeholder, i.caption) if run.templates else i.caption for i in batch]
-        texts = [f"{config.data.caption_prefix}{t}{config.data.caption_suffix}" for t in texts]
+        texts = [f"{i.captions.prefix}{t}{i.captions.suffix}" for i, t in zip(batch, texts)]
         return encode_text(models, [run.embeddings.substitute(t) if run.embeddings else t for t in texts],
                            config.model.clip_skip, config.data.max_token_length)
 

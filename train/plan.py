@@ -19,6 +19,7 @@ from lorakit.train.lycoris_net import check_args
 from lorakit.train.models import sdxl_clip_skip
 from lorakit.train.sampling import read_prompts
 from lorakit.train.schedule import base_rate
+from lorakit.train.subset_options import own_options
 from lorakit.train.validation import split
 
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
@@ -68,7 +69,7 @@ def plan(config: Config) -> Report:
             if s.token and tags and s.token.lower() not in {t.lower() for t in tags}:
                 untriggered += 1
         rows.append([s.folder.name, len(mine), s.repeats, "reg" if s.is_reg else "train",
-                     sum(per_epoch[k] for k, _ in mine)])
+                     sum(per_epoch[k] for k, _ in mine), own_options(s, config.data)])
         if uncaptioned:
             warnings.append(f"{s.folder.name}: {uncaptioned} images have no {s.caption_extension} caption "
                             "(the folder name is used)")
@@ -98,7 +99,7 @@ def plan(config: Config) -> Report:
     # the prompts file is read now: a mistake in it would otherwise stop the run at its first sample
     prompts = len(read_prompts(config.sampling.prompts)) if config.sampling.prompts else 0
     report.sections += [
-        Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch"], rows),
+        Section("datasets", ["folder", "images", "repeats", "kind", "images per epoch", "its own options"], rows),
         Section("buckets", ["bucket", "images"],
                 [[f"{w}x{h}", n] for (w, h), n in sorted(bucket_counts.items())]),
         Section("schedule", ["quantity", "value"], [

@@ -17,7 +17,7 @@ import torch
 from lorakit.errors import UserError
 from lorakit.train import optimizers, precision, seeds
 from lorakit.train.config import Config
-from lorakit.train.data import Item, caption_for_step, load_items, steps_per_epoch
+from lorakit.train.data import Item, load_items, steps_per_epoch
 from lorakit.train.distributed import Dist
 from lorakit.train.distributed import setup as distributed_setup
 from lorakit.train.embeddings import Embeddings, check_encoder_rates
@@ -29,6 +29,7 @@ from lorakit.train.network import MODULES, LoRANetwork
 from lorakit.train.offload import Parking
 from lorakit.train.saving import Saver
 from lorakit.train.schedule import base_rate, group_lambda
+from lorakit.train.subset_options import caption_for_step
 from lorakit.train.templates import fill, load_template
 from lorakit.train.validation import Validation, split
 
@@ -79,7 +80,7 @@ class Run:
 def prompt(run: Run, item: Item, rng: random.Random, epoch: int) -> str:
     """The caption as kohya prepares it; in a template line with textual inversion; with the
     embeddings' placeholders turned into their tokens."""
-    text = caption_for_step(item.caption, run.config, rng, epoch)
+    text = caption_for_step(item.caption, item.captions, rng, epoch)
     if run.templates:
         text = fill(rng.choice(run.templates), run.placeholder, text)
     return run.embeddings.substitute(text) if run.embeddings else text
@@ -280,9 +281,9 @@ def _text_cache(run: Run) -> list | None:
     varying = [name for name, on in (
         ("a text-encoder LoRA trains", bool(run.te_targets)),
         ("an embedding trains", bool(run.embeddings and run.embeddings.parameters())),
-        ("data.shuffle_caption", d.shuffle_caption), ("data.caption_dropout_rate", d.caption_dropout_rate),
-        ("data.caption_dropout_every_n_epochs", d.caption_dropout_every_n_epochs),
-        ("data.caption_tag_dropout_rate", d.caption_tag_dropout_rate), ("data.template", bool(run.templates))) if on]
+        ("data.template", bool(run.templates))) if on]
+    # the caption options of every folder (a subset's own included)
+    varying += list(dict.fromkeys(name for item in run.items for name in item.captions.varying()))
     if varying:
         raise UserError("data.cache_text_encoder_outputs needs fixed captions and frozen text encoders; "
                         "this run has: " + ", ".join(varying))

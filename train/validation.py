@@ -20,6 +20,7 @@ from lorakit.train import seeds
 from lorakit.train.config import Config
 from lorakit.train.data import Item
 from lorakit.train.latents import Latents
+from lorakit.train.subset_options import Augment
 
 # spread over the schedule: the early, noisy steps weigh as much as the late, detailed ones
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -50,8 +51,8 @@ def split(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], li
 class Validation:
     def __init__(self, items: list[Item], vae, device: torch.device, config: Config, seed: int):
         # the held-out images as they are: centred crop, no flip, no colour change, encoded once
-        plain = replace(config, data=replace(config.data, flip_aug=False, random_crop=False, color_aug=False,
-                                             cache_latents=True))
+        plain = replace(config, data=replace(config.data, cache_latents=True))
+        items = [replace(item, augment=Augment()) for item in items]
         self.items, self.seed, self.device = items, seed, device
         self.latents = Latents(items, vae, device, plain)
 
