@@ -123,7 +123,7 @@ def test_fp16_resume_continues_the_loss_scale(tmp_path, base, monkeypatch):
     the scaler would restart at its initial scale and skip other steps."""
     import lorakit.train.precision as precision
 
-    def overflowing(device, dtype):  # a scale at fp16's edge: it grows after each good step, then overflows
+    def overflowing(device, dtype, weights="fp32"):  # a scale at fp16's edge: it grows after each good step, then overflows
         return torch.amp.GradScaler("cpu", init_scale=2.0 ** 24, growth_interval=1, enabled=dtype == torch.float16)
     monkeypatch.setattr(precision, "grad_scaler", overflowing)
     args = ["--set", 'training.mixed_precision="fp16"', "--set", 'saving.precision="fp32"',
