@@ -1,5 +1,7 @@
 """What kohya's users bring carries over: its caption_extension reads exactly that file."""
 
+import json
+
 from conftest import train, train_config, train_json
 
 from lorakit.train.config_toml import load
@@ -159,3 +161,97 @@ def test_kohya_options_we_lack_are_refused_by_name(tmp_path, base):
     assert "face_crop_aug_range' (a kohya dataset option) is not supported: face detection is out of scope" in message
     path.write_text(text.replace('class_tokens = "kitchan"', 'class_tokens = "kitchan"\n  keep_tokenz = 1'))
     assert "did you mean 'datasets[0].subsets[0].keep_tokens'?" in " ".join(train("plan", path, check=2).stderr.split())
+
+
+KOHYA_CONFIG = '''
+[model_arguments]
+pretrained_model_name_or_path = "{base}"
+v2 = false
+
+[additional_network_arguments]
+network_module = "networks.lora"
+network_dim = 8
+network_alpha = 4
+network_args = ["conv_dim=4", "conv_alpha=1", "down_lr_weight=1,1,1,1,0,0,0,0,0,0,0,0"]
+network_train_unet_only = true
+
+[optimizer_arguments]
+optimizer_type = "Prodigy"
+learning_rate = 1.0
+optimizer_args = ["decouple=True", "weight_decay=0.05", "betas=0.9,0.999", "use_bias_correction=True"]
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0.1
+
+[training_arguments]
+output_dir = "{out}"
+output_name = "kitchan"
+max_train_epochs = 4
+max_train_steps = 1600
+train_batch_size = 2
+mixed_precision = "bf16"
+save_precision = "float"
+gradient_checkpointing = true
+seed = 7
+min_snr_gamma = 5
+noise_offset = 0.05
+sdpa = true
+metadata_author = "Ada"
+metadata_tags = "character, kitchan"
+shiny_new_option = 3
+
+[dataset_arguments]
+dataset_config = "{dataset}"
+'''
+
+
+def test_import_kohya_training_config_reports_every_key(tmp_path, base):
+    dataset = _kohya_dataset(tmp_path, base)
+    data_only = tmp_path / "dataset.toml"  # kohya's dataset config: only its [general] and [[datasets]]
+    text = dataset.read_text()
+    data_only.write_text(text[text.index("[general]"):])
+    config = tmp_path / "kohya_config.toml"
+    config.write_text(KOHYA_CONFIG.format(base=base, out=tmp_path / "out", dataset=data_only))
+    out = tmp_path / "imported" / "lora.toml"
+    report = train_json("import", "kohya", config, "--out", out)
+    assert report["mapped"]["network_dim"] == "network.dim" and report["mapped"]["metadata_author"] == "output.metadata.author"
+    assert "block-wise" in report["not_mapped"]["network_args down_lr_weight"]
+    assert report["not_mapped"]["shiny_new_option"] == "not mapped: lorakit has no such option"
+    assert "max_train_epochs wins" in report["mapped"]["max_train_steps"]
+    assert report["datasets"] == 2
+
+    loaded = load(out)
+    n, o = loaded.network, loaded.optimizer
+    assert (n.module, n.dim, n.alpha, n.conv_dim, n.conv_alpha, n.train_text_encoder) == ("locon", 8, 4.0, 4, 1.0, False)
+    assert (o.type, o.learning_rate, o.weight_decay, o.betas) == ("prodigy", 1.0, 0.05, [0.9, 0.999])
+    assert o.args == {"decouple": True, "use_bias_correction": True}
+    assert loaded.scheduler.warmup_ratio == 0.1 and loaded.scheduler.cycles == 3
+    assert loaded.training.max_epochs == 4 and loaded.training.max_steps is None
+    assert (loaded.saving.precision, loaded.training.attention, loaded.loss.min_snr_gamma) == ("fp32", "sdpa", 5.0)
+    assert loaded.output.metadata.tags == ["character", "kitchan"]
+    assert loaded.datasets[0].subsets[0].flip_aug and loaded.data.keep_tokens == 1  # [general] -> data
+    plan = train_json("plan", out)
+    assert plan["steps_per_epoch"] == 6 + 2  # as above, but train_batch_size 2 now batches the second dataset
+    assert "exists" in train("import", "kohya", config, "--out", out, check=2).stderr
+
+
+def test_import_kohya_ss_json(tmp_path, base):
+    folder = tmp_path / "img" / "5_kit"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+    gui = {"pretrained_model_name_or_path": str(base), "LoRA_type": "LyCORIS/LoHa", "network_dim": 8,
+           "network_alpha": 8, "train_data_dir": str(tmp_path / "img"), "epoch": 2, "max_resolution": "64,64",
+           "optimizer": "AdamW8bit", "lr_warmup": 10, "learning_rate": 0.0001, "output_dir": str(tmp_path / "o"),
+           "sample_sampler": "euler_a", "save_model_as": "safetensors", "network_args": "factor=4",
+           "caption_extension": "txt", "wandb_api_key": "", "sdxl": False}
+    config = tmp_path / "gui.json"
+    config.write_text(json.dumps(gui))
+    report = train_json("import", "kohya", config, "--out", tmp_path / "lora.toml")
+    loaded = load(tmp_path / "lora.toml")
+    assert (loaded.network.module, loaded.network.args, loaded.optimizer.type) == ("loha", {"factor": 4}, "adamw8bit")
+    assert (loaded.data.resolution, loaded.scheduler.warmup_ratio, loaded.training.max_epochs) == (64, 0.1, 2)
+    assert loaded.data.caption_extension == ".txt" and loaded.model.family == "auto"
+    assert report["mapped"]["save_model_as"] == "lorakit writes .safetensors"
+    assert "wandb_api_key" not in report["not_mapped"]  # empty: skipped

@@ -219,6 +219,28 @@ def merge(
     emit(report, json)
 
 
+import_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Configs from other trainers.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("kohya")
+def import_kohya(
+    config: Annotated[Path, typer.Argument(help="kohya's training config: its --config_file TOML, or kohya_ss's JSON.")],
+    out: Annotated[Path, typer.Option(help="The lorakit config to write.")],
+    dataset: Annotated[Optional[Path], typer.Option(
+        help="kohya's dataset config (default: the config's dataset_config).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    json: Json = False,
+) -> None:
+    """A kohya sd-scripts / kohya_ss training config as a lorakit config, with every key reported:
+    where it went, or why it went nowhere."""
+    from lorakit.train.kohya_import import import_kohya as do_import
+
+    with user_errors():
+        report = do_import(config, out, dataset, force)
+    emit(report, json)
+
+
 embedding_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Embedding files.")
 app.add_typer(embedding_app, name="embedding")
 
