@@ -215,7 +215,7 @@ def test_import_kohya_training_config_reports_every_key(tmp_path, base):
     out = tmp_path / "imported" / "lora.toml"
     report = train_json("import", "kohya", config, "--out", out)
     assert report["mapped"]["network_dim"] == "network.dim" and report["mapped"]["metadata_author"] == "output.metadata.author"
-    assert "block-wise" in report["not_mapped"]["network_args down_lr_weight"]
+    assert report["mapped"]["network_args down_lr_weight"].startswith("network.args.down_lr_weight")
     assert report["not_mapped"]["shiny_new_option"] == "not mapped: lorakit has no such option"
     assert "max_train_epochs wins" in report["mapped"]["max_train_steps"]
     assert report["datasets"] == 2
@@ -225,6 +225,7 @@ def test_import_kohya_training_config_reports_every_key(tmp_path, base):
     assert (n.module, n.dim, n.alpha, n.conv_dim, n.conv_alpha, n.train_text_encoder) == ("locon", 8, 4.0, 4, 1.0, False)
     assert (o.type, o.learning_rate, o.weight_decay, o.betas) == ("prodigy", 1.0, 0.05, [0.9, 0.999])
     assert o.args == {"decouple": True, "use_bias_correction": True}
+    assert n.args == {"down_lr_weight": "1,1,1,1,0,0,0,0,0,0,0,0"}
     assert loaded.scheduler.warmup_ratio == 0.1 and loaded.scheduler.cycles == 3
     assert loaded.training.max_epochs == 4 and loaded.training.max_steps is None
     assert (loaded.saving.precision, loaded.training.attention, loaded.loss.min_snr_gamma) == ("fp32", "sdpa", 5.0)
@@ -255,3 +256,74 @@ def test_import_kohya_ss_json(tmp_path, base):
     assert loaded.data.caption_extension == ".txt" and loaded.model.family == "auto"
     assert report["mapped"]["save_model_as"] == "lorakit writes .safetensors"
     assert "wandb_api_key" not in report["not_mapped"]  # empty: skipped
+
+
+def _ranks(path):
+    from lorakit.train.lora_files import modules, read_lora
+
+    return {name: m.rank for name, m in modules(read_lora(path)[0]).items()}
+
+
+def test_block_dims_and_alphas_by_kohyas_block_index(tmp_path, base, base_xl):
+    """SD1: 25 blocks (down_blocks_0 is block 1, the mid block 12, up_blocks_1 starts at 16);
+    SDXL: 23 (input_blocks_k is 1 + k, middle 10-12, output_blocks_k 13 + k)."""
+    from lorakit.train.blocks import block_index
+
+    dims = [4] * 25
+    dims[1], dims[12], dims[16] = 2, 0, 6  # down_blocks_0 …_0, the mid block off, up_blocks_1 …_0
+    alphas = [4.0] * 25
+    alphas[16] = 3.0
+    args = f'network.args={{block_dims = {dims}, block_alphas = {alphas}, conv_block_dims = {[1] * 25}}}'
+    config = train_config(tmp_path, base, "blocks")
+    train("run", config, "--set", args, "--set", "network.dim=8", "--set", "training.max_steps=1",
+          "--set", "saving.every_n_epochs=0")
+    ranks = _ranks(tmp_path / "blocks" / "out" / "kit.safetensors")
+    from lorakit.train.lora_files import modules, read_lora
+
+    found = modules(read_lora(tmp_path / "blocks" / "out" / "kit.safetensors")[0])
+    for name, rank in ranks.items():
+        block = block_index(name, False)
+        conv = found[name].down.dim() == 4 and found[name].down.shape[2:] != (1, 1)
+        expected = 8 if block < 0 else 1 if conv else dims[block]  # text encoder: network.dim
+        assert rank == expected, name
+    mid = {n: found[n].down.dim() == 4 and found[n].down.shape[2:] != (1, 1) for n in ranks if "mid_block" in n}
+    assert mid and all(mid.values())  # block 12 at 0: only its 3x3 convolutions train (conv_block_dims 1)
+    assert any(n.startswith("lora_unet_up_blocks_1_attentions_0") and found[n].alpha == 3.0 for n in ranks)
+
+    xl_dims = [4] * 23
+    xl_dims[5] = 2  # input_blocks_4
+    xl = train_config(tmp_path, base_xl, "xl")
+    train("run", xl, "--set", f"network.args={{block_dims = {xl_dims}}}", "--set", "training.max_steps=1",
+          "--set", "saving.every_n_epochs=0", "--set", "network.train_text_encoder=false")
+    xl_ranks = _ranks(tmp_path / "xl" / "out" / "kit.safetensors")
+    assert {r for n, r in xl_ranks.items() if n.startswith("lora_unet_input_blocks_4_")} == {2}
+    assert {r for n, r in xl_ranks.items() if n.startswith("lora_unet_output_blocks_")} == {4}
+    xl_found = modules(read_lora(tmp_path / "xl" / "out" / "kit.safetensors")[0])
+    assert not any(m.down.dim() == 4 and m.down.shape[2:] != (1, 1) for m in xl_found.values())  # no 3x3 convs
+
+    message = " ".join(train("run", config, "--set", "network.args={block_dims = [4, 4]}", check=2).stderr.split())
+    assert "block_dims has 2 values; SD1/SD2 has 25 blocks" in message
+
+
+def test_block_learning_rate_weights(tmp_path, base):
+    from lorakit.train.setup import setup
+
+    down = [1.0] * 12
+    down[1] = 0.0  # down_blocks_0 …_0: not trained
+    up = [0.5] * 12
+    config = load(train_config(tmp_path, base, "lr"), [f"network.args={{down_lr_weight = {down}, up_lr_weight = {up}, "
+                                                        "mid_lr_weight = [0.25]}", "network.unet_lr=1e-3",
+                                                        'network.module="locon"',
+                                                        "network.text_encoder_lr=1e-4"])
+    run = setup(config, log=lambda line: None)
+    names = {m.lora_name for m in run.network.loras}
+    assert not any(n.startswith("lora_unet_down_blocks_0_attentions_0") for n in names)
+    assert any(n.startswith("lora_unet_down_blocks_1_") for n in names)  # its resnet (LoCon), block 4
+    rates = sorted(g["lr"] for g in run.optimizer.param_groups)
+    assert rates == sorted([1e-3, 5e-4, 2.5e-4, 1e-4])  # down 1, up 0.5, mid 0.25, then the text encoder
+    run.latents.close()
+    message = train("plan", train_config(tmp_path, base, "lr2"), "--set", "network.args={mid_lr_weight = [1, 1]}",
+                    check=2).stderr
+    assert "mid_lr_weight has 2 values; SD1/SD2 has 1" in " ".join(message.split())
+    assert "named curves" in " ".join(train("run", train_config(tmp_path, base, "lr3"), "--set",
+                                            'network.args={up_lr_weight = "sine"}', check=2).stderr.split())

@@ -249,8 +249,12 @@ def _network(flat: dict, tree: dict, rows: list) -> None:
             target, convert = NETWORK_ARGS[key]
             _set(tree, target, convert(value))
             rows.append([f"network_args {key}", str(value), target])
+        elif key in BLOCKWISE and module in ("lora", "locon"):
+            _set(tree, f"network.args.{key}", value)
+            rows.append([f"network_args {key}", str(value), f"network.args.{key} (kohya's block indexing)"])
         elif key in BLOCKWISE:
-            rows.append([f"network_args {key}", str(value), "not mapped: block-wise settings are not implemented"])
+            rows.append([f"network_args {key}", str(value), f"not mapped: block-wise settings are for LoRA and LoCon, "
+                                                            f"not {module}"])
         elif key == "dora_wd":
             rows.append([f"network_args {key}", str(value), "not mapped: DoRA is not implemented for LoRA/LoCon"])
         elif module not in ("lora", "locon", "dylora"):

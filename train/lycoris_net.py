@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import UserError
+from lorakit.train.blocks import BLOCK_ARGS
 from lorakit.train.naming import Target
 
 
@@ -61,7 +62,7 @@ def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: flo
         raise UserError(f"network.dropout = {dropout}: {algo} has no dropout on its hidden activations in "
                         "lycoris-lora (it would be ignored); set network.dropout = 0, and use rank_dropout or "
                         "module_dropout instead" + (" (module_dropout only for lokr)" if algo == "lokr" else ""))
-    known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else set()
+    known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else BLOCK_ARGS  # lora, locon: blocks
     unknown = sorted(set(args) - known)
     if unknown:
         raise UserError(f"network.args: unknown setting(s) {', '.join(unknown)} for {algo}; known: "

@@ -11,12 +11,14 @@ from pathlib import Path
 
 from lorakit.captions import read_tags
 from lorakit.report import FAILED, OK, Outcome, Report, Section
+from lorakit.train.blocks import settings as block_settings
 from lorakit.train.config import Config
 from lorakit.train.data import Item, caption_path, epoch_batches, load_items, other_captions, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.embeddings import check_encoder_rates
 from lorakit.train.lycoris_net import check_args
 from lorakit.train.models import sdxl_clip_skip
+from lorakit.train.network import MODULES
 from lorakit.train.sampling import read_prompts
 from lorakit.train.schedule import base_rate
 from lorakit.train.subset_options import own_options
@@ -88,6 +90,9 @@ def plan(config: Config) -> Report:
                     and e % config.saving.every_n_epochs == 0} | {epochs})
     family = _family(config)
     check_encoder_rates(config.embeddings, family)
+    if family and MODULES[config.network.module] == "ours":  # block counts depend on the family
+        n = config.network
+        block_settings(n.args, family == "sdxl", n.alpha, n.conv_alpha)
     v_prediction = _prediction(config)
     warnings += _advice(config, family, [(s, sum(1 for o, _ in owned if o is s)) for s in found])
     if config.embeddings:

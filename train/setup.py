@@ -16,6 +16,8 @@ import torch
 
 from lorakit.errors import UserError
 from lorakit.train import optimizers, precision, seeds
+from lorakit.train.blocks import BlockSettings
+from lorakit.train.blocks import settings as block_settings
 from lorakit.train.config import Config
 from lorakit.train.data import Item, load_items, steps_per_epoch
 from lorakit.train.distributed import Dist
@@ -117,7 +119,9 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
         for text_encoder in models.text_encoders:
             text_encoder.gradient_checkpointing_enable()
     torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
-    network, unet_t, te_t = _network(config, models, device, log)
+    n = config.network
+    blocks = block_settings(n.args, models.sdxl, n.alpha, n.conv_alpha) if MODULES[n.module] == "ours" else None
+    network, unet_t, te_t = _network(config, models, device, log, blocks)
     embeddings = Embeddings.build(config.embeddings, models.tokenizers, models.text_encoders) \
         if config.embeddings else None
     if embeddings:
@@ -137,7 +141,8 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     total = config.training.max_steps or config.training.max_epochs * per_epoch
     if embeddings:
         embeddings.resolve_stops(per_epoch)
-    optimizer, schedule = make_optimizer(config, network, {t.name for t in unet_t}, embeddings, total)
+    optimizer, schedule = make_optimizer(config, network, {t.name for t in unet_t}, embeddings, total, blocks,
+                                         models.sdxl)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = items[0]
     saver = Saver(config, out_dir, items, network, embeddings, models, Parking(device),
@@ -179,16 +184,28 @@ def embedding_rates(cfg, default: float | str) -> list[float | str]:
 
 
 def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Embeddings | None,
-                   total: int):
+                   total: int, blocks: BlockSettings | None = None, sdxl: bool = False):
     """The optimizer with one group per learning rate (UNet, text encoder, each embedding), and
     the schedule: the configured curve, or a group's own A1111 piecewise rate."""
     o, n = config.optimizer, config.network
     groups, rates = [], []
     unet_params = [p for m in network.loras if m.lora_name in unet_names for p in m.parameters()]
     te_params = [p for m in network.loras if m.lora_name not in unet_names for p in m.parameters()]
-    if unet_params and n.train_unet:
+    unet_rate = n.unet_lr or o.learning_rate
+    if unet_params and n.train_unet and blocks is not None and blocks.lr_weight is not None:
+        if isinstance(unet_rate, str):
+            raise UserError("block learning-rate weights multiply one UNet rate; a piecewise rate "
+                            f"({unet_rate!r}) has none to multiply")
+        by_weight: dict[float, list] = {}
+        for m in network.loras:
+            if m.lora_name in unet_names:
+                by_weight.setdefault(blocks.weight(m.lora_name, sdxl), []).extend(m.parameters())
+        for weight, params in sorted(by_weight.items(), reverse=True):  # kohya: a group per block weight
+            groups.append({"params": params})
+            rates.append(base_rate(unet_rate) * weight)
+    elif unet_params and n.train_unet:
         groups.append({"params": unet_params})
-        rates.append(n.unet_lr or o.learning_rate)
+        rates.append(unet_rate)
     if te_params and n.train_text_encoder:
         groups.append({"params": te_params})
         rates.append(n.text_encoder_lr or o.learning_rate)
@@ -208,7 +225,7 @@ def make_optimizer(config: Config, network, unet_names: set[str], embeddings: Em
     return optimizer, schedule
 
 
-def _network(config: Config, models: Models, device: torch.device, log=print):
+def _network(config: Config, models: Models, device: torch.device, log=print, blocks: BlockSettings | None = None):
     """The network and its UNet and text-encoder targets: our LoRA/LoCon module, or one of
     lycoris-lora's algorithms on the same targets (LoCon's set: attention and ResNet blocks)."""
     n = config.network
@@ -224,8 +241,15 @@ def _network(config: Config, models: Models, device: torch.device, log=print):
     check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout, n.dropout)
     found = _continued(n.weights) if n.weights else None
     ranks = {name: (m.rank, m.alpha) for name, m in found.items()} if found and n.dim_from_weights else None
-    if ranks and n.train_unet and n.module == "lora":  # the file's LoCon convolutions need their targets
-        unet_t = unet_targets(models.unet, locon=True, sgm=models.sdxl)
+    per_block = blocks is not None and (blocks.dims is not None or blocks.conv_dims is not None)
+    if ranks and per_block:
+        raise UserError("network.dim_from_weights takes every module's rank from the file; block_dims / "
+                        "conv_block_dims would be ignored: use one or the other")
+    if (ranks or (blocks is not None and blocks.conv_dims is not None)) and n.train_unet and n.module == "lora":
+        unet_t = unet_targets(models.unet, locon=True, sgm=models.sdxl)  # their 3x3 convolutions need targets
+    if blocks is not None and ranks is None:  # a rank per block; blocks weighted 0 are not trained
+        ranks = {t.name: r for t in unet_t + te_t
+                 if (r := blocks.module(t.name, t.is_conv3x3, models.sdxl, n.dim, n.alpha, conv_rank, n.conv_alpha))}
     if kind == "lycoris":
         network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                                  n.rank_dropout, n.module_dropout, n.args)
