@@ -327,3 +327,77 @@ def test_block_learning_rate_weights(tmp_path, base):
     assert "mid_lr_weight has 2 values; SD1/SD2 has 1" in " ".join(message.split())
     assert "named curves" in " ".join(train("run", train_config(tmp_path, base, "lr3"), "--set",
                                             'network.args={up_lr_weight = "sine"}', check=2).stderr.split())
+
+
+def _apply_dora_as_the_uis_do(weight, down, up, alpha, dora_scale):
+    """A1111's and ComfyUI's application of a LyCORIS-layout DoRA module (dora_scale [1, in]):
+    W' = W + up·down·alpha/rank; W' · dora_scale / ||W'|| with the norm per input column."""
+
+    rank = down.shape[0]
+    delta = (up.flatten(1).float() @ down.flatten(1).float()).reshape(up.shape[0], *down.shape[1:]) * alpha / rank
+    merged = weight.float() + delta
+    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+    norm = norm.reshape(merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
+    return merged * (dora_scale.float() / norm)
+
+
+def test_dora_with_lora_and_locon_in_the_layout_the_uis_apply(tmp_path, base):
+    """dora_wd on LoRA/LoCon: the run trains the magnitudes too; the file holds NAME.dora_scale
+    ([1, in], [1, in, 1, 1]) beside lora_down/up/alpha; the network's own forward equals the
+    weights A1111 and ComfyUI would compute from the file."""
+    import numpy as np
+    import torch
+
+    from lorakit.train.lora_files import modules, read_lora
+    from lorakit.train.setup import setup
+
+    config = load(train_config(tmp_path, base, "dora"), ['network.module="locon"', "network.conv_dim=2",
+                                                        "network.args={dora_wd = true}", "training.max_steps=3",
+                                                        "saving.every_n_epochs=0", 'saving.precision="fp32"'])
+    run = setup(config, log=lambda line: None)
+    unet = run.models.unet
+    before = {m.lora_name: m._base[0].weight.detach().clone() for m in run.network.loras}
+    with torch.no_grad():  # dora_scale starts at ||W|| and up at zero: the base model, exactly
+        assert all(torch.allclose(m.merged_weight(), before[m.lora_name], atol=1e-6) for m in run.network.loras)
+    from lorakit.train.loop import train as train_loop
+
+    result = train_loop(run)
+    assert np.isfinite(result["losses"]).all()
+    path = tmp_path / "dora" / "out" / "kit.safetensors"
+    found = modules(read_lora(path)[0])
+    linear = next(m for n, m in found.items() if m.down.dim() == 2)
+    conv = next(m for n, m in found.items() if m.down.dim() == 4 and m.down.shape[2:] == (3, 3))
+    assert linear.dora_scale.shape == (1, linear.down.shape[1])
+    assert conv.dora_scale.shape == (1, conv.down.shape[1], 1, 1)
+    for lora in run.network.loras:
+        m = found[lora.lora_name]
+        start = before[lora.lora_name]
+        theirs = _apply_dora_as_the_uis_do(start, m.down, m.up, m.alpha, m.dora_scale)
+        with torch.no_grad():
+            ours = lora.merged_weight()
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), lora.lora_name
+    from lorakit.train.network import column_norm
+
+    assert any(not torch.allclose(m.dora_scale, column_norm(before[n].float())) for n, m in found.items())  # trained
+    # and the running network is that weight: the UNet's output with our modules attached equals
+    # the output with the file's weights merged in the UIs' way
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    run.network.eval()
+    with torch.no_grad():
+        attached = unet(sample, torch.tensor([500]), text).sample
+        run.network.detach()
+        for lora in run.network.loras:
+            m = found[lora.lora_name]
+            lora._base[0].weight.copy_(_apply_dora_as_the_uis_do(before[lora.lora_name], m.down, m.up, m.alpha,
+                                                                 m.dora_scale))
+        merged = unet(sample, torch.tensor([500]), text).sample
+    assert torch.allclose(attached, merged, atol=1e-4)
+    run.latents.close()
+
+    assert "DoRA modules (dora_scale)" in train("inspect", path).stdout
+    assert "diffusers drops its dora_scale" in " ".join(train("export", path, "--for", "diffusers", check=2).stderr.split())
+    assert "a DoRA file" in train("resize", path, "--dim", "1", check=2).stderr
+    message = " ".join(train("plan", train_config(tmp_path, base, "dd"), "--set", "network.args={dora_wd = true}",
+                             "--set", "network.dropout=0.1", check=2).stderr.split())
+    assert "DoRA (dora_wd) folds" in message

@@ -42,6 +42,9 @@ def export(source: Path, target: str, out: Path | None = None) -> Report:
     if target not in TARGETS:
         raise UserError(f"--for {target!r}: use one of {', '.join(TARGETS)}")
     tensors, meta = read_lora(source)
+    if target == "diffusers" and any(k.endswith(".dora_scale") for k in tensors):
+        raise UserError(f"{source}: a DoRA LoRA; diffusers drops its dora_scale keys when it loads SD and SDXL "
+                        "LoRAs, so the result would not be this LoRA: use --for comfyui or --for a1111")
     if target == "diffusers" and not _lora_only(tensors):
         algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "a LyCORIS network")
         raise UserError(f"{source}: diffusers loads LoRA, LoCon and DyLoRA files only, not {algo}; "

@@ -255,8 +255,9 @@ def _network(flat: dict, tree: dict, rows: list) -> None:
         elif key in BLOCKWISE:
             rows.append([f"network_args {key}", str(value), f"not mapped: block-wise settings are for LoRA and LoCon, "
                                                             f"not {module}"])
-        elif key == "dora_wd":
-            rows.append([f"network_args {key}", str(value), "not mapped: DoRA is not implemented for LoRA/LoCon"])
+        elif key == "dora_wd" and module in ("lora", "locon"):
+            _set(tree, "network.args.dora_wd", _true(value))
+            rows.append([f"network_args {key}", str(value), "network.args.dora_wd (DoRA)"])
         elif module not in ("lora", "locon", "dylora"):
             _set(tree, f"network.args.{key}", value)
             rows.append([f"network_args {key}", str(value), f"network.args.{key} (for lycoris)"])

@@ -24,7 +24,7 @@ from lorakit.train.embedding_files import BUNDLE
 from lorakit.train.network import model_hashes
 
 PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
-PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha")
+PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Module:
     down: torch.Tensor
     up: torch.Tensor
     alpha: float
+    dora_scale: torch.Tensor | None = None  # DoRA's magnitude ([1, in]): not a plain low-rank change
 
     @property
     def rank(self) -> int:
@@ -74,15 +75,22 @@ def modules(tensors: dict[str, torch.Tensor], path: Path | str = "") -> dict[str
         if not key.endswith(PARTS):
             raise UserError(f"{path}: {key} is not a LoRA/LoCon key (lora_down, lora_up, alpha); "
                             "resize and merge read LoRA, LoCon and DyLoRA files")
-        name = key.rsplit(".", 2)[0] if not key.endswith(".alpha") else key[:-len(".alpha")]
+        name = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
         if name in found:
             continue
         down, up = tensors.get(f"{name}.lora_down.weight"), tensors.get(f"{name}.lora_up.weight")
         if down is None or up is None:
             raise UserError(f"{path}: {name} lacks its lora_down or lora_up weight")
         alpha = tensors.get(f"{name}.alpha")
-        found[name] = Module(down, up, float(alpha) if alpha is not None else float(down.shape[0]))
+        found[name] = Module(down, up, float(alpha) if alpha is not None else float(down.shape[0]),
+                             tensors.get(f"{name}.dora_scale"))
     return found
+
+
+def refuse_dora(found: dict[str, Module], path: Path | str, what: str) -> None:
+    if any(m.dora_scale is not None for m in found.values()):
+        raise UserError(f"{path}: a DoRA file (dora_scale): its change is not a low-rank product, so {what} "
+                        "would not keep what it does")
 
 
 def module_tensors(name: str, module: Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -129,6 +137,9 @@ def inspect_lora(path: Path) -> Report:
     embeddings = sorted({k[len(BUNDLE):].split(".")[0] for k in tensors if k.startswith(BUNDLE)})
     contents = [[f"modules ({part})", n] for part, n in sorted(parts.items())]
     contents.append(["ranks", ", ".join(f"{r} ({n})" for r, n in sorted(ranks.items()))])
+    dora = sum(1 for k in tensors if k.endswith(".dora_scale"))
+    if dora:
+        contents.append(["DoRA modules (dora_scale)", dora])
     if embeddings:
         contents.append(["bundled embeddings", ", ".join(embeddings)])
     report.sections += [Section("model card", ["key", "value"], card),

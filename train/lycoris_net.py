@@ -62,7 +62,10 @@ def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: flo
         raise UserError(f"network.dropout = {dropout}: {algo} has no dropout on its hidden activations in "
                         "lycoris-lora (it would be ignored); set network.dropout = 0, and use rank_dropout or "
                         "module_dropout instead" + (" (module_dropout only for lokr)" if algo == "lokr" else ""))
-    known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else BLOCK_ARGS  # lora, locon: blocks
+    known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else BLOCK_ARGS | {"dora_wd"}
+    if algo in ("lora", "locon") and args.get("dora_wd") and (dropout or rank_dropout):
+        raise UserError("network.dropout and rank_dropout act on LoRA's hidden ranks, which DoRA (dora_wd) folds "
+                        "into the weight it rescales: set them to 0 (module_dropout works)")
     unknown = sorted(set(args) - known)
     if unknown:
         raise UserError(f"network.args: unknown setting(s) {', '.join(unknown)} for {algo}; known: "

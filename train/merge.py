@@ -27,7 +27,7 @@ import torch
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.report import WRITTEN, Outcome, Report, Section
-from lorakit.train.lora_files import Module, module_tensors, modules, read_lora, write_lora
+from lorakit.train.lora_files import Module, module_tensors, modules, read_lora, refuse_dora, write_lora
 from lorakit.train.precision import DTYPES
 from lorakit.train.resize import factor
 
@@ -50,7 +50,9 @@ def _read_all(sources: list[Path]) -> list[tuple[Path, dict, dict, dict[str, Mod
     read = []
     for path in sources:
         tensors, meta = read_lora(path)
-        read.append((path, tensors, meta, modules(tensors, path)))
+        found = modules(tensors, path)
+        refuse_dora(found, path, "a merge")
+        read.append((path, tensors, meta, found))
     families = {_family(meta) for _, _, meta, _ in read} - {None}
     if len(families) > 1:
         raise UserError(f"these LoRAs were trained for different models ({', '.join(sorted(families))}); "

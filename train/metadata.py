@@ -46,7 +46,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
     # what kohya writes: LyCORIS runs as `lycoris.kohya` with the algorithm among the args
     module = NETWORK_MODULES.get(n.module, "lycoris.kohya")
     network_args = {"algo": n.module, **n.args} if module == "lycoris.kohya" else \
-        {"unit": dylora_unit(n.args)} if n.module == "dylora" else {}
+        {"unit": dylora_unit(n.args)} if n.module == "dylora" else dict(n.args)  # lora/locon: dora_wd, blocks
     if n.module != "lora":
         network_args.update({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha})
     network_args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})

@@ -137,13 +137,48 @@ class DyLoRAModule(LoRAModule):
         return out + (delta * (self.multiplier * self.scale)).to(out.dtype)
 
 
+def column_norm(weight: torch.Tensor) -> torch.Tensor:
+    """The norm of each input column of a weight, over the outputs (and kernel): LyCORIS's DoRA
+    layout, [1, in] for a linear weight, [1, in, 1, 1] for a convolution."""
+    w = weight.transpose(0, 1)
+    norm = w.reshape(w.shape[0], -1).norm(dim=1, keepdim=True)
+    return norm.reshape(w.shape[0], *[1] * (weight.dim() - 1)).transpose(0, 1)
+
+
+class DoRAModule(LoRAModule):
+    """DoRA (Liu et al. 2024) on a LoRA / LoCon module, as LyCORIS's `dora_wd` does it: the
+    adapted weight W' = W + up·down·scale is rescaled column by column to a trained magnitude,
+    W_dora = W' · dora_scale / ||W'||. dora_scale starts at ||W||, so training starts from the
+    base model. It is saved as `NAME.dora_scale` ([1, in], [1, in, 1, 1]), the layout A1111 and
+    ComfyUI apply. The norm is taken without gradient, as the paper advises (less memory, the
+    same result in its experiments)."""
+
+    def __init__(self, target: Target, rank: int, alpha: float, module_dropout: float = 0.0):
+        super().__init__(target, rank, alpha, 0.0, 0.0, module_dropout)
+        self.dora_scale = nn.Parameter(column_norm(target.module.weight.detach().float()))
+
+    def merged_weight(self) -> torch.Tensor:
+        base = self._base[0].weight
+        merged = base.float() + self.delta_weight()
+        return merged * (self.dora_scale / column_norm(merged).detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.module_dropout and self.training and float(torch.rand(1)) < self.module_dropout:
+            return self._base_forward(x)
+        base = self._base[0]
+        weight = self.merged_weight().to(base.weight.dtype)
+        if isinstance(base, nn.Conv2d):
+            return nn.functional.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
+        return nn.functional.linear(x, weight, base.bias)
+
+
 class LoRANetwork(nn.Module):
     """LoRA, LoCon (conv_rank > 0) and, with `unit`, DyLoRA: kohya's plain LoRA file either way."""
 
     def __init__(self, targets: list[Target], rank: int, alpha: float, conv_rank: int = 0,
                  conv_alpha: float = 1.0, dropout: float = 0.0, rank_dropout: float = 0.0,
                  module_dropout: float = 0.0, unit: int | None = None,
-                 ranks: dict[str, tuple[int, float]] | None = None):
+                 ranks: dict[str, tuple[int, float]] | None = None, dora: bool = False):
         """`ranks`: {module name: (rank, alpha)} from a file (kohya's dim_from_weights): exactly
         the modules it has, each at its own rank and alpha."""
         super().__init__()
@@ -157,8 +192,11 @@ class LoRANetwork(nn.Module):
                 continue
             else:
                 r, a = (conv_rank, conv_alpha) if target.is_conv3x3 else (rank, alpha)
-            modules.append(DyLoRAModule(target, r, a, unit, dropout, module_dropout) if unit else
-                           LoRAModule(target, r, a, dropout, rank_dropout, module_dropout))
+            if dora:
+                modules.append(DoRAModule(target, r, a, module_dropout))
+            else:
+                modules.append(DyLoRAModule(target, r, a, unit, dropout, module_dropout) if unit else
+                               LoRAModule(target, r, a, dropout, rank_dropout, module_dropout))
         self.loras = nn.ModuleList(modules)
 
     @torch.no_grad()
@@ -188,7 +226,10 @@ class LoRANetwork(nn.Module):
         """Add every module's change into its base weight (then the network can be detached)."""
         for lora in self.loras:
             base = lora._base[0]
-            base.weight += lora.delta_weight().to(base.weight.dtype)
+            if isinstance(lora, DoRAModule):
+                base.weight.copy_(lora.merged_weight().to(base.weight.dtype))
+            else:
+                base.weight += lora.delta_weight().to(base.weight.dtype)
 
     @torch.no_grad()
     def load_kohya(self, modules: dict, where: str) -> list[str]:
@@ -202,8 +243,13 @@ class LoRANetwork(nn.Module):
             if lora.lora_down.weight.shape != found.down.shape or lora.lora_up.weight.shape != found.up.shape:
                 raise UserError(f"{where}: {name} has rank {found.rank} in the file and {lora.rank} here; set "
                                 "network.dim_from_weights = true to take the file's ranks")
+            if (found.dora_scale is not None) != isinstance(lora, DoRAModule):
+                raise UserError(f"{where}: {name} is {'a DoRA' if found.dora_scale is not None else 'a plain'} "
+                                "module in the file; set network.args.dora_wd to match")
             lora.lora_down.weight.copy_(found.down)
             lora.lora_up.weight.copy_(found.up)
+            if found.dora_scale is not None:
+                lora.dora_scale.copy_(found.dora_scale)
             lora.alpha.fill_(found.alpha)
             lora._alpha = float(found.alpha)
         if not set(modules) & set(mine):
@@ -216,6 +262,8 @@ class LoRANetwork(nn.Module):
             out[f"{lora.lora_name}.lora_down.weight"] = lora.lora_down.weight.detach().to("cpu", dtype).contiguous()
             out[f"{lora.lora_name}.lora_up.weight"] = lora.lora_up.weight.detach().to("cpu", dtype).contiguous()
             out[f"{lora.lora_name}.alpha"] = lora.alpha.detach().to("cpu", torch.float32)
+            if isinstance(lora, DoRAModule):
+                out[f"{lora.lora_name}.dora_scale"] = lora.dora_scale.detach().to("cpu", dtype).contiguous()
         return out
 
 

@@ -28,7 +28,7 @@ from lorakit.errors import UserError
 from lorakit.options import err_console
 from lorakit.parallel import make_progress
 from lorakit.report import WRITTEN, Outcome, Report, Section
-from lorakit.train.lora_files import Module, module_tensors, modules, read_lora, write_lora
+from lorakit.train.lora_files import Module, module_tensors, modules, read_lora, refuse_dora, write_lora
 from lorakit.train.precision import DTYPES
 
 Dynamic = Literal["sv_ratio", "sv_fro", "sv_cumulative"]
@@ -88,6 +88,7 @@ def resize(source: Path, dim: int, out: Path, method: str | None = None, param: 
         raise UserError("--dynamic-param without --dynamic: choose sv_ratio, sv_fro or sv_cumulative")
     tensors, meta = read_lora(source)
     found = modules(tensors, source)
+    refuse_dora(found, source, "an SVD of up·down")
     if precision is not None and precision not in DTYPES:
         raise UserError(f"--precision {precision}: use one of {', '.join(DTYPES)}")
     first = next(iter(found.values())).down.dtype

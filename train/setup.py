@@ -256,7 +256,7 @@ def _network(config: Config, models: Models, device: torch.device, log=print, bl
     else:
         network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                               n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None,
-                              ranks)
+                              ranks, dora=bool(n.args.get("dora_wd")))
     network.to(device, precision.DTYPES[config.training.weights_dtype])
     if found:
         skipped = network.load_kohya(found, n.weights)
