@@ -395,6 +395,10 @@ def test_dora_with_lora_and_locon_in_the_layout_the_uis_apply(tmp_path, base):
     assert torch.allclose(attached, merged, atol=1e-4)
     run.latents.close()
 
+    from diffusers import StableDiffusionPipeline  # what the README says of diffusers, checked
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(path))  # loads, with dora_scale filtered out (its own warning)
     assert "DoRA modules (dora_scale)" in train("inspect", path).stdout
     assert "diffusers drops its dora_scale" in " ".join(train("export", path, "--for", "diffusers", check=2).stderr.split())
     assert "a DoRA file" in train("resize", path, "--dim", "1", check=2).stderr
