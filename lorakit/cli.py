@@ -24,3 +24,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 for _name, (_module, _help) in STAGE_CLIS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)
+
+# one command, not a stage: the dataset in a browser
+app.command("review")(importlib.import_module("lorakit.review.cli").review)

@@ -1,0 +1,90 @@
+"""`lorakit review DIR`: the dataset in a browser (review/server.py). Thumbnails and each image's
+facts are made first, in a process pool with a progress bar, and kept for the next time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from lorakit import quiet
+
+quiet.install()  # before any library loads: their notices and bars stay out of our output
+
+from lorakit.options import DEFAULT_JOBS, Jobs, err_console, user_errors
+from lorakit.tagging.relations import VOCABS
+
+Vocabulary = Literal[VOCABS]
+
+
+def prepare(root: Path, jobs: int, show_progress: bool):
+    """The dataset with every image's facts and thumbnail made (only what changed)."""
+    from lorakit.parallel import run_all
+    from lorakit.review.dataset import Dataset
+    from lorakit.review.facts import FactsCache, make_facts
+
+    data = Dataset(root)
+    todo = data.cache.missing(list(data.entries))
+    if todo:
+        data.cache.folder.mkdir(parents=True, exist_ok=True)
+        results = run_all(make_facts, [(str(root / rel), str(data.cache.folder)) for rel in todo], jobs,
+                          "thumbnails", err_console, show_progress)
+        for rel, facts in zip(todo, results):
+            data.cache.put(rel, facts)
+        data.cache.save()
+        data.cache = FactsCache(root)
+        data.reload()
+    return data
+
+
+def review(
+    dir: Annotated[Path, typer.Argument(help="The dataset folder (N_name folders of images and captions).")],
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 0,
+    host: Annotated[str, typer.Option(help="Where to listen; anything but 127.0.0.1 / localhost is reachable "
+                                           "from other machines.")] = "127.0.0.1",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
+    vocab: Annotated[Vocabulary, typer.Option(help="Marks tags unknown to, or implied in, this vocabulary.")]
+        = "danbooru",
+    open_: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    jobs: Jobs = DEFAULT_JOBS,
+) -> None:
+    """Look at the dataset and fix its captions in a browser: gallery by folder, tag filters,
+    tag frequencies, caption editing with autocompletion, bulk edits (undone by `tag undo`),
+    near-duplicates, scan flags, excluded images. Stop with Ctrl-C."""
+    import socket
+
+    import uvicorn
+
+    from lorakit.discovery import check_source
+    from lorakit.review.server import Review
+    from lorakit.tagging.relations import load
+
+    with user_errors():
+        root = check_source(dir)
+        data = prepare(root, jobs, err_console.is_terminal)
+        server = Review(data, read_only, load(vocab), vocab)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning[/yellow]: listening on {host}: other machines can reach this page "
+                          "(its writes still need the page's token)", highlight=False)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        err_console.print(f"[red]error[/red]: cannot listen on {host}:{port} ({exc.strerror})", highlight=False)
+        raise typer.Exit(2) from None
+    bound = sock.getsockname()[1]
+    server.allowed_hosts = {f"{name}:{bound}" for name in (host, "127.0.0.1", "localhost")}
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}/"
+    err_console.print(f"lorakit review: {len(data.entries)} images in {root}\n{url}  (Ctrl-C stops)", highlight=False)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(url)
+    config = uvicorn.Config(server.app(), log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    err_console.print("stopped", highlight=False)

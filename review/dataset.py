@@ -1,0 +1,177 @@
+"""The dataset the review page shows, held in memory: every image of DIR with its folder (and the
+folder's repeats), its caption, and its facts (review/facts.py); a tag -> images index, so a
+query over 20,000 captions is a few set operations; the filters; and tag frequencies with what
+the vocabulary says of each tag (redundant by an implication, unknown).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from lorakit.captions import CAPTION_SUFFIXES, parse_repeats_folder, parse_tags
+from lorakit.curate.defaults import DEDUPE_DISTANCE, SCAN_THRESHOLD
+from lorakit.discovery import discover_names
+from lorakit.review.facts import Facts, FactsCache
+from lorakit.tagging.spelling import key
+
+
+@dataclass
+class Entry:
+    rel: str  # POSIX path under DIR: the image's id in the page and the API
+    folder: str
+    caption_rel: str  # the caption file it has, or would have (`.txt`)
+    caption: str | None  # its text (first line), None when there is no caption file
+    tags: list[str] = field(default_factory=list)
+    facts: Facts | None = None
+
+
+@dataclass
+class Query:
+    text: str = ""  # tags, comma-separated; `-tag` excludes; `*` wildcards; `red hair -hat` works too
+    folder: str | None = None
+    no_caption: bool = False
+    flagged: bool = False  # curate scan's noise score at or above the threshold
+    duplicates: bool = False  # in a near-duplicate group (shown group by group)
+    smaller_than: int | None = None  # short side under this many pixels
+
+
+def parse_query(text: str) -> tuple[list[str], list[str]]:
+    """(included, excluded) tag patterns, as booru keys."""
+    include, exclude = [], []
+    for piece in text.split(","):
+        # `red hair -hat`: a space followed by a dash starts an excluded tag
+        parts = [p for p in piece.replace(" -", ",-").split(",") if p.strip()]
+        for part in parts:
+            part = part.strip()
+            (exclude if part.startswith("-") else include).append(key(part.lstrip("-")))
+    return [p for p in include if p], [p for p in exclude if p]
+
+
+class Dataset:
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache = FactsCache(root)
+        self.entries: dict[str, Entry] = {}
+        self.by_tag: dict[str, set[str]] = {}
+        self.reload()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.entries = {}
+        listings: dict[str, set[str]] = {}
+        for rel in discover_names(self.root):
+            parent, _, name = rel.rpartition("/")
+            if parent not in listings:
+                listings[parent] = set(os.listdir(self.root / parent)) if parent else set(os.listdir(self.root))
+            stem = os.path.splitext(name)[0]
+            found = next((stem + s for s in CAPTION_SUFFIXES if stem + s in listings[parent]), None)
+            caption_rel = f"{parent}/{found or stem + '.txt'}" if parent else (found or stem + ".txt")
+            self.entries[rel] = Entry(rel, parent.split("/")[0] if parent else ".", caption_rel, None)
+            if found:
+                self._read_caption(self.entries[rel])
+        for rel, entry in self.entries.items():
+            entry.facts = self.cache.get(rel)
+        self._index()
+
+    def _read_caption(self, entry: Entry) -> None:
+        try:
+            with open(self.root / entry.caption_rel, encoding="utf-8-sig", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            entry.caption, entry.tags = None, []
+            return
+        entry.caption = text.strip().splitlines()[0].strip() if text.strip() else ""
+        entry.tags = parse_tags(text)
+
+    def _index(self) -> None:
+        self.by_tag = {}
+        for rel, entry in self.entries.items():
+            for tag in entry.tags:
+                self.by_tag.setdefault(key(tag), set()).add(rel)
+
+    def refresh(self, rel: str) -> None:
+        """One image's caption read again (after a write), and the index with it."""
+        entry = self.entries[rel]
+        for tag in entry.tags:
+            self.by_tag.get(key(tag), set()).discard(rel)
+        self._read_caption(entry)
+        for tag in entry.tags:
+            self.by_tag.setdefault(key(tag), set()).add(rel)
+
+    def folders(self) -> list[dict]:
+        """Each top folder with its image count and, for `N_name`, its repeats and name."""
+        counts: dict[str, int] = {}
+        for entry in self.entries.values():
+            counts[entry.folder] = counts.get(entry.folder, 0) + 1
+        out = []
+        for folder, n in sorted(counts.items()):
+            parsed = parse_repeats_folder(folder)
+            out.append({"folder": folder, "images": n, "repeats": parsed[0] if parsed else None,
+                        "name": parsed[1] if parsed else folder})
+        return out
+
+    # --- filtering -----------------------------------------------------------------------------
+
+    def _matching(self, pattern: str) -> set[str]:
+        if any(c in pattern for c in "*?["):
+            found: set[str] = set()
+            for tag, rels in self.by_tag.items():
+                if fnmatchcase(tag, pattern):
+                    found |= rels
+            return found
+        return self.by_tag.get(pattern, set())
+
+    def select(self, query: Query) -> list[str]:
+        """The images the query keeps, in path order (duplicates: group by group)."""
+        include, exclude = parse_query(query.text)
+        chosen = set(self.entries) if not include else set.intersection(*(self._matching(p) for p in include))
+        for pattern in exclude:
+            chosen -= self._matching(pattern)
+        if query.folder:
+            chosen = {r for r in chosen if self.entries[r].folder == query.folder}
+        if query.no_caption:
+            chosen = {r for r in chosen if not self.entries[r].tags}
+        if query.flagged:
+            chosen = {r for r in chosen if (f := self.entries[r].facts) and f.score is not None
+                      and f.score >= SCAN_THRESHOLD}
+        if query.smaller_than:
+            chosen = {r for r in chosen if (f := self.entries[r].facts) and not f.error
+                      and min(f.width, f.height) < query.smaller_than}
+        if query.duplicates:
+            return [r for group in self.duplicate_groups() for r in group if r in chosen]
+        return sorted(chosen)
+
+    def duplicate_groups(self) -> list[list[str]]:
+        """curate dedupe's groups (its hashes, distance and colour check), largest image first."""
+        from lorakit.curate.dedupe import Fingerprint, group_duplicates
+
+        rels = [r for r, e in self.entries.items() if e.facts and not e.facts.error]
+        prints = [Fingerprint(f.width, f.height, f.file_size, f.hash, f.mirror, bytes.fromhex(f.colours))
+                  for f in (self.entries[r].facts for r in rels)]
+        return [[rels[i] for i in group] for group in group_duplicates(prints, DEDUPE_DISTANCE)]
+
+    # --- tags ----------------------------------------------------------------------------------
+
+    def frequencies(self, rels: list[str], relations=None) -> list[dict]:
+        """Tags of these images, most frequent first, each marked `implied` where another tag of
+        the same caption implies it (in some caption) and `unknown` where the vocabulary has no
+        such tag (when a tag list is loaded)."""
+        counts: dict[str, int] = {}
+        implied: set[str] = set()
+        for rel in rels:
+            keys = [key(t) for t in self.entries[rel].tags]
+            for k in keys:
+                counts[k] = counts.get(k, 0) + 1
+            if relations is not None:
+                canon = {relations.canonical(k): k for k in keys}
+                for c in canon:
+                    implied |= {canon[i] for i in relations.implied_by(c) if i in canon}
+        out = []
+        for tag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            known = relations.knows(relations.canonical(tag)) if relations is not None else None
+            out.append({"tag": tag, "images": n, "implied": tag in implied, "unknown": known is False})
+        return out

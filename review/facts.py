@@ -1,0 +1,111 @@
+"""What the review page knows of each image without opening it again: its size, format, curate
+scan's noise score, curate dedupe's hashes, and a thumbnail. Made once per image content in a
+process pool, kept under DIR/.lorakit/thumbs: `<digest>.jpg` thumbnails and `facts.json`, whose
+entries are found again by (path, size, mtime) so a restart rereads nothing unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from lorakit.fsio import atomic_path, write_text
+from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
+
+THUMB_SIDE = 256
+FOLDER = Path(".lorakit") / "thumbs"
+VERSION = 1  # of what a facts entry holds: another version makes them again
+
+
+@dataclass
+class Facts:
+    digest: str  # of the file's bytes: names the thumbnail
+    width: int
+    height: int
+    format: str
+    score: float | None  # curate scan's noise score (None: too small to judge)
+    hash: int  # curate dedupe's pHash, and of the mirror image
+    mirror: int
+    colours: str  # dedupe's 8x8 colour thumbnail, hex
+    file_size: int
+    error: str = ""
+
+
+def digest_of(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_facts(job: tuple[str, str]) -> dict:
+    """(image path, thumbnail folder) -> a Facts dict: the pure per-image work, run in workers."""
+    from lorakit.curate.dedupe import colour_thumbnail, hashes
+    from lorakit.curate.scan import noise_score
+
+    path, folder = Path(job[0]), Path(job[1])
+    size = path.stat().st_size
+    try:
+        digest = digest_of(path)
+        with Image.open(path) as raw:
+            fmt = raw.format or path.suffix.lstrip(".").upper()
+        img = load_image(path, DEFAULT_MAX_PIXELS)
+    except (ImageError, OSError) as exc:
+        return asdict(Facts("", 0, 0, "", None, 0, 0, "", size, str(exc) or type(exc).__name__))
+    thumb = folder / f"{digest}.jpg"
+    if not thumb.is_file():
+        small = flatten(img.copy()).convert("RGB")
+        small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR, reducing_gap=2.0)
+        with atomic_path(thumb) as tmp:
+            small.save(tmp, format="JPEG", quality=85)
+    h, m = hashes(img)
+    return asdict(Facts(digest, img.width, img.height, fmt, noise_score(img), h, m, colour_thumbnail(img).hex(), size))
+
+
+class FactsCache:
+    """facts.json: {rel: [size, mtime_ns, facts]} with the format version."""
+
+    def __init__(self, root: Path):
+        self.root, self.folder = root, root / FOLDER
+        self.path = self.folder / "facts.json"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.entries = data["entries"] if data.get("version") == VERSION else {}
+        except (OSError, ValueError, KeyError):
+            self.entries = {}
+
+    def stamp(self, rel: str) -> tuple[int, int]:
+        st = os.stat(self.root / rel)
+        return st.st_size, st.st_mtime_ns
+
+    def get(self, rel: str) -> Facts | None:
+        entry = self.entries.get(rel)
+        if entry is None or tuple(entry[:2]) != self.stamp(rel):
+            return None
+        return Facts(**entry[2])
+
+    def missing(self, rels: list[str]) -> list[str]:
+        """The images to (re)make: new or changed, or whose thumbnail is gone."""
+        out = []
+        for rel in rels:
+            found = self.get(rel)
+            if found is None or (not found.error and not (self.folder / f"{found.digest}.jpg").is_file()):
+                out.append(rel)
+        return out
+
+    def thumb(self, rel: str) -> Path | None:
+        found = self.get(rel)
+        path = self.folder / f"{found.digest}.jpg" if found and found.digest else None
+        return path if path is not None and path.is_file() else None
+
+    def put(self, rel: str, facts: dict) -> None:
+        self.entries[rel] = [*self.stamp(rel), facts]
+
+    def save(self) -> None:
+        write_text(self.path, json.dumps({"version": VERSION, "entries": self.entries}))

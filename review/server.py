@@ -1,0 +1,212 @@
+"""The review page's server (Starlette): the page, its JSON API, and the dataset's images and
+thumbnails, nothing else.
+
+Safety: a write needs the per-run random token the page carries (header X-Lorakit-Token) in a
+JSON request from the page's own origin, so another website open in the same browser cannot post
+to it (a cross-site fetch with a custom header needs a CORS preflight, which this server never
+grants; the Origin and Host are checked too, against DNS rebinding). A file is served only when
+it is an image of the dataset (found by the listing, resolved inside DIR) or its thumbnail.
+`read_only` refuses every write.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from lorakit.errors import UserError
+from lorakit.review import writes
+from lorakit.review.dataset import Dataset, Query
+from lorakit.tagging.edit import EditOps
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 120
+
+
+class Review:
+    def __init__(self, data: Dataset, read_only: bool = False, relations=None, vocab: str = "danbooru"):
+        self.data, self.read_only, self.relations, self.vocab = data, read_only, relations, vocab
+        self.token = secrets.token_urlsafe(32)
+        self.allowed_hosts: set[str] = set()  # host:port the server answers as (set when it binds)
+
+    # --- guards ----------------------------------------------------------------------------------
+
+    def _host_ok(self, request: Request) -> bool:
+        return not self.allowed_hosts or request.headers.get("host", "") in self.allowed_hosts
+
+    def _write_refusal(self, request: Request) -> Response | None:
+        if self.read_only:
+            return JSONResponse({"error": "read-only: started with --read-only"}, 403)
+        if not secrets.compare_digest(request.headers.get("x-lorakit-token", ""), self.token):
+            return JSONResponse({"error": "missing or wrong token: reload the page"}, 403)
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            return JSONResponse({"error": f"cross-origin request from {origin} refused"}, 403)
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return JSONResponse({"error": "cross-site request refused"}, 403)
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return JSONResponse({"error": "writes are JSON requests"}, 415)
+        return None
+
+    def _entry(self, rel: str):
+        entry = self.data.entries.get(rel)
+        if entry is None:
+            return None
+        path = (self.data.root / rel).resolve()
+        return entry if path.is_relative_to(self.data.root.resolve()) else None  # a symlink out: refused
+
+    # --- reading --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _query(params) -> Query:
+        smaller = params.get("smaller_than")
+        return Query(params.get("q", ""), params.get("folder") or None, params.get("no_caption") == "1",
+                     params.get("flagged") == "1", params.get("duplicates") == "1",
+                     int(smaller) if smaller and smaller.isdigit() else None)
+
+    def _item(self, rel: str) -> dict:
+        e = self.data.entries[rel]
+        f = e.facts
+        return {"rel": rel, "folder": e.folder, "caption": e.caption, "tags": e.tags,
+                "version": writes.version(self.data.root / e.caption_rel),
+                "width": f.width if f else None, "height": f.height if f else None,
+                "error": f.error if f else ""}
+
+    async def page(self, request: Request) -> Response:
+        if not self._host_ok(request):
+            return Response("unknown host", 421)
+        html = (HERE / "templates" / "index.html").read_text(encoding="utf-8")
+        from jinja2 import Template
+
+        return HTMLResponse(Template(html, autoescape=True).render(
+            token=self.token, root=str(self.data.root), read_only=self.read_only, vocab=self.vocab),
+            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    async def images(self, request: Request) -> Response:
+        chosen = self.data.select(self._query(request.query_params))
+        page = max(1, int(request.query_params.get("page", "1") or 1))
+        per_page = min(500, max(1, int(request.query_params.get("per_page", PAGE_SIZE) or PAGE_SIZE)))
+        items = [self._item(r) for r in chosen[(page - 1) * per_page: page * per_page]]
+        return JSONResponse({"count": len(chosen), "total": len(self.data.entries), "page": page,
+                             "pages": max(1, -(-len(chosen) // per_page)), "items": items,
+                             "folders": self.data.folders()})
+
+    async def tags(self, request: Request) -> Response:
+        chosen = self.data.select(self._query(request.query_params))
+        return JSONResponse({"tags": self.data.frequencies(chosen, self.relations)[:300]})
+
+    async def complete(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "").strip().lower().replace(" ", "_")
+        limit = min(50, int(request.query_params.get("limit", "20") or 20))
+        used = sorted(((len(rels), t) for t, rels in self.data.by_tag.items() if t.startswith(prefix) and rels),
+                      reverse=True)
+        found = [t for _, t in used]
+        if self.relations is not None and len(found) < limit and prefix:
+            seen = set(found)
+            found += sorted(t for t in self.relations.categories if t.startswith(prefix) and t not in seen)[:limit]
+        return JSONResponse({"tags": [t.replace("_", " ") for t in found[:limit]]})
+
+    async def detail(self, request: Request) -> Response:
+        rel = request.query_params.get("rel", "")
+        if self._entry(rel) is None:
+            return JSONResponse({"error": "no such image"}, 404)
+        item = self._item(rel)
+        f = self.data.entries[rel].facts
+        item.update({"format": f.format if f else None, "score": f.score if f else None,
+                     "file_size": f.file_size if f else None, "probabilities": self._probabilities(rel)})
+        return JSONResponse(item)
+
+    def _probabilities(self, rel: str) -> dict | None:
+        """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05."""
+        from lorakit.tagging.auto import SIDECAR, load_sidecar
+
+        found = load_sidecar((self.data.root / rel).parent / SIDECAR)
+        if found is None or Path(rel).name not in found[2]:
+            return None
+        info, model, rows = found
+        row = rows[Path(rel).name]
+        order = row.argsort()[::-1]
+        return {"model": model, "tags": [{"tag": info.names[i].replace("_", " "), "p": round(float(row[i]), 4),
+                                          "category": info.categories[i]} for i in order if row[i] >= 0.05][:200]}
+
+    async def file(self, request: Request) -> Response:
+        rel = request.query_params.get("rel", "")
+        if self._entry(rel) is None:
+            return Response("not an image of this dataset", 404)
+        return FileResponse(self.data.root / rel)
+
+    async def thumb(self, request: Request) -> Response:
+        rel = request.query_params.get("rel", "")
+        path = self.data.cache.thumb(rel) if self._entry(rel) is not None else None
+        if path is None:
+            return Response("no thumbnail", 404)
+        return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+
+    # --- writing --------------------------------------------------------------------------------
+
+    async def write(self, request: Request) -> Response:
+        refused = self._write_refusal(request)
+        if refused is not None:
+            return refused
+        action = request.path_params["action"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "not JSON"}, 400)
+        try:
+            return JSONResponse(self._do(action, body))
+        except writes.Conflict as c:
+            return JSONResponse({"error": "the caption changed on disk since the page read it",
+                                 "disk": c.disk, "yours": c.yours}, 409)
+        except (UserError, OSError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+
+    def _do(self, action: str, body: dict) -> dict:
+        if action == "caption":
+            rel = body.get("rel", "")
+            if self._entry(rel) is None:
+                raise UserError("no such image")
+            return {"version": writes.save_caption(self.data, rel, body.get("version", ""), body.get("caption", "")),
+                    **self._item(rel)}
+        if action == "bulk":
+            ops = EditOps(add=[t for t in body.get("add", []) if t.strip()],
+                          remove=[t for t in body.get("remove", []) if t.strip()],
+                          replace=[(a, b) for a, b in body.get("replace", []) if a.strip() and b.strip()])
+            chosen = self.data.select(self._query(body.get("query", {})))
+            return {"changed": writes.bulk_edit(self.data, chosen, ops), "of": len(chosen)}
+        if action == "exclude":
+            rel = body.get("rel", "")
+            if self._entry(rel) is None:
+                raise UserError("no such image")
+            writes.exclude(self.data, rel)
+            return {"excluded": rel}
+        if action == "restore":
+            writes.restore(self.data, body.get("rel", ""))
+            return {"restored": body.get("rel")}
+        if action == "undo":
+            from lorakit.tagging.rewrite import undo
+
+            report = undo(self.data.root)
+            self.data.reload()
+            return {"notes": report.notes, "restored": [o.path for o in report.outcomes]}
+        raise UserError(f"unknown action {action!r}")
+
+    async def excluded(self, request: Request) -> Response:
+        return JSONResponse({"excluded": writes.excluded(self.data.root)})
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/", self.page), Route("/api/images", self.images), Route("/api/tags", self.tags),
+            Route("/api/complete", self.complete), Route("/api/image", self.detail),
+            Route("/api/excluded", self.excluded), Route("/api/{action}", self.write, methods=["POST"]),
+            Route("/file", self.file), Route("/thumb", self.thumb),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+        return Starlette(routes=routes)

@@ -1,0 +1,212 @@
+// lorakit review: the page. Plain JS, no build step, nothing fetched from elsewhere.
+"use strict";
+const TOKEN = document.body.dataset.token;
+const READ_ONLY = document.body.dataset.readOnly === "true";
+const $ = (id) => document.getElementById(id);
+const state = { page: 1, pages: 1, current: null, items: [] };
+
+function params(extra = {}) {
+  const p = new URLSearchParams({ q: $("q").value, folder: $("folder").value, page: state.page });
+  if ($("no_caption").checked) p.set("no_caption", "1");
+  if ($("flagged").checked) p.set("flagged", "1");
+  if ($("duplicates").checked) p.set("duplicates", "1");
+  if ($("smaller").value) p.set("smaller_than", $("smaller").value);
+  for (const [k, v] of Object.entries(extra)) p.set(k, v);
+  return p;
+}
+
+function query() {  // the filters as the bulk endpoint takes them
+  return Object.fromEntries([...params().entries()].filter(([k]) => k !== "page"));
+}
+
+async function post(action, body) {
+  const response = await fetch(`/api/${action}`, {
+    method: "POST", headers: { "Content-Type": "application/json", "X-Lorakit-Token": TOKEN },
+    body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  return { ok: response.ok, status: response.status, data };
+}
+
+function say(text) { $("message").textContent = text; }
+
+async function load() {
+  const response = await fetch(`/api/images?${params()}`);
+  const data = await response.json();
+  state.pages = data.pages; state.items = data.items;
+  $("count").textContent = `${data.count} of ${data.total} images`;
+  if ($("bulk-count")) $("bulk-count").textContent = data.count;
+  $("page").textContent = data.page; $("pages").textContent = data.pages;
+  const folder = $("folder");
+  if (folder.options.length === 1) {
+    for (const f of data.folders) {
+      const label = f.repeats ? `${f.folder} (${f.images} × ${f.repeats} repeats)` : `${f.folder} (${f.images})`;
+      folder.add(new Option(label, f.folder));
+    }
+  }
+  render(data.items);
+  loadTags();
+}
+
+function render(items) {
+  const gallery = $("gallery");
+  gallery.replaceChildren();
+  let grid = null, last = null;
+  for (const item of items) {
+    if (item.folder !== last) {
+      const heading = document.createElement("h3");
+      heading.textContent = item.folder;
+      grid = document.createElement("div"); grid.className = "grid";
+      gallery.append(heading, grid); last = item.folder;
+    }
+    const card = document.createElement("div");
+    card.className = "card" + (item.caption === null ? " nocaption" : "");
+    card.dataset.rel = item.rel;
+    const img = document.createElement("img");
+    img.loading = "lazy"; img.alt = item.rel;
+    img.src = `/thumb?rel=${encodeURIComponent(item.rel)}`;
+    const caption = document.createElement("p");
+    caption.textContent = item.caption === null ? "(no caption)" : item.caption;
+    card.append(img, caption);
+    card.addEventListener("click", () => openDetail(item.rel));
+    grid.append(card);
+  }
+}
+
+async function loadTags() {
+  const data = await (await fetch(`/api/tags?${params()}`)).json();
+  const list = $("tags");
+  list.replaceChildren();
+  for (const t of data.tags) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = t.tag.replaceAll("_", " ");
+    if (t.implied) name.className = "implied";
+    if (t.unknown) name.className = "unknown";
+    const n = document.createElement("span"); n.textContent = t.images;
+    li.append(name, n);
+    li.title = [t.implied ? "implied by another tag of the caption" : "", t.unknown ? "unknown to the vocabulary" : ""]
+      .filter(Boolean).join("; ");
+    li.addEventListener("click", () => { $("q").value = t.tag.replaceAll("_", " "); state.page = 1; load(); });
+    list.append(li);
+  }
+}
+
+async function openDetail(rel) {
+  const item = await (await fetch(`/api/image?${new URLSearchParams({ rel })}`)).json();
+  state.current = item;
+  $("detail").hidden = false; $("conflict").hidden = true; say("");
+  $("full").src = `/file?rel=${encodeURIComponent(rel)}`;
+  $("info").textContent = `${rel} · ${item.width}×${item.height} ${item.format || ""} · ` +
+    `${item.file_size ? Math.round(item.file_size / 1024) + " KiB" : ""}` +
+    (item.score !== null && item.score !== undefined ? ` · scan score ${item.score.toFixed(2)}` : "");
+  $("caption").value = item.caption || "";
+  const probs = item.probabilities;
+  $("probs").hidden = !probs;
+  if (probs) { showProbabilities(probs); }
+}
+
+function showProbabilities(probs) {
+  const list = $("prob-list");
+  list.replaceChildren();
+  for (const t of probs.tags.slice(0, 60)) {
+    const li = document.createElement("li"); li.textContent = `${t.tag} ${t.p.toFixed(2)}`; list.append(li);
+  }
+  const update = () => {
+    const th = parseFloat($("threshold").value);
+    $("threshold-value").textContent = th.toFixed(2);
+    $("preview").textContent = probs.tags.filter((t) => t.category !== 9 && t.p >= th).map((t) => t.tag).join(", ");
+  };
+  $("threshold").oninput = update;
+  update();
+}
+
+async function save() {
+  const item = state.current;
+  const result = await post("caption", { rel: item.rel, version: item.version, caption: $("caption").value });
+  if (result.status === 409) {
+    $("conflict").hidden = false;
+    $("disk").textContent = result.data.disk === null ? "(no caption file)" : result.data.disk;
+    $("yours").textContent = result.data.yours;
+    say(result.data.error);
+    return;
+  }
+  if (!result.ok) { say(result.data.error); return; }
+  state.current = result.data;
+  say("saved (tag undo reverts it)");
+  load();
+}
+
+async function complete() {
+  const prefix = $("add-tag").value;
+  if (!prefix) return;
+  const data = await (await fetch(`/api/complete?${new URLSearchParams({ prefix })}`)).json();
+  $("complete").replaceChildren(...data.tags.map((t) => new Option(t)));
+}
+
+function addTag() {
+  const tag = $("add-tag").value.trim();
+  if (!tag) return;
+  const text = $("caption").value.trim();
+  $("caption").value = text ? `${text}, ${tag}` : tag;
+  $("add-tag").value = "";
+}
+
+const list = (text) => text.split(",").map((t) => t.trim()).filter(Boolean);
+
+async function bulk(event) {
+  event.preventDefault();
+  const replace = list($("bulk-replace").value).map((pair) => pair.split("=").map((s) => s.trim()))
+    .filter((pair) => pair.length === 2);
+  const body = { query: query(), add: list($("bulk-add").value), remove: list($("bulk-remove").value), replace };
+  if (!body.add.length && !body.remove.length && !body.replace.length) return;
+  if (!confirm(`Change the captions of the ${$("bulk-count").textContent} shown images?`)) return;
+  const result = await post("bulk", body);
+  $("count").textContent = result.ok ? `changed ${result.data.changed.length} of ${result.data.of}` : result.data.error;
+  load();
+}
+
+async function loadExcluded() {
+  const data = await (await fetch("/api/excluded")).json();
+  const list = $("excluded");
+  list.replaceChildren();
+  for (const rel of data.excluded) {
+    const li = document.createElement("li");
+    li.textContent = rel + " ";
+    if (!READ_ONLY) {
+      const button = document.createElement("button");
+      button.textContent = "restore";
+      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load(); });
+      li.append(button);
+    }
+    list.append(li);
+  }
+}
+
+let timer = null;
+$("q").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 1; load(); }, 200); });
+for (const id of ["folder", "no_caption", "flagged", "duplicates", "smaller"]) {
+  $(id).addEventListener("change", () => { state.page = 1; load(); });
+}
+$("prev").addEventListener("click", () => { if (state.page > 1) { state.page--; load(); } });
+$("next").addEventListener("click", () => { if (state.page < state.pages) { state.page++; load(); } });
+$("close").addEventListener("click", () => { $("detail").hidden = true; });
+if (!READ_ONLY) {
+  $("save").addEventListener("click", save);
+  $("add-tag").addEventListener("input", complete);
+  $("add-tag").addEventListener("change", addTag);
+  $("add-tag").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); addTag(); } });
+  $("bulk").addEventListener("submit", bulk);
+  $("undo").addEventListener("click", async () => {
+    const result = await post("undo", {});
+    $("count").textContent = result.ok ? result.data.notes.join("; ") : result.data.error;
+    load();
+  });
+  $("exclude").addEventListener("click", async () => {
+    const result = await post("exclude", { rel: state.current.rel });
+    if (result.ok) { $("detail").hidden = true; load(); loadExcluded(); } else { say(result.data.error); }
+  });
+  $("take-disk").addEventListener("click", () => openDetail(state.current.rel));
+}
+load();
+loadExcluded();

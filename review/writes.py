@@ -1,0 +1,105 @@
+"""What the review page changes, through the code `tag edit` uses: every caption write is atomic
+and backed up in DIR/.lorakit/backups (tagging/rewrite.py), so `tag undo DIR` reverts web edits
+like any other. An edit is refused when the caption changed on disk since the page read it.
+Excluding an image moves it (and its captions) to DIR/.lorakit/excluded/, never deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorakit.captions import CAPTION_SUFFIXES, format_tags, parse_tags
+from lorakit.errors import UserError
+from lorakit.fsio import move_file, write_text, write_texts
+from lorakit.review.dataset import Dataset
+from lorakit.tagging.edit import EditOps, apply
+from lorakit.tagging.rewrite import Backup
+
+EXCLUDED = Path(".lorakit") / "excluded"
+
+
+def version(path: Path) -> str:
+    """What the page saw of a caption: a digest of its bytes ("" for no caption file)."""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+@dataclass
+class Conflict(Exception):
+    disk: str | None  # the caption as it is now (None: deleted)
+    yours: str
+
+
+def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
+    """Write one caption if it is still the one the page saw (`seen`: its version); returns the
+    new version. The previous text goes into a backup first."""
+    entry = data.entries[rel]
+    path = data.root / entry.caption_rel
+    if version(path) != seen:
+        raise Conflict(path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None, text)
+    old = path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None
+    new = format_tags(parse_tags(text))
+    backup = Backup(data.root, "review-edit")
+    backup.save(entry.caption_rel, old)
+    backup.commit()
+    write_text(path, new)
+    data.refresh(rel)
+    return version(path)
+
+
+def bulk_edit(data: Dataset, rels: list[str], ops: EditOps) -> list[str]:
+    """`tag edit`'s operations on these images' captions (one backup for all); the images whose
+    caption changed. Images without a caption get one only when tags are added."""
+    changes, backup = [], Backup(data.root, "review-bulk")
+    for rel in rels:
+        entry = data.entries[rel]
+        new = apply(list(entry.tags), ops)
+        if new == entry.tags or (entry.caption is None and not new):
+            continue
+        path = data.root / entry.caption_rel
+        backup.save(entry.caption_rel, path.read_text(encoding="utf-8-sig", errors="replace")
+                    if path.exists() else None)
+        changes.append((rel, str(path), format_tags(new)))
+    backup.commit()  # before any caption is written: an interrupted edit can be undone
+    failed = write_texts([(path, text) for _, path, text in changes])
+    if failed:
+        raise UserError(f"{len(failed)} captions could not be written: " + "; ".join(failed.values()))
+    for rel, _, _ in changes:
+        data.refresh(rel)
+    return [rel for rel, _, _ in changes]
+
+
+def _siblings(image: Path) -> list[Path]:
+    return [image] + [p for p in (image.with_suffix(s) for s in CAPTION_SUFFIXES) if p.is_file()]
+
+
+def exclude(data: Dataset, rel: str) -> None:
+    image = data.root / rel
+    for path in _siblings(image):
+        move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
+    del data.entries[rel]
+    data.reload()
+
+
+def excluded(root: Path) -> list[str]:
+    from lorakit.discovery import discover_names
+
+    folder = root / EXCLUDED
+    return discover_names(folder) if folder.is_dir() else []
+
+
+def restore(data: Dataset, rel: str) -> None:
+    if rel not in excluded(data.root):
+        raise UserError(f"{rel} is not among the excluded images")
+    image = data.root / EXCLUDED / rel
+    for path in _siblings(image):
+        target = data.root / path.relative_to(data.root / EXCLUDED)
+        if target.exists():
+            raise UserError(f"{target.relative_to(data.root)} exists again: move it away to restore the excluded one")
+    for path in _siblings(image):
+        move_file(path, data.root / path.relative_to(data.root / EXCLUDED))
+    data.reload()

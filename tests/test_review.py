@@ -1,0 +1,167 @@
+"""lorakit review through Starlette's test client: what the page asks for and what it writes
+(filters, tag marks, edits and conflicts, bulk edits, undo, exclusion), and what it refuses
+(writes without the token, from another origin, read-only; files that are not the dataset's)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run
+from PIL import Image
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from lorakit.review.cli import prepare  # noqa: E402
+from lorakit.review.server import Review  # noqa: E402
+from lorakit.tagging.relations import load as relations  # noqa: E402
+
+
+def dataset(root):
+    kit, bg = root / "10_kit", root / "5_bg"
+    kit.mkdir(parents=True)
+    bg.mkdir()
+    for name, colour, caption in (("a", (200, 30, 30), "kitchan, red hair, hat"), ("b", (30, 200, 30), "kitchan, red hair"),
+                                  ("c", (30, 30, 200), None)):
+        Image.new("RGB", (160, 200), colour).save(kit / f"{name}.png")
+        if caption:
+            (kit / f"{name}.txt").write_text(caption + "\n")
+    blocks = np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    big = Image.fromarray(blocks).resize((256, 256), Image.BICUBIC)
+    big.save(bg / "big.png")
+    big.resize((128, 128), Image.BILINEAR).save(bg / "copy.png")  # the same picture, smaller
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(bg / "noisy.png")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(bg / "tiny.png")
+    for name in ("big", "copy", "noisy", "tiny"):
+        (bg / f"{name}.txt").write_text("simple background, red hairband, hairband\n")
+    return root
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = dataset(tmp_path / "data")
+    data = prepare(root, 2, False)
+    review = Review(data, relations=relations("danbooru"))
+    client = TestClient(review.app())
+    client.headers["X-Lorakit-Token"] = review.token
+    return root, review, client
+
+
+def images(client, **query):
+    return client.get("/api/images", params=query).json()
+
+
+def test_thumbnails_are_made_once_and_the_filters_select(site):
+    root, review, client = site
+    thumbs = sorted((root / ".lorakit" / "thumbs").glob("*.jpg"))
+    assert len(thumbs) == 7 and prepare(root, 2, False).cache.missing(list(review.data.entries)) == []
+    assert client.get("/").status_code == 200 and review.token in client.get("/").text
+    everything = images(client)
+    assert everything["count"] == everything["total"] == 7
+    assert {f["folder"]: f["repeats"] for f in everything["folders"]} == {"10_kit": 10, "5_bg": 5}
+    rels = lambda **q: [i["rel"] for i in images(client, **q)["items"]]  # noqa: E731
+    assert rels(q="red hair -hat") == ["10_kit/b.png"]
+    assert rels(q="Red_Hair") == ["10_kit/a.png", "10_kit/b.png"]
+    assert rels(q="*hairband") == ["5_bg/big.png", "5_bg/copy.png", "5_bg/noisy.png", "5_bg/tiny.png"]
+    assert rels(folder="10_kit", no_caption="1") == ["10_kit/c.png"]
+    assert rels(smaller_than="64") == ["5_bg/tiny.png"]
+    assert rels(flagged="1") == ["5_bg/noisy.png"]
+    assert rels(duplicates="1") == ["5_bg/big.png", "5_bg/copy.png"]  # the larger first, as curate dedupe keeps
+    assert images(client, per_page=2, page=2)["items"][0]["rel"] == "10_kit/c.png"
+    assert client.get("/thumb", params={"rel": "10_kit/a.png"}).headers["content-type"] == "image/jpeg"
+
+
+def test_tag_panel_marks_implied_and_unknown_tags_and_completes(site):
+    _, review, client = site
+    tags = {t["tag"]: t for t in client.get("/api/tags", params={"folder": "5_bg"}).json()["tags"]}
+    assert tags["hairband"]["implied"] and not tags["red_hairband"]["implied"]  # red_hairband implies hairband
+    assert tags["hairband"]["images"] == 4
+    completions = client.get("/api/complete", params={"prefix": "red"}).json()["tags"]
+    assert completions[:2] == ["red hairband", "red hair"]  # the dataset's, most frequent first
+
+    from lorakit.tagging.relations import Relations
+
+    review.relations = Relations("danbooru", implies={"red_hairband": ["hairband"]},
+                                 categories={"red_hair": 0, "hat": 0, "hairband": 0, "red_hairband": 0, "red_eyes": 0})
+    tags = {t["tag"]: t for t in client.get("/api/tags").json()["tags"]}
+    assert tags["kitchan"]["unknown"] and tags["simple_background"]["unknown"] and not tags["red_hair"]["unknown"]
+    assert "red eyes" in client.get("/api/complete", params={"prefix": "red"}).json()["tags"]  # then the vocabulary's
+
+
+def test_edit_conflict_bulk_and_undo(site):
+    root, _, client = site
+    caption = root / "10_kit" / "b.txt"
+    item = next(i for i in images(client)["items"] if i["rel"] == "10_kit/b.png")
+    saved = client.post("/api/caption", json={"rel": "10_kit/b.png", "version": item["version"],
+                                              "caption": "kitchan, red hair, smile"})
+    assert saved.status_code == 200 and caption.read_text() == "kitchan, red hair, smile\n"
+    assert len(list((root / ".lorakit" / "backups").glob("*review-edit.json"))) == 1
+    caption.write_text("kitchan, changed elsewhere\n")  # another program wrote it meanwhile
+    stale = client.post("/api/caption", json={"rel": "10_kit/b.png", "version": saved.json()["version"],
+                                              "caption": "kitchan, mine"})
+    assert stale.status_code == 409 and stale.json()["disk"] == "kitchan, changed elsewhere\n"
+    assert stale.json()["yours"] == "kitchan, mine" and caption.read_text() == "kitchan, changed elsewhere\n"
+
+    bulk = client.post("/api/bulk", json={"query": {"folder": "10_kit"}, "add": ["solo"], "remove": ["hat"]})
+    assert sorted(bulk.json()["changed"]) == ["10_kit/a.png", "10_kit/b.png", "10_kit/c.png"]
+    assert (root / "10_kit" / "a.txt").read_text() == "kitchan, red hair, solo\n"
+    assert (root / "10_kit" / "c.txt").read_text() == "solo\n"  # tags added: a caption is made
+    run("tag", "undo", root)  # the command line reverts the page's last change
+    assert (root / "10_kit" / "a.txt").read_text() == "kitchan, red hair, hat\n"
+    assert not (root / "10_kit" / "c.txt").exists()
+    undone = client.post("/api/undo", json={})  # and the page reverts the one before
+    assert undone.status_code == 200 and caption.read_text() == "kitchan, red hair\n"
+
+
+def test_exclude_moves_and_restore_brings_back(site):
+    root, _, client = site
+    assert client.post("/api/exclude", json={"rel": "5_bg/tiny.png"}).status_code == 200
+    assert (root / ".lorakit" / "excluded" / "5_bg" / "tiny.png").is_file()
+    assert (root / ".lorakit" / "excluded" / "5_bg" / "tiny.txt").is_file() and not (root / "5_bg" / "tiny.png").exists()
+    assert client.get("/api/excluded").json()["excluded"] == ["5_bg/tiny.png"]
+    assert images(client)["total"] == 6
+    assert client.post("/api/restore", json={"rel": "5_bg/tiny.png"}).status_code == 200
+    assert (root / "5_bg" / "tiny.png").is_file() and images(client)["total"] == 7
+    assert client.post("/api/restore", json={"rel": "../../etc/passwd"}).status_code == 400
+
+
+def test_writes_need_the_token_the_origin_and_json(site):
+    root, review, client = site
+    body = {"query": {}, "add": ["x"]}
+    assert client.post("/api/bulk", json=body, headers={"X-Lorakit-Token": "guess"}).status_code == 403
+    evil = client.post("/api/bulk", json=body, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "cross-origin" in evil.json()["error"]
+    assert client.post("/api/bulk", json=body, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post("/api/bulk", content=json.dumps(body), headers={"Content-Type": "text/plain"}).status_code == 415
+    assert not any("x" in p.read_text() for p in root.rglob("*.txt") if ".lorakit" not in p.parts)
+    review.read_only = True
+    assert client.post("/api/bulk", json=body).status_code == 403
+
+
+def test_only_the_datasets_images_are_served(site, tmp_path):
+    root, review, client = site
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    os.symlink(secret, root / "10_kit" / "link.png")
+    review.data.reload()
+    for rel in ("../secret.png", "10_kit/a.txt", "10_kit/link.png", "/etc/passwd", ".lorakit/thumbs/facts.json"):
+        assert client.get("/file", params={"rel": rel}).status_code == 404, rel
+    assert client.get("/file", params={"rel": "10_kit/a.png"}).status_code == 200
+
+
+def test_detail_shows_the_taggers_probabilities(site):
+    root, review, client = site
+    from lorakit.tagging.auto import save_sidecars
+    from lorakit.tagging.models import TagInfo
+
+    info = TagInfo(("general", "red_hair", "hat"), (9, 0, 0))
+    save_sidecars(root, {__import__("pathlib").Path("10_kit/a.png"): np.array([0.9, 0.8, 0.3], np.float32)}, info, "wd")
+    detail = client.get("/api/image", params={"rel": "10_kit/a.png"}).json()
+    assert detail["probabilities"]["model"] == "wd"
+    assert [t["tag"] for t in detail["probabilities"]["tags"]] == ["general", "red hair", "hat"]
+    assert detail["width"] == 160 and detail["format"] == "PNG"
+    assert client.get("/api/image", params={"rel": "10_kit/b.png"}).json()["probabilities"] is None
