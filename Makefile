@@ -63,6 +63,7 @@ bench: setup-test
 	$(PY) bench/clean.py
 	$(PY) bench/tag.py
 	$(PY) bench/train.py
+	$(PY) bench/review.py
 
 bench-gpu: setup
 	$(PY) bench/gpu.py --json bench/gpu-results.json
