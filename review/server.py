@@ -94,6 +94,10 @@ class Review:
         page = max(1, int(request.query_params.get("page", "1") or 1))
         per_page = min(500, max(1, int(request.query_params.get("per_page", PAGE_SIZE) or PAGE_SIZE)))
         items = [self._item(r) for r in chosen[(page - 1) * per_page: page * per_page]]
+        if self._query(request.query_params).duplicates:  # which group each belongs to, to show them apart
+            group_of = {rel: k for k, group in enumerate(self.data.duplicate_groups(), 1) for rel in group}
+            for item in items:
+                item["group"] = group_of.get(item["rel"])
         return JSONResponse({"count": len(chosen), "total": len(self.data.entries), "page": page,
                              "pages": max(1, -(-len(chosen) // per_page)), "items": items,
                              "folders": self.data.folders()})

@@ -165,3 +165,32 @@ def test_detail_shows_the_taggers_probabilities(site):
     assert [t["tag"] for t in detail["probabilities"]["tags"]] == ["general", "red hair", "hat"]
     assert detail["width"] == 160 and detail["format"] == "PNG"
     assert client.get("/api/image", params={"rel": "10_kit/b.png"}).json()["probabilities"] is None
+
+
+def test_duplicates_come_with_their_group_and_a_foreign_host_is_refused(site):
+    _, review, client = site
+    items = images(client, duplicates="1")["items"]
+    assert [i["group"] for i in items] == [1, 1]
+    review.allowed_hosts = {"127.0.0.1:8765"}
+    assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 421  # DNS rebinding
+    assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+
+
+def test_listening_beyond_this_machine_is_warned_of(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, OFFLINE
+
+    root = dataset(tmp_path / "data")
+    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--host", "0.0.0.0", "-j", "1"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **OFFLINE})
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(line.startswith("http://") for line in lines):
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    text = " ".join("".join(lines).split())
+    assert "warning: listening on 0.0.0.0: other machines can reach this page" in text

@@ -44,6 +44,7 @@ async function load() {
       folder.add(new Option(label, f.folder));
     }
   }
+  state.folders = Object.fromEntries(data.folders.map((f) => [f.folder, f]));
   render(data.items);
   loadTags();
 }
@@ -53,11 +54,14 @@ function render(items) {
   gallery.replaceChildren();
   let grid = null, last = null;
   for (const item of items) {
-    if (item.folder !== last) {
+    const section = item.group ? `near-duplicates, group ${item.group}` : item.folder;
+    if (section !== last) {
       const heading = document.createElement("h3");
-      heading.textContent = item.folder;
+      const f = state.folders[item.folder];
+      heading.textContent = item.group ? section
+        : f && f.repeats ? `${f.folder}: ${f.images} images × ${f.repeats} repeats` : section;
       grid = document.createElement("div"); grid.className = "grid";
-      gallery.append(heading, grid); last = item.folder;
+      gallery.append(heading, grid); last = section;
     }
     const card = document.createElement("div");
     card.className = "card" + (item.caption === null ? " nocaption" : "");
