@@ -50,7 +50,8 @@ def test_the_wheel_has_one_import_root_and_its_data(installed):
     assert {n.split("/")[0] for n in names} == {"lorakit", "lorakit-0.1.0.dist-info"}
     for data in ("lorakit/tag_lists/builtin_e621_implications.csv", "lorakit/tag_lists/kaomoji.txt",
                  "lorakit/train/templates/subject.txt", "lorakit/train/model_configs/clip_merges.txt.gz",
-                 "lorakit/curate/upscale/archs.py"):
+                 "lorakit/curate/upscale/archs.py", "lorakit/review/templates/index.html",
+                 "lorakit/review/static/app.js", "lorakit/review/static/app.css"):
         assert data in names, data
     entry_points = zipfile.ZipFile(wheel).read("lorakit-0.1.0.dist-info/entry_points.txt").decode()
     for script in ("curate = lorakit.curate.cli:app", "tag = lorakit.tagging.cli:app", "train = lorakit.train.cli:app"):
@@ -65,6 +66,9 @@ def test_the_installed_commands_work_without_the_checkout(installed, tmp_path):
     for script in ("curate", "tag", "train", "lorakit"):
         proc = _run(tmp, bin_dir / script, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, proc.stderr[-1500:]
+    page = _run(tmp, "-c", "from lorakit.review.server import HERE; print((HERE / 'templates' / 'index.html').is_file(),"
+                           " (HERE / 'static' / 'app.js').is_file(), HERE)")
+    assert page.stdout.split()[:2] == ["True", "True"] and page.stdout.split()[2].startswith(str(site)), page.stdout
 
     folder = tmp_path / "data" / "2_kit"
     folder.mkdir(parents=True)
