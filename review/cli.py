@@ -16,6 +16,7 @@ from lorakit.options import DEFAULT_JOBS, Jobs, err_console, user_errors
 from lorakit.tagging.relations import VOCABS
 
 Vocabulary = Literal[VOCABS]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def prepare(root: Path, jobs: int, show_progress: bool):
@@ -64,7 +65,7 @@ def review(
         root = check_source(dir)
         data = prepare(root, jobs, err_console.is_terminal)
         server = Review(data, read_only, load(vocab), vocab)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         err_console.print(f"[yellow]warning[/yellow]: listening on {host}: other machines can reach this page "
                           "(its writes still need the page's token)", highlight=False)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -75,7 +76,8 @@ def review(
         err_console.print(f"[red]error[/red]: cannot listen on {host}:{port} ({exc.strerror})", highlight=False)
         raise typer.Exit(2) from None
     bound = sock.getsockname()[1]
-    server.allowed_hosts = {f"{name}:{bound}" for name in (host, "127.0.0.1", "localhost")}
+    if host in LOOPBACK:  # the page answers only to its own name: a DNS-rebinding site cannot read it
+        server.allowed_hosts = {f"{name}:{bound}" for name in (host, "127.0.0.1", "localhost", "[::1]")}
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}/"
     err_console.print(f"lorakit review: {len(data.entries)} images in {root}\n{url}  (Ctrl-C stops)", highlight=False)
     if open_:
