@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed 
 def served(tmp_path):
     root = dataset(tmp_path / "data")
     env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
-    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "1"],
+    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "2"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     url, lines = None, []
     deadline = time.time() + 60
