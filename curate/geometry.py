@@ -24,11 +24,18 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from lorakit.captions import CAPTION_SUFFIXES
 from lorakit.engine import Result, Stage, Task, with_params
 from lorakit.errors import UserError
 from lorakit.fsio import copy_file, write_text
-from lorakit.images import ImageError, check_file, load_image, natural_format, natural_output_name, save_image
+from lorakit.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    check_file,
+    load_image,
+    natural_format,
+    natural_output_name,
+    save_image,
+)
 from lorakit.report import COPIED, Report, Section
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom, in pixels (right and bottom excluded)
@@ -72,9 +79,10 @@ def piece_path(dst: Path, k: int) -> Path:
 
 def _check_free(task: Task, count: int) -> None:
     """`a-2.png` must not be another source image's output (it would be overwritten)."""
-    for k in range(1, count):
+    for k in range(1, count):  # a few existence checks per piece, not a listing of the folder per image
         stem = piece_path(task.src, k).stem
-        taken = [p for p in task.src.parent.iterdir() if p.stem == stem and p.suffix.lower() not in CAPTION_SUFFIXES]
+        taken = [p for suffix in IMAGE_SUFFIXES for p in (task.src.with_name(stem + suffix),
+                                                          task.src.with_name(stem + suffix.upper())) if p.is_file()]
         if taken:
             raise ValueError(f"its piece {stem} would overwrite the output of {taken[0].name}; rename one of them")
 

@@ -23,7 +23,7 @@ def prepare(root: Path, jobs: int, show_progress: bool):
     """The dataset with every image's facts and thumbnail made (only what changed)."""
     from lorakit.parallel import run_all
     from lorakit.review.dataset import Dataset
-    from lorakit.review.facts import FactsCache, make_facts
+    from lorakit.review.facts import make_facts
 
     data = Dataset(root)
     todo = data.cache.missing(list(data.entries))
@@ -33,9 +33,8 @@ def prepare(root: Path, jobs: int, show_progress: bool):
                           "thumbnails", err_console, show_progress)
         for rel, facts in zip(todo, results):
             data.cache.put(rel, facts)
+            data.entries[rel].facts = data.cache.get(rel)
         data.cache.save()
-        data.cache = FactsCache(root)
-        data.reload()
     return data
 
 

@@ -6,14 +6,13 @@ the vocabulary says of each tag (redundant by an implication, unknown).
 
 from __future__ import annotations
 
-import os
+import hashlib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from lorakit.captions import CAPTION_SUFFIXES, parse_repeats_folder, parse_tags
+from lorakit.captions import parse_repeats_folder, parse_tags
 from lorakit.curate.defaults import DEDUPE_DISTANCE, SCAN_THRESHOLD
-from lorakit.discovery import discover_names
 from lorakit.review.facts import Facts, FactsCache
 from lorakit.tagging.spelling import key
 
@@ -26,6 +25,7 @@ class Entry:
     caption: str | None  # its text (first line), None when there is no caption file
     tags: list[str] = field(default_factory=list)
     facts: Facts | None = None
+    version: str = ""  # a digest of the caption file's bytes as read ("" for none)
 
 
 @dataclass
@@ -36,6 +36,10 @@ class Query:
     flagged: bool = False  # curate scan's noise score at or above the threshold
     duplicates: bool = False  # in a near-duplicate group (shown group by group)
     smaller_than: int | None = None  # short side under this many pixels
+
+
+def caption_version(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
 
 
 def parse_query(text: str) -> tuple[list[str], list[str]]:
@@ -56,34 +60,34 @@ class Dataset:
         self.cache = FactsCache(root)
         self.entries: dict[str, Entry] = {}
         self.by_tag: dict[str, set[str]] = {}
+        self._groups: list[list[str]] | None = None
         self.reload()
 
     # --- reading -------------------------------------------------------------------------------
 
     def reload(self) -> None:
+        """Every image with its caption file, as `tag edit` finds them (tagging.rewrite.targets)."""
+        from lorakit.tagging.rewrite import targets
+
         self.entries = {}
-        listings: dict[str, set[str]] = {}
-        for rel in discover_names(self.root):
-            parent, _, name = rel.rpartition("/")
-            if parent not in listings:
-                listings[parent] = set(os.listdir(self.root / parent)) if parent else set(os.listdir(self.root))
-            stem = os.path.splitext(name)[0]
-            found = next((stem + s for s in CAPTION_SUFFIXES if stem + s in listings[parent]), None)
-            caption_rel = f"{parent}/{found or stem + '.txt'}" if parent else (found or stem + ".txt")
-            self.entries[rel] = Entry(rel, parent.split("/")[0] if parent else ".", caption_rel, None)
-            if found:
-                self._read_caption(self.entries[rel])
-        for rel, entry in self.entries.items():
+        self._groups = None
+        for target in targets(self.root):
+            rel = target.image.as_posix()
+            entry = Entry(rel, rel.split("/")[0] if "/" in rel else ".", target.name, None)
+            if target.exists:
+                self._read_caption(entry)
             entry.facts = self.cache.get(rel)
+            self.entries[rel] = entry
         self._index()
 
     def _read_caption(self, entry: Entry) -> None:
         try:
-            with open(self.root / entry.caption_rel, encoding="utf-8-sig", errors="replace") as f:
-                text = f.read()
+            data = (self.root / entry.caption_rel).read_bytes()
         except OSError:
-            entry.caption, entry.tags = None, []
+            entry.caption, entry.tags, entry.version = None, [], ""
             return
+        text = data.decode("utf-8-sig", errors="replace")
+        entry.version = caption_version(data)  # what the page sees: an edit is checked against it
         entry.caption = text.strip().splitlines()[0].strip() if text.strip() else ""
         entry.tags = parse_tags(text)
 
@@ -146,7 +150,13 @@ class Dataset:
         return sorted(chosen)
 
     def duplicate_groups(self) -> list[list[str]]:
-        """curate dedupe's groups (its hashes, distance and colour check), largest image first."""
+        """curate dedupe's groups (its hashes, distance and colour check), largest image first;
+        kept until the images are read again (a caption edit changes no image)."""
+        if self._groups is None:
+            self._groups = self._duplicate_groups()
+        return self._groups
+
+    def _duplicate_groups(self) -> list[list[str]]:
         from lorakit.curate.dedupe import Fingerprint, group_duplicates
 
         rels = [r for r, e in self.entries.items() if e.facts and not e.facts.error]

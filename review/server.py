@@ -34,6 +34,9 @@ class Review:
         self.data, self.read_only, self.relations, self.vocab = data, read_only, relations, vocab
         self.token = secrets.token_urlsafe(32)
         self.allowed_hosts: set[str] = set()  # host:port the server answers as (set when it binds)
+        from jinja2 import Template
+
+        self.template = Template((HERE / "templates" / "index.html").read_text(encoding="utf-8"), autoescape=True)
 
     # --- guards ----------------------------------------------------------------------------------
 
@@ -75,17 +78,14 @@ class Review:
         e = self.data.entries[rel]
         f = e.facts
         return {"rel": rel, "folder": e.folder, "caption": e.caption, "tags": e.tags,
-                "version": writes.version(self.data.root / e.caption_rel),
+                "version": e.version,
                 "width": f.width if f else None, "height": f.height if f else None,
                 "error": f.error if f else ""}
 
     async def page(self, request: Request) -> Response:
         if not self._host_ok(request):
             return Response("unknown host", 421)
-        html = (HERE / "templates" / "index.html").read_text(encoding="utf-8")
-        from jinja2 import Template
-
-        return HTMLResponse(Template(html, autoescape=True).render(
+        return HTMLResponse(self.template.render(
             token=self.token, root=str(self.data.root), read_only=self.read_only, vocab=self.vocab),
             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
@@ -131,7 +131,7 @@ class Review:
         """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05."""
         from lorakit.tagging.auto import SIDECAR, load_sidecar
 
-        found = load_sidecar((self.data.root / rel).parent / SIDECAR)
+        found = load_sidecar((self.data.root / rel).parent / SIDECAR, only=Path(rel).name)
         if found is None or Path(rel).name not in found[2]:
             return None
         info, model, rows = found

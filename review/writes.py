@@ -6,24 +6,23 @@ Excluding an image moves it (and its captions) to DIR/.lorakit/excluded/, never 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.captions import CAPTION_SUFFIXES, format_tags, parse_tags
 from lorakit.errors import UserError
-from lorakit.fsio import move_file, write_text, write_texts
-from lorakit.review.dataset import Dataset
+from lorakit.fsio import move_file, write_text
+from lorakit.review.dataset import Dataset, caption_version
 from lorakit.tagging.edit import EditOps, apply
-from lorakit.tagging.rewrite import Backup
+from lorakit.tagging.rewrite import CHANGED, CREATED, Backup, rewrite
 
 EXCLUDED = Path(".lorakit") / "excluded"
 
 
 def version(path: Path) -> str:
-    """What the page saw of a caption: a digest of its bytes ("" for no caption file)."""
+    """The caption on disk now, as the page's versions are made ("" for no caption file)."""
     try:
-        return hashlib.sha1(path.read_bytes()).hexdigest()
+        return caption_version(path.read_bytes())
     except FileNotFoundError:
         return ""
 
@@ -52,25 +51,20 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
 
 
 def bulk_edit(data: Dataset, rels: list[str], ops: EditOps) -> list[str]:
-    """`tag edit`'s operations on these images' captions (one backup for all); the images whose
-    caption changed. Images without a caption get one only when tags are added."""
-    changes, backup = [], Backup(data.root, "review-bulk")
-    for rel in rels:
-        entry = data.entries[rel]
-        new = apply(list(entry.tags), ops)
-        if new == entry.tags or (entry.caption is None and not new):
-            continue
-        path = data.root / entry.caption_rel
-        backup.save(entry.caption_rel, path.read_text(encoding="utf-8-sig", errors="replace")
-                    if path.exists() else None)
-        changes.append((rel, str(path), format_tags(new)))
-    backup.commit()  # before any caption is written: an interrupted edit can be undone
-    failed = write_texts([(path, text) for _, path, text in changes])
-    if failed:
-        raise UserError(f"{len(failed)} captions could not be written: " + "; ".join(failed.values()))
-    for rel, _, _ in changes:
+    """`tag edit`'s operations on these images' captions, through `tag edit`'s own rewrite (one
+    backup, written before any caption); the images whose caption changed. Images without a
+    caption get one only when tags are added."""
+    chosen = set(rels)
+    report = rewrite(data.root, "review-bulk", lambda image, tags: apply(tags, ops) if image.as_posix() in chosen
+                     else None, dry_run=False, create=bool(ops.add))
+    if report.failed:
+        raise UserError(f"{len(report.failed)} captions could not be written: "
+                        + "; ".join(o.message for o in report.failed))
+    by_caption = {data.entries[rel].caption_rel: rel for rel in rels}
+    changed = [by_caption[o.path] for o in report.outcomes if o.status in (CHANGED, CREATED)]
+    for rel in changed:
         data.refresh(rel)
-    return [rel for rel, _, _ in changes]
+    return changed
 
 
 def _siblings(image: Path) -> list[Path]:
@@ -81,7 +75,6 @@ def exclude(data: Dataset, rel: str) -> None:
     image = data.root / rel
     for path in _siblings(image):
         move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
-    del data.entries[rel]
     data.reload()
 
 

@@ -76,7 +76,9 @@ def save_sidecars(root: Path, probs: dict[Path, np.ndarray], info: TagInfo, mode
                     values=np.concatenate(values) if values else np.zeros(0, np.float16))
 
 
-def load_sidecar(path: Path) -> tuple[TagInfo, str, dict[str, np.ndarray]] | None:
+def load_sidecar(path: Path, only: str | None = None) -> tuple[TagInfo, str, dict[str, np.ndarray]] | None:
+    """The folder's rows by image name; `only`: that image's row alone (the review page asks for
+    one image, and a dense row per image of a large folder is hundreds of MB)."""
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
@@ -84,6 +86,8 @@ def load_sidecar(path: Path) -> tuple[TagInfo, str, dict[str, np.ndarray]] | Non
         offsets, indices, values = data["offsets"], data["indices"], data["values"]
         rows = {}
         for n, name in enumerate(data["images"]):
+            if only is not None and str(name) != only:
+                continue
             row = np.zeros(len(info.names), np.float32)
             row[indices[offsets[n]:offsets[n + 1]]] = values[offsets[n]:offsets[n + 1]]
             rows[str(name)] = row

@@ -21,7 +21,7 @@ from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.report import OK, Outcome, Report, Section
 from lorakit.train.embedding_files import BUNDLE
-from lorakit.train.network import model_hashes
+from lorakit.train.network import compose, model_hashes
 
 PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
@@ -40,13 +40,8 @@ class Module:
         return self.down.shape[0]
 
     def delta(self) -> torch.Tensor:
-        """The change to the layer's weight, float32, in the layer's own shape. A LoCon 3x3
-        module's down is a k x k convolution and its up a 1x1 one: the product is taken over the
-        flattened down, which is what running the two convolutions in a row computes."""
-        down, up = self.down.float(), self.up.float()
-        product = up.flatten(1) @ down.flatten(1)
-        shape = (up.shape[0], *down.shape[1:])
-        return (product * (self.alpha / self.rank)).reshape(shape)
+        """The change to the layer's weight, float32, in the layer's own shape."""
+        return compose(self.up.float(), self.down.float()) * (self.alpha / self.rank)
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

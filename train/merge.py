@@ -87,7 +87,8 @@ def merge_loras(sources: list[Path], out: Path, ratios: list[float] | None = Non
             merged = Module(down, up, float(down.shape[0]))
         else:
             resized = factor(sum(r * m.delta() for r, m in parts), dim, 1.0)
-            merged, _ = resized.module, retained.append(resized.retained)
+            merged = resized.module
+            retained.append(resized.retained)
         result.update(module_tensors(name, merged, DTYPES[precision]))
     embeddings, notes = _embeddings(read)
     result.update(embeddings)

@@ -30,6 +30,13 @@ MODULES = {"lora": "ours", "locon": "ours", "dylora": "ours", **{algo: "lycoris"
            "none": None}
 
 
+def compose(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """up·down as one weight of the adapted layer's shape (linear, 1x1 or k x k convolution: a
+    k x k down followed by a 1 x 1 up is one k x k kernel, the same product over its flattened
+    input and kernel positions)."""
+    return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+
+
 class LoRAModule(nn.Module):
     def __init__(self, target: Target, rank: int, alpha: float, dropout: float = 0.0, rank_dropout: float = 0.0,
                  module_dropout: float = 0.0):
@@ -93,14 +100,7 @@ class LoRAModule(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The change this module makes to the base weight, with its scale applied."""
-        down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
-        if down.dim() == 2:
-            delta = up @ down
-        elif down.shape[2:] == (1, 1):
-            delta = (up[:, :, 0, 0] @ down[:, :, 0, 0])[:, :, None, None]
-        else:  # a k x k down followed by a 1 x 1 up composes into one k x k kernel
-            delta = nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-        return delta * self.scale * self.multiplier
+        return compose(self.lora_up.weight.float(), self.lora_down.weight.float()) * self.scale * self.multiplier
 
 
 class DyLoRAModule(LoRAModule):
