@@ -1,7 +1,10 @@
 """The caption-file and `N_name` folder conventions (docs/architecture.md, "The folder contract between stages").
 
 A caption is a UTF-8 text file beside its image, with the image's stem and the suffix `.txt`
-(`.caption` is read too), one line of tags separated by ", ".
+(`.caption` is read too). Line 1 holds the tags, separated by ", "; further lines hold sentences
+or alternatives (kohya's wildcard captions pick one line per epoch). A command that changes the
+tags rewrites line 1 only: every other byte (a BOM, CRLF line endings, the further lines, bytes
+that are not UTF-8) stays as it was (`split_caption`, `join_caption`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,32 @@ def caption_files(image: Path) -> list[Path]:
 
 
 def parse_tags(text: str) -> list[str]:
-    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    """The tags of a caption's text: its line 1 (a blank line 1 holds none, whatever follows)."""
+    first_line = text.lstrip("\ufeff").split("\n", 1)[0]
     return [t.strip() for t in first_line.split(",") if t.strip()]
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def split_caption(data: bytes) -> tuple[bytes, str, bytes]:
+    """A caption file's bytes as (BOM, line 1, the rest): line 1 decoded (bytes that are not
+    UTF-8 kept as surrogates, so they are written back as they were), the rest (line 1's
+    ending, CRLF or LF, and every further line) left as bytes. `join_caption` puts a caption
+    back together with new tags."""
+    bom = BOM if data.startswith(BOM) else b""
+    end = data.find(b"\n", len(bom))
+    end = len(data) if end < 0 else end - 1 if data[end - 1:end] == b"\r" and end > len(bom) else end
+    line = data[len(bom):end]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        text = line.decode("utf-8", "surrogateescape")
+    return bom, text, data[end:]
+
+
+def join_caption(bom: bytes, tags: list[str], rest: bytes) -> bytes:
+    return bom + SEPARATOR.join(tags).encode("utf-8", "surrogateescape") + rest
 
 
 def read_tags(caption: Path) -> list[str]:
@@ -35,10 +62,12 @@ def format_tags(tags: list[str]) -> str:
 
 
 def copy_with_tags(src: Path, dst: Path, extra: list[str]) -> None:
-    """Copy a caption file, appending tags it does not already have."""
-    tags = read_tags(src)
+    """Copy a caption file, appending tags it does not already have to line 1 (every other byte
+    copied as it is)."""
+    bom, line, rest = split_caption(src.read_bytes())
+    tags = parse_tags(line)
     tags += [t for t in extra if t not in tags]
-    write_text(dst, format_tags(tags))
+    write_text(dst, join_caption(bom, tags, rest))
 
 
 def write_new_caption(dst: Path, tags: list[str]) -> None:

@@ -88,7 +88,7 @@ class Dataset:
             return
         text = data.decode("utf-8-sig", errors="replace")
         entry.version = caption_version(data)  # what the page sees: an edit is checked against it
-        entry.caption = text.strip().splitlines()[0].strip() if text.strip() else ""
+        entry.caption = text.lstrip("\ufeff").split("\n", 1)[0].strip()  # line 1: the tags
         entry.tags = parse_tags(text)
 
     def _index(self) -> None:

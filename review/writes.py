@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit.captions import CAPTION_SUFFIXES, format_tags, parse_tags
+from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_tags, split_caption
 from lorakit.errors import UserError
 from lorakit.fsio import move_file, write_text
+from lorakit.locks import folder_lock
 from lorakit.review.dataset import Dataset, caption_version
 from lorakit.tagging.edit import EditOps, apply
 from lorakit.tagging.rewrite import CHANGED, CREATED, Backup, rewrite
@@ -38,14 +39,19 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
     new version. The previous text goes into a backup first."""
     entry = data.entries[rel]
     path = data.root / entry.caption_rel
-    if version(path) != seen:
-        raise Conflict(path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None, text)
-    old = path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None
-    new = format_tags(parse_tags(text))
-    backup = Backup(data.root, "review-edit")
-    backup.save(entry.caption_rel, old)
-    backup.commit()
-    write_text(path, new)
+    with folder_lock(data.root, "lorakit review"):
+        if version(path) != seen:
+            raise Conflict(path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None, text)
+        old = path.read_bytes() if path.exists() else None
+        if old is None:
+            new = format_tags(parse_tags(text)).encode("utf-8")
+        else:  # the tags are line 1; the caption's other lines and bytes stay as they are
+            bom, _, rest = split_caption(old)
+            new = join_caption(bom, parse_tags(text), rest)
+        backup = Backup(data.root, "review-edit")
+        backup.save(entry.caption_rel, old)
+        backup.commit()
+        write_text(path, new, like=path.stat() if old is not None else None)
     data.refresh(rel)
     return version(path)
 
@@ -73,8 +79,9 @@ def _siblings(image: Path) -> list[Path]:
 
 def exclude(data: Dataset, rel: str) -> None:
     image = data.root / rel
-    for path in _siblings(image):
-        move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
+    with folder_lock(data.root, "lorakit review"):
+        for path in _siblings(image):
+            move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
     data.reload()
 
 
@@ -89,10 +96,11 @@ def restore(data: Dataset, rel: str) -> None:
     if rel not in excluded(data.root):
         raise UserError(f"{rel} is not among the excluded images")
     image = data.root / EXCLUDED / rel
-    for path in _siblings(image):
-        target = data.root / path.relative_to(data.root / EXCLUDED)
-        if target.exists():
-            raise UserError(f"{target.relative_to(data.root)} exists again: move it away to restore the excluded one")
-    for path in _siblings(image):
-        move_file(path, data.root / path.relative_to(data.root / EXCLUDED))
+    with folder_lock(data.root, "lorakit review"):
+        for path in _siblings(image):
+            target = data.root / path.relative_to(data.root / EXCLUDED)
+            if target.exists():
+                raise UserError(f"{target.relative_to(data.root)} exists again: move it away to restore the excluded one")
+        for path in _siblings(image):
+            move_file(path, data.root / path.relative_to(data.root / EXCLUDED))
     data.reload()

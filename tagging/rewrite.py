@@ -2,13 +2,17 @@
 mechanism for every command that rewrites captions, with a `--dry-run` diff and a backup of
 each changed file, so `tag undo DIR` restores the last change.
 
-Backups live in DIR/.lorakit/backups/<time>-<command>.json: the previous text of every changed
-caption and the names of the captions that did not exist before, in one file (captions are
-small; one file per command, not one per caption, keeps a 100,000-caption edit fast).
+Backups live in DIR/.lorakit/backups/<time>-<command>.json: the previous bytes of every changed
+caption (as text where they are UTF-8, else base64) and the names of the captions that did not
+exist before, in one file (captions are small; one file per command, not one per caption, keeps
+a 100,000-caption edit fast). Only line 1 (the tags) is ever rewritten; every other byte of a
+caption stays as it was (lorakit/captions.py). A command holds the dataset's lock
+(lorakit/locks.py) from its first read to its last write, so two never edit one folder at once.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
@@ -19,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lorakit.captions import CAPTION_SUFFIXES, format_tags, parse_tags
+from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_tags, split_caption
 from lorakit.discovery import check_source, discover_names
 from lorakit.errors import UserError
 from lorakit.fsio import sync_folder, write_text, write_texts
+from lorakit.locks import folder_lock
 from lorakit.parallel import default_jobs, forked_map
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 
@@ -68,17 +73,48 @@ class Backup:
         self.root, self.path = root, root / BACKUPS / f"{stamp}-{command}.json"
         self.command, self.changed, self.created = command, {}, []
 
-    def save(self, rel: str, text: str | None) -> None:
-        """`text`: the caption's previous content, or None if it did not exist."""
-        if text is None:
+    def save(self, rel: str, data: bytes | None) -> None:
+        """`data`: the caption's previous bytes, or None if it did not exist."""
+        if data is None:
             self.created.append(rel)
         else:
-            self.changed[rel] = text
+            self.changed[rel] = data
+
+    def forget(self, rels: set[str]) -> None:
+        """Drop captions whose write failed (they still hold what the backup would restore), so
+        that an undo does not stop on them."""
+        self.changed = {rel: data for rel, data in self.changed.items() if rel not in rels}
+        self.created = [rel for rel in self.created if rel not in rels]
 
     def commit(self) -> None:
-        if self.changed or self.created:
-            write_text(self.path, json.dumps(
-                {"command": self.command, "changed": self.changed, "created": self.created}), durable=True)
+        """Write the backup (on disk before this returns), or remove it when it holds nothing.
+        A backup that cannot be written is a UserError: the edit it would protect must not run."""
+        if not (self.changed or self.created):
+            self.path.unlink(missing_ok=True)
+            return
+        manifest = {"command": self.command, "changed": {rel: _stored(data) for rel, data in self.changed.items()},
+                    "created": self.created}
+        try:
+            write_text(self.path, json.dumps(manifest), durable=True)
+        except OSError as e:
+            raise UserError(f"cannot write the backup {self.path}: {e.strerror or e}; no caption was changed") from None
+
+
+def _stored(data: bytes) -> str | dict:
+    """A caption's bytes in a backup: as text where they are UTF-8 (readable, and fast), else as
+    base64, so that an undo restores them byte for byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _restored(value) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and isinstance(value.get("base64"), str):
+        return base64.b64decode(value["base64"], validate=True)
+    raise ValueError(f"not a caption's content: {str(value)[:40]!r}")
 
 
 def _read_chunk(paths: list[str | None]) -> list[bytes | OSError | None]:
@@ -123,15 +159,26 @@ def rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool = 
     collecting = gc.isenabled()
     gc.disable()  # 100,000s of small lists and outcomes, no cycles: the collector's repeated
     try:          # scans of them cost 2.5 s of a 12 s run over 100,000 captions (measured)
-        return _rewrite(root, command, edit, dry_run, create, pure)
+        if dry_run:
+            return _rewrite(root, command, edit, dry_run, create, pure)
+        with folder_lock(root, f"tag {command}"):
+            return _rewrite(root, command, edit, dry_run, create, pure)
     finally:
         if collecting:
             gc.enable()
 
 
+def shown(tags: list[str]) -> list[str]:
+    """Tags for a report: bytes that are not UTF-8 (kept as surrogates, to be written back as
+    they were) shown as U+FFFD, which any terminal and any JSON reader take."""
+    if all(t.isascii() for t in tags):
+        return tags
+    return [t.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for t in tags]
+
+
 def _edited(found: list[Target], edit: Edit, pure: bool) -> Iterator[OSError | tuple | None]:
     """For each target in order: the read error, None when `edit` leaves it alone, else
-    (previous text or None, tags before, tags after)."""
+    (previous bytes or None, tags before, tags after, the new bytes)."""
     def edit_span(span: tuple[int, int]) -> list[OSError | tuple | None]:
         part = found[span[0]:span[1]]
         out: list[OSError | tuple | None] = []
@@ -139,10 +186,14 @@ def _edited(found: list[Target], edit: Edit, pure: bool) -> Iterator[OSError | t
             if isinstance(data, OSError):
                 out.append(data)
                 continue
-            text = None if data is None else data.decode("utf-8-sig", errors="replace")
-            before = parse_tags(text) if text is not None else []
+            bom, line, rest = split_caption(data) if data is not None else (b"", "", None)
+            before = parse_tags(line)
             after = edit(target.image, before)
-            out.append(None if after is None or after == before else (text, before, after))
+            if after is None or after == before:
+                out.append(None)
+                continue
+            new = join_caption(bom, after, rest) if rest is not None else format_tags(after).encode("utf-8")
+            out.append((data, before, after, new))
         return out
 
     jobs = default_jobs() if pure and len(found) >= PARALLEL_FROM else 1
@@ -164,53 +215,136 @@ def _rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool, 
         if result is None:
             report.outcomes.append(Outcome(name, OK, "unchanged"))
             continue
-        text, before, after = result
+        data, before, after, new = result
         after_set, before_set = set(after), set(before)
         removed = [t for t in before if t not in after_set]
         added = [t for t in after if t not in before_set]
-        diff_rows.append([name, ", ".join(removed), ", ".join(added)])
+        diff_rows.append([name, ", ".join(shown(removed)), ", ".join(shown(added))])
         status = PLANNED if dry_run else CHANGED if target.exists else CREATED
         report.outcomes.append(Outcome(name, status, "would change" if dry_run else "",
-                                       {"before": before, "after": after}))
-        backup.save(name, text)
-        changes.append((target.caption, format_tags(after)))
+                                       {"before": shown(before), "after": shown(after)}))
+        backup.save(name, data)
+        changes.append((target.caption, new))
         outcomes[target.caption] = report.outcomes[-1]
     if changes and not dry_run:
         backup.commit()
-        _mark_failed(outcomes, write_texts(changes))
+        failed = write_texts(changes)
+        _mark_failed(outcomes, failed)
+        if failed:  # the backup keeps only what was written, so an undo is not stopped by the rest
+            backup.forget({outcomes[path].path for path in failed})
+            try:
+                backup.commit()
+            except UserError:
+                report.notes.append(f"{backup.path.relative_to(root)} still lists the captions that failed")
         sync_folder(root)
-        report.notes.append(f"previous captions kept in {backup.path.relative_to(root)}; "
-                            f"`tag undo {report.src}` restores them")
+        if backup.changed or backup.created:
+            report.notes.append(f"previous captions kept in {backup.path.relative_to(root)}; "
+                                f"`tag undo {report.src}` restores them")
     report.sections.append(Section("would change" if dry_run else "changes",
                                    ["caption", "removed", "added"], diff_rows))
     return report
 
 
+UNREADABLE = ".unreadable"  # the suffix a backup that cannot be read is set aside under
+
+
 def undo(root: Path, dry_run: bool = False) -> Report:
     """Restore the captions the last caption-rewriting command changed, and remove the ones it
-    created; that backup is then deleted, so the next undo goes one step further back."""
+    created; that backup is then deleted, so the next undo goes one step further back. Every
+    path in the backup must lie inside `root` (a shared dataset's `.lorakit/` is not trusted to
+    name files elsewhere)."""
     root = check_source(root)
+    if dry_run:
+        return _undo(root, dry_run)
+    with folder_lock(root, "tag undo"):
+        return _undo(root, dry_run)
+
+
+def _undo(root: Path, dry_run: bool) -> Report:
     sessions = sorted((root / BACKUPS).glob("*.json")) if (root / BACKUPS).is_dir() else []
     if not sessions:
         raise UserError(f"nothing to undo in {root}: no caption backups in {root / BACKUPS}")
     last = sessions[-1]
-    manifest = json.loads(last.read_text(encoding="utf-8"))
     report = Report("undo", str(root))
-    report.notes.append(f"undoing `{manifest['command']}` ({last.name})")
-    outcomes = {}
-    for rel, text in manifest["changed"].items():
-        report.outcomes.append(Outcome(rel, PLANNED if dry_run else "restored"))
-        outcomes[os.path.join(root, rel)] = report.outcomes[-1]
-    if not dry_run:
-        _mark_failed(outcomes, write_texts([(path, manifest["changed"][o.path]) for path, o in outcomes.items()]))
-    for rel in manifest["created"]:
+    try:
+        manifest = _manifest(last)
+    except (OSError, ValueError) as e:
+        # set aside (never deleted: it may still hold text someone wants), so the next undo
+        # reaches the edit before it instead of stopping here for good
+        name = last.relative_to(root)
         if not dry_run:
-            (root / rel).unlink(missing_ok=True)
+            os.replace(last, last.with_name(last.name + UNREADABLE))
+            report.notes.append(f"it is kept as {name}{UNREADABLE}; `tag undo` again undoes the edit before it")
+        report.outcomes.append(Outcome(str(name), FAILED, f"this backup cannot be read ({e})"))
+        return report
+    report.notes.append(f"undoing `{manifest['command']}` ({last.name})")
+    restores, outcomes = [], {}
+    for rel, data in manifest["changed"].items():
+        path = _inside(root, rel)
+        if path is None:
+            report.outcomes.append(Outcome(rel, FAILED, "names a file outside the dataset"))
+            continue
+        if _holds(path, data):  # never written (its write failed) or already restored
+            report.outcomes.append(Outcome(rel, OK, "unchanged"))
+            continue
+        report.outcomes.append(Outcome(rel, PLANNED if dry_run else "restored"))
+        outcomes[path] = report.outcomes[-1]
+        restores.append((path, data))
+    if not dry_run:
+        _mark_failed(outcomes, write_texts(restores))
+    for rel in manifest["created"]:
+        path = _inside(root, rel)
+        if path is None:
+            report.outcomes.append(Outcome(rel, FAILED, "names a file outside the dataset"))
+            continue
+        try:
+            if not dry_run:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            report.outcomes.append(Outcome(rel, FAILED, f"cannot remove: {e.strerror or e}"))
+            continue
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "removed"))
     if not dry_run and not report.failed:
         sync_folder(root)
         last.unlink()  # kept while a caption could not be restored, so undo can be run again
     return report
+
+
+def _holds(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _manifest(path: Path) -> dict:
+    """A backup, checked whole before anything is restored from it."""
+    manifest = json.loads(path.read_bytes())
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("command"), str)
+            and isinstance(manifest.get("changed"), dict) and isinstance(manifest.get("created"), list)
+            and all(isinstance(rel, str) for rel in manifest["created"])):
+        raise ValueError("not a lorakit caption backup")
+    manifest["changed"] = {rel: _restored(value) for rel, value in manifest["changed"].items()}
+    return manifest
+
+
+def _inside(root: Path, rel: str) -> str | None:
+    """The absolute path of `rel` if it names a file inside `root` (no absolute path, no `..`
+    out, no symlinked folder leading out, nothing of lorakit's own folder); else None. A symlink
+    there is replaced or removed itself, never followed."""
+    if not rel or "\0" in rel or os.path.isabs(rel) or Path(rel).parts[0] == BACKUPS.parts[0]:
+        return None
+    path = os.path.join(root, rel)
+    real_root = os.path.realpath(root)
+    real_parent = os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([real_root, real_parent]) != real_root:
+        return None
+    if os.path.basename(path) in ("", ".", ".."):
+        return None
+    return os.path.join(real_parent, os.path.basename(path))
 
 
 def _mark_failed(outcomes: dict[str, Outcome], failed: dict[str, str]) -> None:

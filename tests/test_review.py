@@ -194,3 +194,23 @@ def test_listening_beyond_this_machine_is_warned_of(tmp_path):
     proc.wait(timeout=20)
     text = " ".join("".join(lines).split())
     assert "warning: listening on 0.0.0.0: other machines can reach this page" in text
+
+
+def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(site):
+    from lorakit.locks import folder_lock
+
+    root, review, client = site
+    caption = root / "10_kit" / "b.txt"
+    caption.write_bytes(b"\xef\xbb\xbfkitchan, red hair\r\nA girl with red hair.\r\n")
+    review.data.reload()
+    item = next(i for i in images(client)["items"] if i["rel"] == "10_kit/b.png")
+    body = {"rel": "10_kit/b.png", "version": item["version"], "caption": "kitchan, red hair, smile"}
+    with folder_lock(root, "tag edit"):  # a `tag edit` running on the same dataset
+        busy = client.post("/api/caption", json=body)
+        assert busy.status_code == 400 and "in use by `tag edit`" in busy.json()["error"]
+        assert client.post("/api/exclude", json={"rel": "10_kit/a.png"}).status_code == 400
+        assert (root / "10_kit" / "a.png").is_file()
+    assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair\r\nA girl with red hair.\r\n"
+    saved = client.post("/api/caption", json=body)
+    assert saved.status_code == 200
+    assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"

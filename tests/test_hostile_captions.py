@@ -1,0 +1,261 @@
+"""Caption edits under hostile conditions (a full disk, odd bytes, owners and modes, a second
+command, a tampered or broken backup): every case is checked on the files themselves."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import by_path, run, run_json
+
+from lorakit.locks import folder_lock
+from lorakit.tagging.rewrite import BACKUPS
+
+BLOCK = 4096
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Every file under root (lorakit's own folder left out) with its sha256."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".lorakit" not in p.parts}
+
+
+def dataset(root: Path, captions: dict[str, bytes]) -> Path:
+    for rel, data in captions.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".png").write_bytes(b"")  # discovery goes by name; no pixel is read
+        path.write_bytes(data)
+    return root
+
+
+def backups(root: Path) -> list[Path]:
+    return sorted((root / BACKUPS).glob("*.json"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a disk that fills up. Root can mount one; elsewhere the test skips."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill the disk, then free `leave` bytes."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while os.write(fd, b"\xaa" * BLOCK) == BLOCK:
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - leave))
+    return filler
+
+
+def whole(path: Path, *allowed: bytes) -> bool:
+    data = path.read_bytes()
+    return b"\0" not in data and data in allowed
+
+
+def test_a_full_disk_leaves_every_caption_whole_and_undo_keeps_its_backup(small_disk):
+    root = small_disk / "data"
+    names = [f"{i:02d}.txt" for i in range(24)]
+    originals = {n: (f"tag{i}, " + "x" * (BLOCK - 200) + "\n").encode() for i, n in enumerate(names)}
+    dataset(root, originals)
+    before = digest(root)
+    long_tag = "y" * 300  # every caption grows past its one block
+    fill(small_disk, leave=(len(names) + 6) * BLOCK)  # room for the backup and a few captions
+
+    edited = run_json("tag", "edit", root, "--add", long_tag, check=1)
+    failed = [i["path"] for i in edited["items"] if i["status"] == "failed"]
+    changed = [i["path"] for i in edited["items"] if i["status"] == "changed"]
+    assert failed and changed, edited["counts"]
+    for name in names:  # each caption is the old one or the new one, never a mix or NUL padding
+        new = originals[name][:-1] + b", " + long_tag.encode() + b"\n"
+        assert whole(root / name, new if name in changed else originals[name])
+    assert len(backups(root)) == 1
+
+    # the disk is still full: an undo that must grow nothing works, whatever the backup lists
+    undone = run_json("tag", "undo", root)
+    assert {i["path"] for i in undone["items"] if i["status"] == "restored"} == set(changed)
+    assert digest(root) == before and backups(root) == []
+
+    # an edit that shrinks the captions, then an undo on a full disk that must grow them back
+    (small_disk / "filler").unlink()
+    run_json("tag", "edit", root, "--remove", "x*")
+    fill(small_disk, leave=0)
+    undone = run_json("tag", "undo", root, check=1)
+    assert any(i["status"] == "failed" for i in undone["items"])
+    for name in names:
+        assert whole(root / name, originals[name], f"tag{names.index(name)}\n".encode())
+    assert len(backups(root)) == 1  # not deleted: it still holds text not restored
+    (small_disk / "filler").unlink()
+    run_json("tag", "undo", root)
+    assert digest(root) == before and backups(root) == []
+
+
+def test_a_backup_that_cannot_be_written_stops_the_edit_before_any_caption(small_disk):
+    root = dataset(small_disk / "data", {f"{i}.txt": b"a, b\n" for i in range(5)})
+    before = digest(root)
+    (root / ".lorakit").mkdir()
+    fill(small_disk, leave=0)
+    proc = run("tag", "edit", root, "--add", "c", check=2)
+    assert "cannot write the backup" in proc.stderr and "no caption was changed" in proc.stderr
+    assert digest(root) == before
+
+
+def test_edit_and_undo_keep_every_byte_they_did_not_mean_to_change(tmp_path):
+    captions = {
+        "bom.txt": b"\xef\xbb\xbfred hair, smile\r\nA girl smiling.\r\nsecond sentence\r\n",
+        "lines.txt": b"blue eyes\nkohya picks one of these lines\nor this one\n",
+        "latin1.txt": b"caf\xe9, \xff\xfe broken\nd\xe9j\xe0 vu\n",
+        "no_newline.txt": b"solo",
+        "blank_first.txt": b"\nonly a sentence, with a comma\n",
+    }
+    root = dataset(tmp_path / "data", captions)
+    before = digest(root)
+    run_json("tag", "edit", root, "--add", "new tag")
+    got = {name: (root / name).read_bytes() for name in captions}
+    assert got["bom.txt"] == b"\xef\xbb\xbfred hair, smile, new tag\r\nA girl smiling.\r\nsecond sentence\r\n"
+    assert got["lines.txt"] == b"blue eyes, new tag\nkohya picks one of these lines\nor this one\n"
+    assert got["latin1.txt"] == b"caf\xe9, \xff\xfe broken, new tag\nd\xe9j\xe0 vu\n"
+    assert got["no_newline.txt"] == b"solo, new tag"
+    assert got["blank_first.txt"] == b"new tag\nonly a sentence, with a comma\n"  # line 1 was empty
+    removed = run_json("tag", "edit", root, "--remove", "*broken")  # a tag that is not UTF-8 is still a tag
+    assert (root / "latin1.txt").read_bytes() == b"caf\xe9, new tag\nd\xe9j\xe0 vu\n"
+    assert removed["counts"] == {"ok": 4, "changed": 1}
+    assert by_path(removed)["latin1.txt"]["before"] == ["caf\ufffd", "\ufffd\ufffd broken", "new tag"]
+    run_json("tag", "undo", root)
+    run_json("tag", "undo", root)
+    assert digest(root) == before
+
+
+def test_edit_keeps_each_captions_owner_and_mode(tmp_path):
+    root = dataset(tmp_path / "data", {f"o{i}.txt": f"tag{i}\n".encode() for i in range(1, 6)})
+    modes = {"o1.txt": 0o600, "o2.txt": 0o644, "o3.txt": 0o444, "o4.txt": 0o640, "o5.txt": 0o664}
+    for name, mode in modes.items():
+        os.chmod(root / name, mode)
+    owners = {}
+    if os.geteuid() == 0:
+        os.chown(root / "o1.txt", 65534, 65534)  # nobody
+        os.chown(root / "o4.txt", 1, 1)
+    for name in modes:
+        st = (root / name).stat()
+        owners[name] = (st.st_uid, st.st_gid)
+    run_json("tag", "edit", root, "--add", "x")
+    for name, mode in modes.items():
+        st = (root / name).stat()
+        assert (root / name).read_bytes().endswith(b", x\n")
+        assert (oct(st.st_mode & 0o7777), (st.st_uid, st.st_gid)) == (oct(mode), owners[name]), name
+    run_json("tag", "undo", root)
+    for name, mode in modes.items():
+        st = (root / name).stat()
+        assert (oct(st.st_mode & 0o7777), (st.st_uid, st.st_gid)) == (oct(mode), owners[name]), name
+
+
+def test_a_second_command_on_the_dataset_refuses_and_changes_nothing(tmp_path):
+    root = dataset(tmp_path / "data", {f"{i}.txt": b"a, b\n" for i in range(3)})
+    run_json("tag", "edit", root, "--add", "first")  # a backup to undo
+    before = digest(root)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with folder_lock(root, "tag edit"):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        for args in (("edit", root, "--add", "second"), ("undo", root), ("prune", root)):
+            proc = run("tag", *args, check=2)
+            assert "in use by `tag edit` (process" in proc.stderr, proc.stderr
+        assert digest(root) == before
+        assert len(backups(root)) == 1
+        assert run_json("tag", "edit", root, "--add", "second", "--dry-run")["counts"] == {"planned": 3}
+    finally:
+        release.set()
+        holder.join()
+    run_json("tag", "edit", root, "--add", "second")  # free again
+    assert (root / "0.txt").read_bytes() == b"a, b, first, second\n"
+
+
+def test_undo_writes_and_removes_nothing_outside_the_dataset(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    root = dataset(tmp_path / "data", {"a.txt": b"new\n"})
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / BACKUPS).mkdir(parents=True)
+    (root / BACKUPS / "20260101-000000-000000-edit.json").write_text(json.dumps({
+        "command": "edit",
+        "changed": {"a.txt": "old\n", "../written.txt": "pwned\n", str(victim): "pwned\n",
+                    "link/victim.txt": "pwned\n"},
+        "created": ["../outside/victim.txt", str(victim), "link/victim.txt", ".lorakit/lock"],
+    }))
+    before_outside = digest(outside)
+    report = run_json("tag", "undo", root, check=1)
+    failed = sorted(i["path"] for i in report["items"] if i["status"] == "failed")
+    assert failed == sorted(["../written.txt", str(victim), "link/victim.txt", "../outside/victim.txt",
+                             str(victim), "link/victim.txt", ".lorakit/lock"])
+    assert all(i["message"] == "names a file outside the dataset" for i in report["items"] if i["status"] == "failed")
+    assert digest(outside) == before_outside and not (tmp_path / "written.txt").exists()
+    assert (root / "a.txt").read_bytes() == b"old\n"  # what lies inside was restored
+    assert len(backups(root)) == 1  # kept: not everything in it was restored
+
+
+def test_a_truncated_backup_is_set_aside_and_the_next_undo_reaches_the_edit_before(tmp_path):
+    root = dataset(tmp_path / "data", {f"{i}.txt": b"a, b\n" for i in range(3)})
+    before = digest(root)
+    run_json("tag", "edit", root, "--add", "one")
+    run_json("tag", "edit", root, "--add", "two")
+    first, last = backups(root)
+    last.write_bytes(last.read_bytes()[:20])
+    proc = run("tag", "undo", root, check=1)
+    assert f"{last.name}" in proc.stdout + proc.stderr and "cannot be read" in proc.stdout + proc.stderr
+    assert (root / "0.txt").read_bytes() == b"a, b, one, two\n"  # nothing restored from half a backup
+    assert last.with_name(last.name + ".unreadable").is_file()  # kept, never deleted
+    run_json("tag", "undo", root)  # the edit before it
+    assert digest(root) == before
+
+
+def test_captions_that_cannot_be_written_are_left_out_of_the_backup(tmp_path, monkeypatch):
+    """A failed write must not block later undos: the backup holds only what was written."""
+    import lorakit.tagging.rewrite as rewrite_module
+    from lorakit.tagging.edit import EditOps, apply
+
+    root = dataset(tmp_path / "data", {f"{i}.txt": b"a\n" for i in range(4)})
+    before = digest(root)
+    real = rewrite_module.write_texts
+
+    def failing(changes):
+        keep = [(p, t) for p, t in changes if not p.endswith("2.txt")]
+        failed = real(keep)
+        failed.update({p: "PermissionError: Permission denied" for p, _ in changes if p.endswith("2.txt")})
+        return failed
+
+    monkeypatch.setattr(rewrite_module, "write_texts", failing)
+    report = rewrite_module.rewrite(root, "edit", lambda image, tags: apply(tags, EditOps(add=["b"])), False)
+    assert [o.path for o in report.failed] == ["2.txt"]
+    (manifest,) = backups(root)
+    assert sorted(json.loads(manifest.read_text())["changed"]) == ["0.txt", "1.txt", "3.txt"]
+    monkeypatch.undo()
+    run_json("tag", "undo", root)
+    assert digest(root) == before and backups(root) == []
