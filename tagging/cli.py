@@ -3,6 +3,7 @@ is where trainers read them), show a diff with --dry-run, and can be undone with
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -285,6 +286,9 @@ def lists_update(
     from_: Annotated[Optional[list[Path]], typer.Option(
         "--from", help="Local export files (tag_implications-*.csv.gz, tag_aliases-*, tags-*, or "
                        "Danbooru API .json); without it they are downloaded.")] = None,
+    date: Annotated[Optional[datetime], typer.Option(
+        formats=["%Y-%m-%d"], help="e621: download the export of this day, or the newest of the week "
+                                   "before it (default: today).")] = None,
     json: Json = False,
 ) -> None:
     """Build the implication closure and alias map for a vocabulary and store it in the cache."""
@@ -293,7 +297,7 @@ def lists_update(
     from lorakit.tagging.relations import build, cache_path
 
     with user_errors():
-        paths = list(from_ or []) or fetch_exports(vocab)
+        paths = list(from_ or []) or fetch_exports(vocab, date.date() if date else datetime.now().date())
         rel = build(vocab, paths, "updated from " + ", ".join(p.name for p in paths))
         rel.save(cache_path(vocab))
         report = Report("lists update", vocab)

@@ -33,10 +33,10 @@ def _download(url: str, dst: Path) -> None:
         tmp.write_bytes(_get(url))
 
 
-def fetch_e621(folder: Path, today: dt.date | None = None) -> list[Path]:
-    """The newest export of the last week (e621 writes one a day, not always by midnight)."""
+def fetch_e621(folder: Path, today: dt.date) -> list[Path]:
+    """The newest export of the week up to `today` (e621 writes one a day, not always by
+    midnight)."""
     base = os.environ.get("LORAKIT_E621_EXPORTS", E621).rstrip("/")
-    today = today or dt.date.today()
     last_error = None
     for back in range(8):
         date = (today - dt.timedelta(days=back)).isoformat()
@@ -76,7 +76,9 @@ def fetch_danbooru(folder: Path, page_size: int = 1000, max_pages: int = 200) ->
     return paths
 
 
-def fetch_exports(vocab: str) -> list[Path]:
+def fetch_exports(vocab: str, today: dt.date) -> list[Path]:
+    """`today` dates e621's exports (Danbooru's API has no dates); the command line passes the
+    real date, tests a fixed one."""
     folder = cache_path(vocab).parent / "downloads"
     folder.mkdir(parents=True, exist_ok=True)
-    return fetch_e621(folder) if vocab == "e621" else fetch_danbooru(folder)
+    return fetch_e621(folder, today) if vocab == "e621" else fetch_danbooru(folder)
