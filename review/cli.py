@@ -64,9 +64,13 @@ def review(
         root = check_source(dir)
         data = prepare(root, jobs, err_console.is_terminal)
         server = Review(data, read_only, load(vocab), vocab)
-    if host not in LOOPBACK:
-        err_console.print(f"[yellow]warning[/yellow]: listening on {host}: other machines can reach this page "
-                          "(its writes still need the page's token)", highlight=False)
+    if host not in LOOPBACK:  # any name may reach it: every request needs the key the address carries
+        import secrets
+
+        server.key = secrets.token_urlsafe(24)
+        err_console.print(f"[yellow]warning[/yellow]: listening on {host}: other machines can reach this page; "
+                          "only a browser that opened the address below (it carries a key) can use it",
+                          highlight=False)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -78,6 +82,8 @@ def review(
     if host in LOOPBACK:  # the page answers only to its own name: a DNS-rebinding site cannot read it
         server.allowed_hosts = {f"{name}:{bound}" for name in (host, "127.0.0.1", "localhost", "[::1]")}
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}/"
+    if server.key is not None:
+        url += f"?key={server.key}"
     err_console.print(f"lorakit review: {len(data.entries)} images in {root}\n{url}  (Ctrl-C stops)", highlight=False)
     if open_:
         import webbrowser

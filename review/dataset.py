@@ -57,6 +57,7 @@ def parse_query(text: str) -> tuple[list[str], list[str]]:
 class Dataset:
     def __init__(self, root: Path):
         self.root = root
+        self._real_root = root.resolve()
         self.cache = FactsCache(root)
         self.entries: dict[str, Entry] = {}
         self.by_tag: dict[str, set[str]] = {}
@@ -81,8 +82,11 @@ class Dataset:
         self._index()
 
     def _read_caption(self, entry: Entry) -> None:
+        path = self.root / entry.caption_rel
         try:
-            data = (self.root / entry.caption_rel).read_bytes()
+            if not path.resolve().is_relative_to(self._real_root):  # a symlink out: not the dataset's text
+                raise PermissionError(f"{entry.caption_rel} leads outside the dataset")
+            data = path.read_bytes()
         except OSError:
             entry.caption, entry.tags, entry.version = None, [], ""
             return

@@ -7,6 +7,13 @@ to it (a cross-site fetch with a custom header needs a CORS preflight, which thi
 grants; the Origin and Host are checked too, against DNS rebinding). A file is served only when
 it is an image of the dataset (found by the listing, resolved inside DIR) or its thumbnail.
 `read_only` refuses every write.
+
+Every route, not only the page, answers only to the Host it was bound as when listening on
+loopback (a DNS-rebinding site reads nothing). Beyond loopback (`--host`), where any name may
+reach it, every route needs a key instead: the terminal prints the address with a one-time `key`,
+which the page trades for an HttpOnly, SameSite=Strict cookie; the write token is served only to
+a browser that holds it. Every request body and query value is checked against a schema
+(review/schema.py): a malformed one is a 400 with the reason, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,14 +21,15 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lorakit.errors import UserError
-from lorakit.review import writes
+from lorakit.review import schema, writes
 from lorakit.review.dataset import Dataset, Query
 from lorakit.tagging.edit import EditOps
 
@@ -34,6 +42,7 @@ class Review:
         self.data, self.read_only, self.relations, self.vocab = data, read_only, relations, vocab
         self.token = secrets.token_urlsafe(32)
         self.allowed_hosts: set[str] = set()  # host:port the server answers as (set when it binds)
+        self.key: str | None = None  # beyond loopback: the secret the printed address carries
         from jinja2 import Template
 
         self.template = Template((HERE / "templates" / "index.html").read_text(encoding="utf-8"), autoescape=True)
@@ -42,6 +51,28 @@ class Review:
 
     def _host_ok(self, request: Request) -> bool:
         return not self.allowed_hosts or request.headers.get("host", "") in self.allowed_hosts
+
+    def _refusal(self, request: Request) -> Response | None:
+        """What every request must pass, whatever its route."""
+        if not self._host_ok(request):
+            return Response("unknown host", 421)
+        if self.key is None:
+            return None
+        if secrets.compare_digest(request.cookies.get(COOKIE, ""), self.key):
+            return None
+        if request.url.path == "/" and secrets.compare_digest(request.query_params.get("key", ""), self.key):
+            return None  # the page trades the key for the cookie
+        return Response("open the address lorakit review printed in its terminal (it carries the key)", 401)
+
+    def guarded(self, app):
+        async def guard(scope, receive, send):
+            if scope["type"] == "http":
+                refused = self._refusal(Request(scope))
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
+            await app(scope, receive, send)
+        return guard
 
     def _write_refusal(self, request: Request) -> Response | None:
         if self.read_only:
@@ -69,10 +100,9 @@ class Review:
 
     @staticmethod
     def _query(params) -> Query:
-        smaller = params.get("smaller_than")
-        return Query(params.get("q", ""), params.get("folder") or None, params.get("no_caption") == "1",
-                     params.get("flagged") == "1", params.get("duplicates") == "1",
-                     int(smaller) if smaller and smaller.isdigit() else None)
+        q = schema.QueryParams.model_validate(dict(params))
+        return Query(q.q, q.folder or None, q.no_caption == "1", q.flagged == "1", q.duplicates == "1",
+                     q.smaller_than)
 
     def _item(self, rel: str) -> dict:
         e = self.data.entries[rel]
@@ -83,16 +113,18 @@ class Review:
                 "error": f.error if f else ""}
 
     async def page(self, request: Request) -> Response:
-        if not self._host_ok(request):
-            return Response("unknown host", 421)
+        if self.key is not None and "key" in request.query_params:  # the guard checked it
+            response = RedirectResponse("/", 303)
+            response.set_cookie(COOKIE, self.key, httponly=True, samesite="strict", path="/")
+            return response
         return HTMLResponse(self.template.render(
             token=self.token, root=str(self.data.root), read_only=self.read_only, vocab=self.vocab),
             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     async def images(self, request: Request) -> Response:
         chosen = self.data.select(self._query(request.query_params))
-        page = max(1, int(request.query_params.get("page", "1") or 1))
-        per_page = min(500, max(1, int(request.query_params.get("per_page", PAGE_SIZE) or PAGE_SIZE)))
+        paging = schema.Paging.model_validate(dict(request.query_params))
+        page, per_page = paging.page, paging.per_page
         items = [self._item(r) for r in chosen[(page - 1) * per_page: page * per_page]]
         if self._query(request.query_params).duplicates:  # which group each belongs to, to show them apart
             group_of = {rel: k for k, group in enumerate(self.data.duplicate_groups(), 1) for rel in group}
@@ -107,8 +139,8 @@ class Review:
         return JSONResponse({"tags": self.data.frequencies(chosen, self.relations)[:300]})
 
     async def complete(self, request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "").strip().lower().replace(" ", "_")
-        limit = min(50, int(request.query_params.get("limit", "20") or 20))
+        asked = schema.Completion.model_validate(dict(request.query_params))
+        prefix, limit = asked.prefix.strip().lower().replace(" ", "_"), asked.limit
         used = sorted(((len(rels), t) for t, rels in self.data.by_tag.items() if t.startswith(prefix) and rels),
                       reverse=True)
         found = [t for _, t in used]
@@ -165,35 +197,33 @@ class Review:
         except ValueError:
             return JSONResponse({"error": "not JSON"}, 400)
         try:
-            return JSONResponse(self._do(action, body))
+            return JSONResponse(self._do(action, schema.body(action, body)))
         except writes.Conflict as c:
             return JSONResponse({"error": "the caption changed on disk since the page read it",
                                  "disk": c.disk, "yours": c.yours}, 409)
         except (UserError, OSError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
 
-    def _do(self, action: str, body: dict) -> dict:
+    def _do(self, action: str, body) -> dict:
         if action == "caption":
-            rel = body.get("rel", "")
+            rel = body.rel
             if self._entry(rel) is None:
                 raise UserError("no such image")
-            return {"version": writes.save_caption(self.data, rel, body.get("version", ""), body.get("caption", "")),
-                    **self._item(rel)}
+            return {"version": writes.save_caption(self.data, rel, body.version, body.caption), **self._item(rel)}
         if action == "bulk":
-            ops = EditOps(add=[t for t in body.get("add", []) if t.strip()],
-                          remove=[t for t in body.get("remove", []) if t.strip()],
-                          replace=[(a, b) for a, b in body.get("replace", []) if a.strip() and b.strip()])
-            chosen = self.data.select(self._query(body.get("query", {})))
+            ops = EditOps(add=[t for t in body.add if t.strip()], remove=[t for t in body.remove if t.strip()],
+                          replace=[(a, b) for a, b in body.replace if a.strip() and b.strip()])
+            chosen = [rel for rel in self.data.select(self._query(body.query)) if self._entry(rel) is not None]
             return {"changed": writes.bulk_edit(self.data, chosen, ops), "of": len(chosen)}
         if action == "exclude":
-            rel = body.get("rel", "")
+            rel = body.rel
             if self._entry(rel) is None:
                 raise UserError("no such image")
             writes.exclude(self.data, rel)
             return {"excluded": rel}
         if action == "restore":
-            writes.restore(self.data, body.get("rel", ""))
-            return {"restored": body.get("rel")}
+            writes.restore(self.data, body.rel)
+            return {"restored": body.rel}
         if action == "undo":
             from lorakit.tagging.rewrite import undo
 
@@ -213,4 +243,13 @@ class Review:
             Route("/file", self.file), Route("/thumb", self.thumb),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
-        return Starlette(routes=routes)
+        app = Starlette(routes=routes, exception_handlers={ValidationError: _invalid})
+        return self.guarded(app)
+
+
+COOKIE = "lorakit_key"
+
+
+async def _invalid(request: Request, exc: ValidationError) -> Response:
+    """A request that does not fit its schema: 400, saying which field and why."""
+    return JSONResponse({"error": schema.reason(exc)}, 400)

@@ -174,6 +174,13 @@ def test_duplicates_come_with_their_group_and_a_foreign_host_is_refused(site):
     review.allowed_hosts = {"127.0.0.1:8765"}
     assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 421  # DNS rebinding
     assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+    evil = {"Host": "evil.example:8765"}  # every route, not only the page: nothing is read through it
+    for path, params in (("/api/images", {}), ("/api/tags", {}), ("/api/image", {"rel": "10_kit/a.png"}),
+                         ("/file", {"rel": "10_kit/a.png"}), ("/thumb", {"rel": "10_kit/a.png"}),
+                         ("/api/complete", {"prefix": "red"}), ("/api/excluded", {}), ("/static/app.js", {})):
+        assert client.get(path, params=params, headers=evil).status_code == 421, path
+        assert client.get(path, params=params, headers={"Host": "127.0.0.1:8765"}).status_code == 200, path
+    assert client.post("/api/undo", json={}, headers=evil).status_code == 421
 
 
 def test_listening_beyond_this_machine_is_warned_of(tmp_path):
@@ -194,6 +201,62 @@ def test_listening_beyond_this_machine_is_warned_of(tmp_path):
     proc.wait(timeout=20)
     text = " ".join("".join(lines).split())
     assert "warning: listening on 0.0.0.0: other machines can reach this page" in text
+    assert "?key=" in lines[-1]  # the address carries the key a browser needs
+
+
+def test_beyond_loopback_every_route_needs_the_key_the_terminal_printed(site):
+    root, review, client = site
+    review.key = "the-printed-key"
+    client.headers.pop("X-Lorakit-Token")
+    anyone = {"Host": "192.168.1.20:8765"}
+    for path in ("/", "/api/images", "/file?rel=10_kit/a.png", "/static/app.js", "/?key=guess"):
+        response = client.get(path, headers=anyone)
+        assert response.status_code == 401 and review.token not in response.text, path
+    assert client.post("/api/undo", json={}, headers={**anyone, "X-Lorakit-Token": review.token}).status_code == 401
+    traded = client.get("/?key=the-printed-key", headers=anyone, follow_redirects=False)
+    assert traded.status_code == 303 and traded.headers["location"] == "/"
+    cookie = traded.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "the-printed-key" in cookie
+    page = client.get("/", headers=anyone)  # the client keeps the cookie, as a browser does
+    assert page.status_code == 200 and review.token in page.text
+    assert client.get("/api/images", headers=anyone).status_code == 200
+
+
+@pytest.mark.parametrize("action, body, reason", [
+    ("bulk", {"add": "abc"}, "add: Input should be a valid list"),
+    ("bulk", {"add": ["a"], "query": {"flagged": 1}}, "query.flagged"),
+    ("bulk", {"replace": [["only one"]]}, "replace.0"),
+    ("caption", [1, 2], "valid dictionary"),
+    ("caption", {"rel": "10_kit/a.png", "version": "", "caption": 5}, "caption: Input should be a valid string"),
+    ("exclude", {"rel": "10_kit/a.png", "extra": 1}, "extra: Extra inputs are not permitted"),
+    ("nothing", {}, "unknown action"),
+])
+def test_malformed_bodies_are_refused_with_the_reason(site, action, body, reason):
+    root, _, client = site
+    from conftest import tree_digest
+
+    before = tree_digest(root / "10_kit")
+    response = client.post(f"/api/{action}", json=body)
+    assert response.status_code == 400 and reason in response.json()["error"], response.text
+    assert tree_digest(root / "10_kit") == before
+
+
+@pytest.mark.parametrize("path", ["/api/images?page=abc", "/api/images?per_page=0", "/api/images?smaller_than=x",
+                                  "/api/complete?limit=abc", "/api/tags?smaller_than=-1"])
+def test_malformed_query_values_are_refused_with_the_reason(site, path):
+    _, _, client = site
+    response = client.get(path)
+    assert response.status_code == 400 and response.json()["error"], response.text
+
+
+def test_a_caption_linked_outside_the_dataset_is_not_served(site, tmp_path):
+    root, review, client = site
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password123\n")
+    (root / "10_kit" / "c.txt").symlink_to(secret)
+    review.data.reload()
+    item = next(i for i in images(client)["items"] if i["rel"] == "10_kit/c.png")
+    assert item["caption"] is None and "password123" not in client.get("/api/tags").text
 
 
 def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(site):

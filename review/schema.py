@@ -1,0 +1,96 @@
+"""What the review page's API accepts, as Pydantic models: every request body and query value is
+checked here before any code uses it, so a malformed request (`?page=abc`, a JSON list, a
+caption that is a number, a string where a list of tags belongs) is a 400 that says why, never a
+traceback, and never a string taken as a list of its letters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lorakit.errors import UserError
+
+PAGE_SIZE = 120
+
+
+class _Strict(BaseModel):
+    # strict: no "5" for 5 or 5 for "5" in bodies; unknown fields refused (a misspelt one acts on nothing)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class QueryParams(BaseModel):
+    """The gallery's filters (query string values, or a bulk body's `query`)."""
+    model_config = ConfigDict(extra="ignore")  # the page's other parameters (page, per_page) pass by
+    q: str = ""
+    folder: str = ""
+    no_caption: str = ""
+    flagged: str = ""
+    duplicates: str = ""
+    smaller_than: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
+class Paging(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    page: Annotated[int, Field(ge=1, le=10_000_000)] = 1
+    per_page: Annotated[int, Field(ge=1, le=500)] = PAGE_SIZE
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prefix: Annotated[str, Field(max_length=200)] = ""
+    limit: Annotated[int, Field(ge=1, le=50)] = 20
+
+
+Tag = Annotated[str, Field(max_length=500)]
+
+
+class CaptionBody(_Strict):
+    rel: str
+    version: str
+    caption: Annotated[str, Field(max_length=1_000_000)]
+
+
+class BulkFilter(_Strict):
+    q: str = ""
+    folder: str = ""
+    no_caption: str = ""
+    flagged: str = ""
+    duplicates: str = ""
+    smaller_than: Annotated[int, Field(ge=1, strict=False)] | None = None  # the page sends the field's text
+
+
+class BulkBody(_Strict):
+    query: BulkFilter = BulkFilter()
+    add: list[Tag] = []
+    remove: list[Tag] = []
+    replace: list[Annotated[list[Tag], Field(min_length=2, max_length=2)]] = []  # [old, new] pairs
+
+
+class ImageBody(_Strict):
+    rel: str
+
+
+class EmptyBody(_Strict):
+    pass
+
+
+BODIES: dict[str, type[BaseModel]] = {"caption": CaptionBody, "bulk": BulkBody, "exclude": ImageBody,
+                                      "restore": ImageBody, "undo": EmptyBody}
+
+
+def body(action: str, data) -> BaseModel:
+    """The body of a write, checked (ValidationError: a 400 saying why)."""
+    model = BODIES.get(action)
+    if model is None:
+        raise UserError(f"unknown action {action!r}")
+    return model.model_validate(data)
+
+
+def reason(exc: ValidationError) -> str:
+    """The first problems of a request, in a line: `add: Input should be a valid list`."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
