@@ -34,7 +34,6 @@ from lorakit.review.dataset import Dataset, Query
 from lorakit.tagging.edit import EditOps
 
 HERE = Path(__file__).parent
-PAGE_SIZE = 120
 
 
 class Review:
