@@ -50,13 +50,14 @@ def make_facts(job: tuple[str, str]) -> dict:
     from lorakit.curate.scan import noise_score
 
     path, folder = Path(job[0]), Path(job[1])
-    size = path.stat().st_size
-    try:
+    size = 0
+    try:  # a bad file (a bomb, a broken chunk, a dangling link) fails alone: the page still starts
+        size = path.stat().st_size
         digest = digest_of(path)
         with Image.open(path) as raw:
             fmt = raw.format or path.suffix.lstrip(".").upper()
         img = load_image(path, DEFAULT_MAX_PIXELS)
-    except (ImageError, OSError) as exc:
+    except (ImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         return asdict(Facts("", 0, 0, "", None, 0, 0, "", size, str(exc) or type(exc).__name__))
     thumb = folder / f"{digest}.jpg"
     if not thumb.is_file():
@@ -81,7 +82,10 @@ class FactsCache:
             self.entries = {}
 
     def stamp(self, rel: str) -> tuple[int, int]:
-        st = os.stat(self.root / rel)
+        try:
+            st = os.stat(self.root / rel)
+        except OSError:  # a dangling or looping link: its facts say so, as long as it stays that way
+            return -1, -1
         return st.st_size, st.st_mtime_ns
 
     def get(self, rel: str) -> Facts | None:

@@ -277,3 +277,17 @@ def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(si
     saved = client.post("/api/caption", json=body)
     assert saved.status_code == 200
     assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"
+
+
+def test_a_bomb_or_a_broken_file_fails_alone_and_the_page_starts(tmp_path):
+    from conftest import bomb_png
+
+    root = dataset(tmp_path / "data")
+    bomb_png(root / "5_bg" / "bomb.png")
+    (root / "5_bg" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    data = prepare(root, 1, False)
+    assert data.entries["5_bg/bomb.png"].facts.error and data.entries["5_bg/bomb.png"].facts.width == 0
+    assert data.entries["10_kit/a.png"].facts.width == 160
+    client = TestClient(Review(data).app())
+    shown = {i["rel"]: i for i in client.get("/api/images", params={"per_page": 500}).json()["items"]}
+    assert shown["5_bg/bomb.png"]["error"] and not shown["10_kit/a.png"]["error"]
