@@ -43,11 +43,12 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
         if version(path) != seen:
             raise Conflict(path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None, text)
         old = path.read_bytes() if path.exists() else None
+        tags = apply(parse_tags(text), EditOps())  # a tag typed twice is written once
         if old is None:
-            new = format_tags(parse_tags(text)).encode("utf-8")
+            new = format_tags(tags).encode("utf-8")
         else:  # the tags are line 1; the caption's other lines and bytes stay as they are
             bom, _, rest = split_caption(old)
-            new = join_caption(bom, parse_tags(text), rest)
+            new = join_caption(bom, tags, rest)
         backup = Backup(data.root, "review-edit")
         backup.save(entry.caption_rel, old)
         backup.commit()

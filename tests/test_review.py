@@ -277,6 +277,10 @@ def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(si
     saved = client.post("/api/caption", json=body)
     assert saved.status_code == 200
     assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"
+    again = client.post("/api/caption", json={**body, "version": saved.json()["version"],
+                                              "caption": "kitchan, red hair, smile, Red Hair, red_hair"})
+    assert again.status_code == 200  # a tag the caption already has is not written twice
+    assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"
 
 
 def test_a_bomb_or_a_broken_file_fails_alone_and_the_page_starts(tmp_path):
