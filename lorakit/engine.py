@@ -98,13 +98,23 @@ def _caption_dst(task: Task, caption: Path) -> Path:
 
 
 def _up_to_date(task: Task) -> bool:
-    if not task.dst.exists() or task.dst.stat().st_mtime_ns < task.src.stat().st_mtime_ns:
-        return False
-    for caption in task.captions:
-        out = _caption_dst(task, caption)
-        if not out.exists() or out.stat().st_mtime_ns < caption.stat().st_mtime_ns:
+    try:
+        if not task.dst.exists() or task.dst.stat().st_mtime_ns < task.src.stat().st_mtime_ns:
             return False
+        for caption in task.captions:
+            out = _caption_dst(task, caption)
+            if not out.exists() or out.stat().st_mtime_ns < caption.stat().st_mtime_ns:
+                return False
+    except OSError:  # a dangling symlink or a loop: processing it says so, naming the file
+        return False
     return True
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class _Runner:
@@ -180,7 +190,7 @@ def run_stage(stage: Stage, src: Path, dst: Path, options: RunOptions) -> Report
         runner = _Runner(stage)
         jobs = options.jobs if stage.parallel else 1
         # largest files first, so no worker is left with a huge image while the others idle
-        todo.sort(key=lambda t: -t.src.stat().st_size)
+        todo.sort(key=lambda t: -_size(t.src))
         outcomes += run_all(runner, todo, jobs, f"{stage.name}", options.console, options.progress)
     report.outcomes = sorted(outcomes, key=lambda o: o.path)
     if not options.dry_run:

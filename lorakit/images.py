@@ -8,7 +8,9 @@ CMYK without its ICC profile, palette/LA transparency, animated files, decompres
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +55,39 @@ class Header:
     has_alpha: bool
 
 
+def _unreachable(path: Path, exc: OSError) -> str:
+    """Why a file that discovery listed cannot be read: os.walk lists broken symlinks as files."""
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop (it leads back to itself); remove it or point it at an image"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return f"a dangling symlink (its target {os.readlink(path)} does not exist)"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's message, or what it means for the user where it says little."""
+    reason = str(exc) or type(exc).__name__
+    for known, meaning in _PILLOW_REASONS.items():
+        if known in reason:
+            return meaning
+    return reason
+
+
+# Pillow refuses a PNG iCCP/zTXt/iTXt chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK with
+# a ValueError: the same attack as a decompression bomb, in the metadata.
+_PILLOW_REASONS = {
+    "runcated": "truncated file (the download or copy was cut short)",
+    "Decompressed data too large": "a PNG text or colour-profile chunk inflates past Pillow's limit "
+                                   "(a decompression bomb?)",
+}
+
+
 def _open(path: Path, max_pixels: int) -> Image.Image:
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(_unreachable(path, exc)) from None
+    if size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
@@ -66,8 +99,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow cannot read") from None
-    except OSError as exc:
-        raise ImageError(f"cannot open: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"cannot open: {_reason(exc)}") from None
     pixels = img.width * img.height
     if pixels > max_pixels:
         img.close()
@@ -121,8 +154,7 @@ def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ImageError(f"cannot decode: {'truncated file' if 'runcated' in reason else reason}") from None
+        raise ImageError(f"cannot decode: {_reason(exc)}") from None
     finally:
         img.close()
     return header
@@ -187,10 +219,7 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = "truncated file (the download or copy was cut short)"
-        raise ImageError(f"cannot decode: {reason}") from None
+        raise ImageError(f"cannot decode: {_reason(exc)}") from None
     finally:
         img.close()
     return out
