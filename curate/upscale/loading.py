@@ -31,9 +31,14 @@ class UnknownArchitecture(UserError):
 
 def read_state_dict(path: Path) -> StateDict:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{path}: not a readable .safetensors file ({exc}); a download cut "
+                            "short looks like this: fetch it again") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
