@@ -117,14 +117,10 @@ def flip(
 ) -> None:
     """Mirror the chosen images (an asymmetric subject drawn facing the wrong way); the others
     are copied, so DST is the whole folder."""
-    from lorakit.curate.geometry import FlipStage
+    from lorakit.curate.geometry import FlipStage, read_names
 
     with user_errors():
-        names = list(only or [])
-        if only_from is not None:
-            if not only_from.is_file():
-                raise UserError(f"{only_from}: no such file")
-            names += [line.strip() for line in only_from.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        names = list(only or []) + (read_names(only_from) if only_from is not None else [])
         if not names and not all_:
             raise UserError("name the images to mirror with --only / --only-from, or pass --all")
         if names and all_:

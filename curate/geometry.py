@@ -39,6 +39,9 @@ from lorakit.images import (
 from lorakit.report import COPIED, Report, Section
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom, in pixels (right and bottom excluded)
+# A split that would cut a tile narrower than this refuses the image: a grid finer than the image
+# (`--tiles 100x100` on a 64 px image) leaves slivers and empty tiles, nothing to train on.
+MIN_TILE = 16
 
 
 def matches(pattern: str, rel: Path) -> bool:
@@ -183,6 +186,11 @@ class SplitStage(GeometryStage):
         boxes = grid(img.size, self.columns, self.rows) if self.auto is None else auto_grid(img.size, self.auto)
         if len(boxes) == 1:
             return self.pass_through(task, img)
+        width, height = min(((right - left, bottom - top) for left, top, right, bottom in boxes), key=min)
+        if min(width, height) < MIN_TILE:
+            hint = "ask for fewer tiles" if self.auto is None else "too thin to cut into near-squares"
+            raise ImageError(f"not split: {img.width}x{img.height} px in {len(boxes)} tiles would leave "
+                             f"{width}x{height} px tiles, smaller than {MIN_TILE} px; {hint}")
         return write_pieces(task, img, boxes)
 
 
@@ -196,13 +204,28 @@ def parse_tiles(text: str) -> tuple[int, int]:
     return columns, rows
 
 
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what}")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                        f"the {what} is text") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def read_names(path: Path) -> list[str]:
+    """`--only-from`: one image per line (a path under SRC, a name or a stem; wildcards allowed)."""
+    return [line.strip() for line in _read_text(path, "list of images").splitlines() if line.strip()]
+
+
 def read_boxes(path: Path) -> dict[str, list[Box]]:
     """CSV with a header `image,left,top,right,bottom` (a row per box), or JSON
     `{"image": [l, t, r, b]}` / `{"image": [[l, t, r, b], …]}`; pixels, right and bottom excluded."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such boxes file")
     boxes: dict[str, list[Box]] = {}
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path, "boxes file")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
