@@ -62,16 +62,29 @@ class TaggerFiles:
 
 
 def read_tags(path: Path) -> TagInfo:
-    """Both layouts: a header naming `name` (or `tag`) and optionally `category`."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Both layouts: a header naming `name` (or `tag`) and optionally `category`. The category
+    decides which tags are ratings (9) or characters (4): a CSV with a category that is not a
+    number is refused, not read as general tags (it would write `rating:` tags into captions)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 CSV ({exc.reason} at byte {exc.start}); use the tag "
+                        "list that came with the model") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a CSV ({exc})") from None
     if not rows:
         raise UserError(f"{path}: no tags")
     name_col = next((c for c in ("name", "tag", "tag_name") if c in rows[0]), None)
     if name_col is None:
         raise UserError(f"{path}: no 'name' column (columns: {', '.join(rows[0])})")
-    cats = tuple(int(r["category"]) if str(r.get("category", "")).isdigit() else 0 for r in rows)
-    return TagInfo(tuple(r[name_col] for r in rows), cats)
+    if "category" not in rows[0]:
+        return TagInfo(tuple(r[name_col] for r in rows), (0,) * len(rows))
+    for line, row in enumerate(rows, start=2):
+        if not str(row["category"]).strip().isdigit():
+            raise UserError(f"{path} line {line}: the category of {row[name_col]!r} is {row['category']!r}, "
+                            "not a number; the tag list is damaged or not the model's")
+    return TagInfo(tuple(r[name_col] for r in rows), tuple(int(r["category"]) for r in rows))
 
 
 def _from_dir(folder: Path) -> tuple[Path, Path]:
