@@ -13,10 +13,14 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Iterator
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path, cache_dir
@@ -24,6 +28,7 @@ from lorakit.tagging.spelling import key
 
 VOCABS = ("danbooru", "e621")
 FORMAT_VERSION = 1
+RELATION_COLUMNS = ("antecedent_name", "consequent_name")
 
 
 @dataclass
@@ -115,14 +120,38 @@ def _open_text(path: Path) -> io.TextIOBase:
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that is not what its name says (binary, not gzip, cut short) is a UserError naming
+    it: the stored relations stay as they are."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); pass the export as downloaded") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: not a whole gzip file ({exc}); download it again") from None
+    except (csv.Error, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a valid export ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def read_relation_rows(path: Path) -> list[tuple[str, str]]:
     """Active (antecedent, consequent) pairs from an export CSV or API JSON."""
     name = path.name.removesuffix(".gz")
-    with _open_text(path) as f:
+    with _reading(path), _open_text(path) as f:
         if name.endswith(".json"):
             rows = json.load(f)
         else:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+            if not set(RELATION_COLUMNS) <= set(columns):
+                raise UserError(f"{path}: not a relations export: it needs the columns "
+                                f"{', '.join(RELATION_COLUMNS)} (it has: {', '.join(columns) or 'none'})")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise UserError(f"{path}: expected a list of objects with {', '.join(RELATION_COLUMNS)}, as the API returns")
     pairs = []
     for row in rows:
         if row.get("status", "active") == "active" and row.get("antecedent_name") and row.get("consequent_name"):
@@ -133,17 +162,35 @@ def read_relation_rows(path: Path) -> list[tuple[str, str]]:
 
 
 def read_tag_list(path: Path) -> tuple[dict[str, int], dict[str, str]]:
-    """Tag names with their category, and the aliases listed beside them."""
+    """Tag names with their category, and the aliases listed beside them. Header-less
+    `name,category,post_count,aliases` rows, or any column order under a header naming `name`
+    and `category` (e621's own export: `id,name,category,post_count`)."""
     categories, aliases = {}, {}
-    with _open_text(path) as f:
-        for row in csv.reader(f):
-            if len(row) < 2 or row[0] == "name":
+    with _reading(path), _open_text(path) as f:
+        reader = csv.reader(f)
+        first = next(reader, [])
+        header = [c.strip().lower() for c in first]
+        if "name" in header:
+            if "category" not in header:
+                raise UserError(f"{path}: a tag list needs a category column (it has: {', '.join(first)})")
+            name_at, category_at = header.index("name"), header.index("category")
+            aliases_at = header.index("aliases") if "aliases" in header else None
+            rows, start = reader, 2
+        else:
+            name_at, category_at, aliases_at = 0, 1, 3
+            rows, start = itertools.chain([first], reader), 1
+        for line, row in enumerate(rows, start=start):
+            if not any(row):
                 continue
-            categories[row[0]] = int(row[1]) if row[1].isdigit() else 0
-            if len(row) > 3 and row[3]:
-                for alias in row[3].split(","):
-                    if alias and alias != row[0]:
-                        aliases.setdefault(alias, row[0])
+            if len(row) <= max(name_at, category_at) or not row[category_at].strip().isdigit():
+                raise UserError(f"{path} line {line}: not a tag row (expected name,category,post_count,aliases "
+                                f"with a numeric category; found {','.join(row)[:80]!r})")
+            tag = row[name_at]
+            categories[tag] = int(row[category_at])
+            if aliases_at is not None and len(row) > aliases_at and row[aliases_at]:
+                for alias in row[aliases_at].split(","):
+                    if alias and alias != tag:
+                        aliases.setdefault(alias, tag)
     return categories, aliases
 
 
@@ -179,6 +226,9 @@ def build(vocab: str, paths: list[Path], source: str) -> Relations:
         if a != c:
             implies.setdefault(a, set()).add(c)
     rel.implies = {k: sorted(v) for k, v in implies.items()}
+    if not (rel.aliases or rel.implies or rel.categories):
+        raise UserError(f"{', '.join(str(p) for p in paths)}: no aliases, implications or tags in them; "
+                        "nothing to store")
     return rel
 
 
