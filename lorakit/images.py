@@ -64,15 +64,6 @@ def _unreachable(path: Path, exc: OSError) -> str:
     return f"cannot read: {exc.strerror or exc}"
 
 
-def _reason(exc: Exception) -> str:
-    """Pillow's message, or what it means for the user where it says little."""
-    reason = str(exc) or type(exc).__name__
-    for known, meaning in _PILLOW_REASONS.items():
-        if known in reason:
-            return meaning
-    return reason
-
-
 # Pillow refuses a PNG iCCP/zTXt/iTXt chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK with
 # a ValueError: the same attack as a decompression bomb, in the metadata.
 _PILLOW_REASONS = {
@@ -80,6 +71,15 @@ _PILLOW_REASONS = {
     "Decompressed data too large": "a PNG text or colour-profile chunk inflates past Pillow's limit "
                                    "(a decompression bomb?)",
 }
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's message, or what it means for the user where it says little."""
+    reason = str(exc) or type(exc).__name__
+    for known, meaning in _PILLOW_REASONS.items():
+        if known in reason:
+            return meaning
+    return reason
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
