@@ -1,6 +1,7 @@
 """The training config: one tree of dataclasses, read from TOML by train/config_toml.py. Defaults
-live here and only here; an unknown key is an error that names the closest valid key (a misspelt
-key silently ignored is how a run trains for hours with the wrong settings).
+and valid values (`Annotated[int, Range(1)]`) live here and only here; an unknown key is an error
+that names the closest valid key (a misspelt key silently ignored is how a run trains for hours
+with the wrong settings), and a value out of its range is refused when the config loads.
 
 Datasets come either from `N_name` folders under `data.image_root` (and `data.reg_root`), or as
 kohya-style `[[datasets]]` tables with `[[datasets.subsets]]` (what `tag balance --toml` writes).
@@ -8,8 +9,10 @@ kohya-style `[[datasets]]` tables with `[[datasets.subsets]]` (what `tag balance
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
 
 from lorakit.errors import UserError
 from lorakit.train.loss import LOSSES
@@ -18,7 +21,7 @@ from lorakit.train.network import MODULES
 from lorakit.train.optimizers import OPTIMIZERS
 from lorakit.train.precision import AMP, DTYPES
 from lorakit.train.sampling import SAMPLERS
-from lorakit.train.schedule import SCHEDULES
+from lorakit.train.schedule import SCHEDULES, parse_piecewise
 
 VERSION = 1
 
@@ -43,6 +46,73 @@ class ConfigError(UserError):
     pass
 
 
+# What a value may be, declared beside its field as `Annotated[type, mark]` and checked when the
+# config loads (train/config_toml.py), so `train plan` refuses what `train run` could not use.
+# Each mark's `problem(value)` says what is wrong, or None.
+
+
+BOUNDS = (("min", "at least", operator.ge), ("above", "above", operator.gt), ("max", "at most", operator.le),
+          ("below", "below", operator.lt))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's valid range: `Range(1)` at least 1, `Range(0, below=1)` a share short of all."""
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        bounds = [(words, bound, holds) for name, words, holds in BOUNDS if (bound := getattr(self, name)) is not None]
+        if all(holds(value, bound) for _, bound, holds in bounds):
+            return None
+        return "must be " + " and ".join(f"{words} {bound:g}" for words, bound, _ in bounds)
+
+
+@dataclass(frozen=True)
+class FileName:
+    """A name that becomes a file name in a folder: never a path, which could write outside it."""
+
+    def problem(self, value: str) -> str | None:
+        if not value.strip():
+            return "must be a file name, not empty"
+        # its own last part on every system: no / or \, no drive, not . or ..
+        last_part = all(kind(value).name == value for kind in (PurePosixPath, PureWindowsPath))
+        if "\0" in value or value in (".", "..") or not last_part:
+            return "must be a file name, not a path"
+        return None
+
+
+@dataclass(frozen=True)
+class WidthHeight:
+    """A resolution given as a list: exactly [width, height]."""
+
+    def problem(self, value: list) -> str | None:
+        return None if len(value) == 2 else "must be one number (a square) or [width, height]"
+
+
+@dataclass(frozen=True)
+class Piecewise:
+    """A1111's learning-rate schedule "0.005:100, 1e-3:1000, 1e-5", each rate within `rates`."""
+    rates: Range
+
+    def problem(self, value: str) -> str | None:
+        try:
+            pieces = parse_piecewise(value)
+        except UserError as exc:
+            return str(exc)
+        wrong = next((rate for rate, _ in pieces if self.rates.problem(rate)), None)
+        return None if wrong is None else f"its rate {wrong:g} {self.rates.problem(wrong)}"
+
+
+NAME = FileName()
+# a side of at least one 8x8 latent (the VAE's factor 8, then the UNet's downsamplings)
+Pixels = Annotated[int, Range(64)]
+Resolution = Pixels | Annotated[list[Pixels], WidthHeight()]
+LearningRate = Annotated[float, Range(0)] | Annotated[str, Piecewise(Range(0))]
+
+
 @dataclass
 class ModelConfig:
     base: str = ""  # diffusers folder, hub repo id, or a single .safetensors file
@@ -51,24 +121,24 @@ class ModelConfig:
     vae: str | None = None  # a separate VAE
     allow_pickle: bool = False  # .ckpt files run code when loaded: opt in explicitly
     config: str | None = None  # a single file's diffusers-layout config folder (default: the shipped one)
-    clip_skip: int = 1
+    clip_skip: Annotated[int, Range(1, 12)] = 1  # A1111's range: SD1's text encoder has 12 layers
 
 
 @dataclass
 class NetworkConfig:
     module: NetworkModule = "lora"
-    dim: int = 32
-    alpha: float = 32.0
-    conv_dim: int = 0  # LoCon and friends: rank of the 3x3 convolutions (0: not trained)
-    conv_alpha: float = 1.0
-    dropout: float = 0.0  # on the down projection's output (kohya network_dropout)
-    rank_dropout: float = 0.0
-    module_dropout: float = 0.0
-    scale_weight_norms: float | None = None
+    dim: Annotated[int, Range(1)] = 32
+    alpha: Annotated[float, Range(above=0)] = 32.0  # 0 would scale every change to nothing
+    conv_dim: Annotated[int, Range(0)] = 0  # LoCon and friends: rank of the 3x3 convolutions (0: not trained)
+    conv_alpha: Annotated[float, Range(above=0)] = 1.0
+    dropout: Annotated[float, Range(0, below=1)] = 0.0  # on the down projection's output (kohya network_dropout)
+    rank_dropout: Annotated[float, Range(0, below=1)] = 0.0
+    module_dropout: Annotated[float, Range(0, below=1)] = 0.0
+    scale_weight_norms: Annotated[float, Range(above=0)] | None = None
     train_unet: bool = True
     train_text_encoder: bool = True
-    unet_lr: float | str | None = None  # None: optimizer.learning_rate
-    text_encoder_lr: float | str | None = None
+    unet_lr: LearningRate | None = None  # None: optimizer.learning_rate
+    text_encoder_lr: LearningRate | None = None
     args: dict[str, Any] = field(default_factory=dict)  # passed to lycoris-lora
     weights: str | None = None  # continue from this LoRA / LoCon file (kohya network_weights)
     dim_from_weights: bool = False  # each module's rank and alpha from that file (kohya's option)
@@ -82,11 +152,11 @@ class SubsetOptions:
     caption_prefix: str | None = None
     caption_suffix: str | None = None
     shuffle_caption: bool | None = None
-    keep_tokens: int | None = None
+    keep_tokens: Annotated[int, Range(0)] | None = None
     keep_tokens_separator: str | None = None
-    caption_dropout_rate: float | None = None
-    caption_dropout_every_n_epochs: int | None = None
-    caption_tag_dropout_rate: float | None = None
+    caption_dropout_rate: Annotated[float, Range(0, 1)] | None = None
+    caption_dropout_every_n_epochs: Annotated[int, Range(0)] | None = None
+    caption_tag_dropout_rate: Annotated[float, Range(0, 1)] | None = None
     flip_aug: bool | None = None
     color_aug: bool | None = None
     random_crop: bool | None = None
@@ -95,19 +165,19 @@ class SubsetOptions:
 @dataclass
 class SubsetConfig(SubsetOptions):
     image_dir: str = ""
-    num_repeats: int = 1
+    num_repeats: Annotated[int, Range(1)] = 1
     class_tokens: str | None = None
     is_reg: bool = False
 
 
 @dataclass
 class DatasetConfig(SubsetOptions):
-    resolution: int | list[int] | None = None  # None: data.resolution
-    batch_size: int | None = None
+    resolution: Resolution | None = None  # None: data.resolution
+    batch_size: Annotated[int, Range(1)] | None = None
     enable_bucket: bool | None = None  # the bucket options: None, data's
-    min_bucket_reso: int | None = None
-    max_bucket_reso: int | None = None
-    bucket_reso_steps: int | None = None
+    min_bucket_reso: Pixels | None = None
+    max_bucket_reso: Pixels | None = None
+    bucket_reso_steps: Annotated[int, Range(8)] | None = None
     bucket_no_upscale: bool | None = None
     subsets: list[SubsetConfig] = field(default_factory=list)
 
@@ -116,22 +186,22 @@ class DatasetConfig(SubsetOptions):
 class DataConfig:
     image_root: str | None = None  # folders named N_name below it (kohya's layout)
     reg_root: str | None = None
-    resolution: int | list[int] = 512
-    batch_size: int = 1
+    resolution: Resolution = 512
+    batch_size: Annotated[int, Range(1)] = 1
     caption_extension: str = ".txt"
     caption_prefix: str = ""
     caption_suffix: str = ""
     shuffle_caption: bool = True
-    keep_tokens: int = 1  # the trigger stays first when captions are shuffled
+    keep_tokens: Annotated[int, Range(0)] = 1  # the trigger stays first when captions are shuffled
     keep_tokens_separator: str = ""  # e.g. "|||": everything before it is kept in place
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
+    caption_dropout_rate: Annotated[float, Range(0, 1)] = 0.0
+    caption_dropout_every_n_epochs: Annotated[int, Range(0)] = 0  # 0: never
+    caption_tag_dropout_rate: Annotated[float, Range(0, 1)] = 0.0
     max_token_length: Literal[75, 150, 225] = 75
     enable_bucket: bool = True
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
+    min_bucket_reso: Pixels = 256
+    max_bucket_reso: Pixels = 1024  # at least min_bucket_reso
+    bucket_reso_steps: Annotated[int, Range(8)] = 64  # at least the VAE's factor
     bucket_no_upscale: bool = False
     flip_aug: bool = False
     color_aug: bool = False
@@ -140,10 +210,11 @@ class DataConfig:
     cache_latents_to_disk: bool = False  # kept between runs, keyed by image, bucket, flip and VAE
     latent_cache_dir: str | None = None  # None: lorakit's user cache (~/.cache/lorakit/latents)
     cache_text_encoder_outputs: bool = False
-    prior_loss_weight: float = 1.0
-    num_workers: int = 2  # threads decoding images ahead of the VAE (0: in the training thread)
+    prior_loss_weight: Annotated[float, Range(0)] = 1.0
+    num_workers: Annotated[int, Range(0)] = 2  # threads decoding images ahead of the VAE (0: in the training thread)
     persistent_workers: bool = True  # the decode threads live for the whole run; false is refused
-    validation_split: float = 0.0  # images held out for a validation loss at fixed noise and timesteps
+    # images held out for a validation loss at fixed noise and timesteps
+    validation_split: Annotated[float, Range(0, below=1)] = 0.0
     # Textual inversion's prompt templates (A1111): "subject", "style" or a file of lines with
     # [name] and [filewords]. None: the captions are the prompts.
     template: str | None = None
@@ -154,41 +225,41 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     type: OptimizerType = "adamw"
-    learning_rate: float | str = 1e-4  # or A1111's schedule: "0.005:100, 1e-3:1000, 1e-5"
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    learning_rate: LearningRate = 1e-4  # or A1111's schedule: "0.005:100, 1e-3:1000, 1e-5"
+    weight_decay: Annotated[float, Range(0)] = 0.1
+    betas: list[Annotated[float, Range(0, below=1)]] = field(default_factory=lambda: [0.9, 0.99])
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class SchedulerConfig:
     type: SchedulerType = "cosine"
-    warmup_steps: int | None = None  # or:
-    warmup_ratio: float = 0.0
-    cycles: int = 1  # cosine_with_restarts
-    power: float = 1.0  # polynomial
+    warmup_steps: Annotated[int, Range(0)] | None = None  # or:
+    warmup_ratio: Annotated[float, Range(0, 1)] = 0.0
+    cycles: Annotated[int, Range(1)] = 1  # cosine_with_restarts
+    power: Annotated[float, Range(0)] = 1.0  # polynomial
 
 
 @dataclass
 class LossConfig:
     type: LossType = "l2"
-    huber_c: float = 0.1
-    min_snr_gamma: float | None = None
+    huber_c: Annotated[float, Range(above=0)] = 0.1
+    min_snr_gamma: Annotated[float, Range(above=0)] | None = None
     debiased_estimation: bool = False
-    noise_offset: float = 0.0
-    adaptive_noise_scale: float | None = None
-    multires_noise_iterations: int = 0
-    multires_noise_discount: float = 0.3
-    ip_noise_gamma: float = 0.0
+    noise_offset: Annotated[float, Range(0)] = 0.0
+    adaptive_noise_scale: float | None = None  # any sign: the offset it adds to is clamped at 0 (kohya)
+    multires_noise_iterations: Annotated[int, Range(0)] = 0
+    multires_noise_discount: Annotated[float, Range(0, 1)] = 0.3
+    ip_noise_gamma: Annotated[float, Range(0)] = 0.0
     zero_terminal_snr: bool = False
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Range(above=0)] = 1.0  # gradients are always clipped: 0 would zero them
 
 
 @dataclass
 class TrainingConfig:
-    max_epochs: int = 10
-    max_steps: int | None = None  # wins over max_epochs when set
-    gradient_accumulation_steps: int = 1
+    max_epochs: Annotated[int, Range(1)] = 10
+    max_steps: Annotated[int, Range(1)] | None = None  # wins over max_epochs when set
+    gradient_accumulation_steps: Annotated[int, Range(1)] = 1
     gradient_checkpointing: bool = False
     mixed_precision: MixedPrecision = "bf16"
     # the network's own weights (kohya full_fp16 / full_bf16): fp16 needs mixed_precision "fp16",
@@ -196,17 +267,17 @@ class TrainingConfig:
     weights_dtype: SavePrecision = "fp32"
     no_half_vae: bool = True  # false: the VAE in the mixed-precision dtype (fp16 may give NaN)
     attention: Attention = "sdpa"
-    seed: int = 42
-    log_every_n_steps: int = 10
-    validate_every_n_epochs: int | None = 1  # with data.validation_split
-    validate_every_n_steps: int | None = None
+    seed: Annotated[int, Range(0)] = 42
+    log_every_n_steps: Annotated[int, Range(1)] = 10
+    validate_every_n_epochs: Annotated[int, Range(0)] | None = 1  # with data.validation_split; 0: never
+    validate_every_n_steps: Annotated[int, Range(0)] | None = None
 
 
 @dataclass
 class SavingConfig:
-    every_n_epochs: int | None = 1
-    every_n_steps: int | None = None
-    keep_last_n: int | None = None
+    every_n_epochs: Annotated[int, Range(0)] | None = 1  # 0 or None: never
+    every_n_steps: Annotated[int, Range(0)] | None = None
+    keep_last_n: Annotated[int, Range(0)] | None = None  # 0 or None: keep every save (kohya_ss's 0)
     precision: SavePrecision = "fp16"
     save_state: bool = False
     private_metadata: bool = False  # keep only what loaders need in the file's metadata
@@ -217,8 +288,8 @@ class SavingConfig:
 
 @dataclass
 class SamplingConfig:
-    every_n_epochs: int | None = None
-    every_n_steps: int | None = None
+    every_n_epochs: Annotated[int, Range(0)] | None = None  # 0 or None: never
+    every_n_steps: Annotated[int, Range(0)] | None = None
     prompts: str | None = None  # a prompts file: one prompt per line, --w --h --s --l --d options
     sampler: Sampler = "euler_a"
 
@@ -228,17 +299,17 @@ class EmbeddingConfig:
     """One additional embedding (OneTrainer) / textual inversion (A1111): new tokens whose
     vectors train while the vocabulary stays as it is."""
     placeholder: str = ""  # the trigger word in the captions (several words allowed)
-    name: str | None = None  # file / bundle name; None: the placeholder made safe
-    token_count: int | None = None  # vectors; None: 1, or as many as base_embedding holds
+    name: Annotated[str, NAME] | None = None  # file / bundle name; None: the placeholder made safe
+    token_count: Annotated[int, Range(1)] | None = None  # vectors; None: 1, or as many as base_embedding holds
     init_text: str = "*"  # shorter than the count: padded with "*"; longer: truncated
     base_embedding: str | None = None  # continue training this embedding file
     train: bool = True
-    stop_training_after: int | None = None  # then frozen (the pivot)
+    stop_training_after: Annotated[int, Range(1)] | None = None  # then frozen (the pivot)
     stop_training_after_unit: Literal["steps", "epochs"] = "steps"
-    learning_rate: float | str | None = None  # None: optimizer.learning_rate
+    learning_rate: LearningRate | None = None  # None: optimizer.learning_rate
     # SDXL trains a vector set per encoder; each may have its own rate (None: learning_rate)
-    clip_l_learning_rate: float | str | None = None
-    clip_g_learning_rate: float | str | None = None
+    clip_l_learning_rate: LearningRate | None = None
+    clip_g_learning_rate: LearningRate | None = None
     preserve_norm: bool = False  # rescale to the median norm of the vocabulary after each step
 
 
@@ -258,7 +329,7 @@ class ModelCardConfig:
 @dataclass
 class OutputConfig:
     dir: str = "output"
-    name: str = "lora"
+    name: Annotated[str, NAME] = "lora"  # the files' name in dir: a name, never a path
     comment: str = ""  # ss_training_comment
     log_dir: str | None = None
     tensorboard: bool | None = None  # None: when the tensorboard package is installed

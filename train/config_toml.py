@@ -1,20 +1,23 @@
 """Reading a training config: TOML (or a saved run's JSON) into the dataclass tree of
 train/config.py. An unknown key is an error naming the closest valid key, a closed choice outside
-its registry is refused with the choices, relative paths are taken from the config file's folder,
-and `check` refuses combinations that could not do what they say, all before any model loads."""
+its registry is refused with the choices, a value its field's marks refuse (a number out of its
+Range, a path as a name) is refused naming the key, relative paths are taken from the config
+file's folder, and `check` refuses combinations that could not do what they say, all before any
+model loads."""
 
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import tomllib
 
-from lorakit.train.config import VERSION, Config, ConfigError
+from lorakit.train.config import NAME, VERSION, Config, ConfigError
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -65,9 +68,22 @@ def _unknown(key: str, where: str, cls: type) -> ConfigError:
     return ConfigError(f"unknown key '{full}'")
 
 
+class BadValue(ConfigError):
+    """A value of the right type that its field's marks refuse: the error a union shows, not
+    that the value is not one of its other types."""
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = get_origin(hint)
     if hint is Any:
+        return value
+    if origin is Annotated:  # a field's marks (train/config.py): Range, FileName, ...
+        kind, *marks = get_args(hint)
+        value = _coerce(value, kind, where)
+        for mark in marks:
+            problem = mark.problem(value)
+            if problem:
+                raise BadValue(f"{where} = {value!r}: {problem}")
         return value
     if origin in (typing.Union, types.UnionType):
         options = get_args(hint)
@@ -80,8 +96,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             try:
                 return _coerce(value, option, where)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"'{where}': bad value {value!r}")
+                errors.append(exc)
+        bad = [exc for exc in errors if isinstance(exc, BadValue)]
+        raise (bad or errors or [ConfigError(f"'{where}': bad value {value!r}")])[0]
     if origin is Literal:
         if value not in get_args(hint):
             allowed = ", ".join(repr(a) for a in get_args(hint))
@@ -102,6 +119,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return from_dict(hint, value, f"{where}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise BadValue(f"{where} = {value!r}: must be a finite number")
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and
                                                  not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"'{where}' must be {hint.__name__}, not {value!r}")
@@ -109,7 +128,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     names = {f.name for f in fields(cls)}
     for key in data:
         if key not in names:
@@ -134,7 +153,7 @@ def check(config: Config) -> None:
     extensions = [d.caption_extension] + [t.caption_extension for ds in config.datasets for t in (ds, *ds.subsets)
                                           if t.caption_extension]
     for extension in extensions:
-        if not extension.startswith(".") or len(extension) < 2:
+        if not extension.startswith(".") or len(extension) < 2 or NAME.problem(extension):
             raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")
     n = config.network
     if n.weights and n.module not in ("lora", "locon", "dylora"):
@@ -142,8 +161,15 @@ def check(config: Config) -> None:
                           "keeps its weights in another layout")
     if n.dim_from_weights and not n.weights:
         raise ConfigError("network.dim_from_weights reads the ranks of network.weights, which is not set")
-    if d.num_workers < 0:
-        raise ConfigError(f"data.num_workers = {d.num_workers}: use 0 (decode in the training thread) or more")
+    for where, table in [("data", d)] + [(f"datasets[{i}]", ds) for i, ds in enumerate(config.datasets)]:
+        low = table.min_bucket_reso or d.min_bucket_reso
+        high = table.max_bucket_reso or d.max_bucket_reso
+        if high < low:
+            raise ConfigError(f"{where}.max_bucket_reso = {high} is below min_bucket_reso = {low}: no bucket fits")
+    if config.model.base.endswith(".ckpt") and not config.model.allow_pickle:
+        raise ConfigError(f"model.base {config.model.base}: a .ckpt file is a pickle, and loading one can run "
+                          "code hidden in it. Prefer a .safetensors copy; to load this one anyway set "
+                          "model.allow_pickle = true")
     if not d.persistent_workers:
         raise ConfigError("data.persistent_workers = false: lorakit's decode threads cost nothing to keep and "
                           "live for the whole run, so there is nothing to restart each epoch; remove the key")
@@ -162,6 +188,16 @@ def check(config: Config) -> None:
     if config.network.module == "none" and not any(e.train for e in config.embeddings):
         raise ConfigError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
                           "with train = true")
+
+
+def coerce_key(dotted: str, value: Any) -> Any:
+    """`value` as the key `dotted` (network.dim) takes it, checked by its field's marks: for
+    `train import kohya`, which refuses a value key by key."""
+    *tables, key = dotted.split(".")
+    cls = Config
+    for table in tables:
+        cls = get_type_hints(cls)[table]
+    return _coerce(value, get_type_hints(cls, include_extras=True)[key], dotted)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -153,6 +153,8 @@ def read_kohya(path: Path) -> dict[str, Any]:
 
 def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | None, list[list[str]]]:
     """(lorakit config tree, the dataset tables, report rows [kohya key, value, where it went])."""
+    from lorakit.train.config_toml import ConfigError, coerce_key
+
     flat = read_kohya(config)
     tree: dict = {}
     rows: list[list[str]] = []
@@ -165,10 +167,10 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
             continue
         rule = KEYS.get(key)
         if isinstance(rule, To):
-            try:
-                _set(tree, rule.key, rule.convert(value))
+            try:  # a value its lorakit key refuses (a path as output.name, network.dim = 0) is reported
+                _set(tree, rule.key, coerce_key(rule.key, rule.convert(value)))
                 rows.append([key, shown, rule.key])
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ConfigError) as exc:
                 rows.append([key, shown, f"not mapped: {exc}"])
         elif isinstance(rule, str):
             rows.append([key, shown, rule[2:]])
