@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
-from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
+from lorakit.train.config import NAME
+from lorakit.train.tensor_files import read_safetensors
 
 XL_KEYS = ("clip_l", "clip_g")
 SD_KEY = "emb_params"
@@ -144,47 +146,65 @@ def _decode_png(text: str) -> dict:
 
 def read_embedding(path: str | Path) -> list[EmbeddingFile]:
     """Every embedding in a file: one for standalone files and PNGs, any number for a LoRA
-    with bundled embeddings."""
+    with bundled embeddings. A name read from the file becomes a file name (`train export`): a
+    path there is refused, not followed."""
     path = Path(path)
     where = str(path)
     if not path.is_file():
         raise UserError(f"{where}: no such file")
+    found = _read(path, where)
+    for emb in found:
+        if NAME.problem(emb.name):
+            raise UserError(f"{where}: the embedding's name {emb.name!r} is a path, not a name; it is not read")
+    return found
+
+
+def _read(path: Path, where: str) -> list[EmbeddingFile]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            bundled: dict[str, dict[str, torch.Tensor]] = {}
-            for key in keys:
-                if key.startswith(BUNDLE):
-                    emb, rest = key[len(BUNDLE):].split(".", 1)
-                    bundled.setdefault(emb, {})[rest.split(".", 1)[0] if rest.startswith("clip_") else SD_KEY] = \
-                        f.get_tensor(key).float()
-            if bundled:
-                step = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else None
-                return [EmbeddingFile(name, v, step, meta.get("ss_sd_model_name"), "bundled in a LoRA")
-                        for name, v in bundled.items()]
-            if any(k.endswith((".lora_down.weight", ".alpha")) for k in keys):
-                raise UserError(f"{where}: a LoRA without bundled embeddings")
-            data = {k: f.get_tensor(k) for k in keys}
-        found = _from_dict(data, meta.get("lorakit.name") or path.stem, "safetensors", where)
-        found.step = int(meta["lorakit.step"]) if meta.get("lorakit.step") else None
+        tensors, meta = read_safetensors(path)
+        bundled: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            if key.startswith(BUNDLE):
+                emb, _, rest = key[len(BUNDLE):].partition(".")
+                if not rest:
+                    raise UserError(f"{where}: {key} is not a bundled embedding's key (bundle_emb.NAME.…)")
+                bundled.setdefault(emb, {})[rest.split(".", 1)[0] if rest.startswith("clip_") else SD_KEY] = \
+                    tensor.float()
+        if bundled:
+            step = int(meta["ss_steps"]) if meta.get("ss_steps", "").isdigit() else None
+            return [EmbeddingFile(name, v, step, meta.get("ss_sd_model_name"), "bundled in a LoRA")
+                    for name, v in bundled.items()]
+        if any(k.endswith((".lora_down.weight", ".alpha")) for k in tensors):
+            raise UserError(f"{where}: a LoRA without bundled embeddings")
+        found = _from_dict(tensors, meta.get("lorakit.name") or path.stem, "safetensors", where)
+        found.step = int(meta["lorakit.step"]) if meta.get("lorakit.step", "").isdigit() else None
         found.base_model = meta.get("lorakit.base_model") or None
         return [found]
     if suffix in (".pt", ".bin"):
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a pickle holding more than tensors: loading it could run code
-            raise UserError(f"{where}: cannot be read safely ({str(exc).splitlines()[0][:120]})") from None
+            with warnings.catch_warnings():  # torch's notes on a pickle's protocol: noise beside the error
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (a damaged file fails in many ways: pickle, zip, EOF)
+            raise UserError(f"{where}: not an embedding file torch reads without running code in it "
+                            f"({type(exc).__name__}): damaged, or a pickle holding more than tensors") from None
         if not isinstance(data, dict):
             raise UserError(f"{where}: not an embedding")
         return [_from_dict(data, path.stem, "A1111 .pt" if "string_to_param" in data else "diffusers .bin", where)]
     if suffix == ".png":
-        with Image.open(path) as image:
-            text = getattr(image, "text", {}).get(PNG_CHUNK)
+        try:
+            with Image.open(path) as image:
+                text = getattr(image, "text", {}).get(PNG_CHUNK)
+            data = _decode_png(text) if text else None
+        except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
+            # PIL's errors for a damaged PNG (SyntaxError: a broken chunk); base64's or JSON's for the chunk
+            raise UserError(f"{where}: not a readable PNG embedding ({type(exc).__name__})") from None
         if not text:
             raise UserError(f"{where}: the PNG carries no {PNG_CHUNK} chunk")
-        return [_from_dict(_decode_png(text), path.stem, "PNG chunk", where)]
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: its {PNG_CHUNK} chunk holds no embedding")
+        return [_from_dict(data, path.stem, "PNG chunk", where)]
     raise UserError(f"{where}: embeddings are .safetensors, .pt, .bin or .png files")
 
 

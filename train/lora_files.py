@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 
 from lorakit.errors import UserError
@@ -22,6 +21,7 @@ from lorakit.fsio import atomic_path
 from lorakit.report import OK, Outcome, Report, Section
 from lorakit.train.embedding_files import BUNDLE
 from lorakit.train.network import compose, model_hashes
+from lorakit.train.tensor_files import read_safetensors
 
 PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
@@ -49,12 +49,7 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise UserError(f"{path}: no such file")
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: LoRA files are read as .safetensors (the format train run writes)")
-    try:
-        with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise UserError(f"{path}: not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+    tensors, meta = read_safetensors(path)
     if not any(k.startswith(PREFIXES) for k in tensors):
         raise UserError(f"{path}: not a LoRA (no lora_unet_/lora_te keys)")
     return tensors, meta
