@@ -68,10 +68,12 @@ def glossary(json: Json = False) -> None:
     emit(report, json)
 
 
-def _train(config, out_dir: Path, stop_at: int | None, json: bool, resuming: bool) -> None:
-    """Run (or resume) with the run log: log.jsonl, the display (rich on a terminal, JSON lines on
-    stderr elsewhere) and TensorBoard; under `accelerate launch` only the first process shows,
-    writes and reports."""
+def _train(config, out_dir: Path, stop_at: int | None, json: bool, state: dict | None) -> None:
+    """Run (or resume, from `state`) with the run log: log.jsonl, the display (rich on a terminal,
+    JSON lines on stderr elsewhere) and TensorBoard; under `accelerate launch` only the first
+    process shows, writes and reports. Stopped by a signal, it exits 128 + the signal (130, 143)."""
+    from lorakit.options import err_console, out_console
+    from lorakit.report import print_report
     from lorakit.train.distributed import is_main_process
     from lorakit.train.loop import run as train_run
     from lorakit.train.progress import RunLog
@@ -80,11 +82,22 @@ def _train(config, out_dir: Path, stop_at: int | None, json: bool, resuming: boo
     run_log = RunLog(out_dir, Path(config.output.log_dir or out_dir) / "tensorboard", config.output.tensorboard) \
         if main else None
     try:
-        result = train_run(config, out_dir, stop_at, run_log or (lambda line: None), resume_from_state=resuming,
+        result = train_run(config, out_dir, stop_at, run_log or (lambda line: None), state=state,
                            progress=run_log.step if run_log else None)
+    except KeyboardInterrupt:  # Ctrl-C while the models load: no step yet, so nothing to save
+        err_console.print("interrupted before the first step: nothing was saved", highlight=False)
+        raise typer.Exit(130) from None
     finally:
         if run_log:
             run_log.close()
+    signum = result["interrupted"]
+    if main and signum:
+        print_report(_report(result, out_dir), json, out_console, err_console)
+        saved = ", ".join(Path(p).name for p in result["saved"][-1:]) or "nothing new"
+        err_console.print(f"interrupted at step {result['step']} of {result['total']}: saved {saved} and the "
+                          f"state; `train resume {out_dir}` continues", highlight=False, soft_wrap=True)
+    if signum:
+        raise typer.Exit(128 + signum)
     if main:
         emit(_report(result, out_dir), json)
 
@@ -110,10 +123,13 @@ def run(
 ) -> None:
     """Train a LoRA / LoCon, additional embeddings, or textual inversion alone (network.module = "none")."""
     from lorakit.train.config_toml import load
+    from lorakit.train.distributed import is_main_process
+    from lorakit.train.outputs import claimed
 
     with user_errors():
         cfg = load(config, set_ or [])
-        _train(cfg, Path(cfg.output.dir), stop_at, json, resuming=False)
+        with claimed(Path(cfg.output.dir), "train run", is_main_process()):
+            _train(cfg, Path(cfg.output.dir), stop_at, json, state=None)
 
 
 @app.command()
@@ -123,10 +139,12 @@ def resume(
     json: Json = False,
 ) -> None:
     """Continue a run from its saved state, exactly where it stopped."""
-    from lorakit.train.loop import saved_config
+    from lorakit.train.distributed import is_main_process
+    from lorakit.train.outputs import claimed, read_state, saved_config
 
-    with user_errors():
-        _train(saved_config(output_dir), output_dir, stop_at, json, resuming=True)
+    with user_errors(), claimed(output_dir, "train resume", is_main_process(), create=False):
+        config = saved_config(output_dir)  # both read and checked before anything is written
+        _train(config, output_dir, stop_at, json, read_state(output_dir))
 
 
 @app.command()

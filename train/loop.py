@@ -8,6 +8,9 @@
         what is due at the epoch's end
     keep the state; save the final files
 
+Ctrl-C or SIGTERM stops it after the step under way, with a checkpoint and the state saved
+(train/interrupt.py).
+
 Every random draw comes from a seed derived from (seed, stream, step, micro-batch)
 (train/seeds.py), so a resumed run continues exactly as an uninterrupted one would.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -25,44 +29,59 @@ from lorakit.errors import UserError
 from lorakit.train import loss as L
 from lorakit.train import precision, seeds
 from lorakit.train.config import Config
-from lorakit.train.config_toml import from_dict
 from lorakit.train.data import epoch_batches
+from lorakit.train.interrupt import Interrupt
 from lorakit.train.models import encode_text
-from lorakit.train.saving import save_state
-from lorakit.train.setup import STATE, Run, prompt, setup
+from lorakit.train.setup import Run, prompt, setup
 from lorakit.train.templates import fill
 
 
 def run(config: Config, out_dir: Path | None = None, stop_at: int | None = None, log=print,
-        resume_from_state: bool = False, progress=None) -> dict:
+        resume_from_state: bool = False, progress=None, state: dict | None = None) -> dict:
     """Train until the configured total (or `stop_at`, as if interrupted: the state is kept).
     `log(json_line)` gets each logged step, validation and warning; `progress(step, total, epoch,
-    images)` is called after every optimizer step (train/progress.py shows both)."""
-    return train(setup(config, out_dir, resume_from_state, log), stop_at, progress)
+    images)` is called after every optimizer step (train/progress.py shows both). `state`: the
+    saved state to resume from, already read (else read from out_dir when resuming)."""
+    return train(setup(config, out_dir, resume_from_state, log, state=state), stop_at, progress)
 
 
 def train(run: Run, stop_at: int | None = None, progress=None) -> dict:
+    """The result's "interrupted": the signal that stopped the run early (train/interrupt.py), or None."""
     config = run.config
     losses: list[float] = []
     images = 0  # trained since this process started, by all processes (for img/s)
     step = run.step
-    while step < run.total and (stop_at is None or step < stop_at):
-        epoch, done_in_epoch = divmod(step, run.steps_per_epoch)
-        for group in step_groups(run, epoch)[done_in_epoch:]:
-            loss, scaled = optimizer_step(run, group, step, epoch)
-            step += 1
-            images += sum(len(batch) for batch in group)
-            if progress:
-                progress(step, run.total, epoch + 1, images)
-            if step % config.training.log_every_n_steps == 0 or step == run.total:
-                losses.append(log_step(run, step, epoch + 1, loss, scaled))
-            act(run, due(config, step, run.total), step, epoch + 1, f"step{step:08d}")
-            if step >= run.total or (stop_at is not None and step >= stop_at):
-                break
-        epochs_done, rest = divmod(step, run.steps_per_epoch)
-        if rest == 0:
-            act(run, due(config, step, run.total, epochs_done), step, epochs_done, f"{epochs_done:06d}")
-    return finish(run, step, losses)
+    stopped = None
+    with Interrupt() as interrupt:
+        while step < run.total and (stop_at is None or step < stop_at) and not stopped:
+            epoch, done_in_epoch = divmod(step, run.steps_per_epoch)
+            for group in step_groups(run, epoch)[done_in_epoch:]:
+                loss, scaled = optimizer_step(run, group, step, epoch)
+                step += 1
+                images += sum(len(batch) for batch in group)
+                if progress:
+                    progress(step, run.total, epoch + 1, images)
+                if step % config.training.log_every_n_steps == 0 or step == run.total:
+                    losses.append(log_step(run, step, epoch + 1, loss, scaled))
+                act(run, due(config, step, run.total), step, epoch + 1, f"step{step:08d}")
+                stopped = signalled(run, interrupt)
+                if step >= run.total or (stop_at is not None and step >= stop_at) or stopped:
+                    break
+            epochs_done, rest = divmod(step, run.steps_per_epoch)
+            if rest == 0:
+                act(run, due(config, step, run.total, epochs_done), step, epochs_done, f"{epochs_done:06d}")
+        if stopped and step < run.total and run.dist.main and run.saver.record.label_at(step) is None:
+            run.saver.checkpoint(step, f"step{step:08d}")  # the state follows in finish
+        return finish(run, step, losses, stopped if step < run.total else None)
+
+
+def signalled(run: Run, interrupt: Interrupt) -> int | None:
+    """The signal that stops the run after this step. Every process stops at the same step, though
+    a signal reaches each at its own moment (the others would wait for it in the next all-reduce)."""
+    if run.dist.world == 1:
+        return interrupt.signum
+    anyone = run.dist.mean(torch.tensor(float(interrupt.signum or 0), device=run.device)) > 0
+    return (interrupt.signum or signal.SIGTERM) if anyone else None
 
 
 def step_groups(run: Run, epoch: int) -> list[list[list[int]]]:
@@ -210,8 +229,15 @@ def validate(run: Run, step: int, epoch: int) -> None:
     run.log(json.dumps({"step": step, "epoch": epoch, "val_loss": value}))
 
 
+def save(run: Run, step: int, label: str) -> None:
+    """An intermediate save; with saving.save_state the state to resume from goes with it."""
+    run.saver.checkpoint(step, label)
+    if run.config.saving.save_state:
+        run.saver.keep_state(run.state(step), label)
+
+
 ACTIONS = {  # what `due` can return, done by the first process only
-    "save": lambda run, step, epoch, label: run.saver.checkpoint(step, label),
+    "save": lambda run, step, epoch, label: save(run, step, label),
     "sample": lambda run, step, epoch, label: run.saver.sample(step),
     "validate": lambda run, step, epoch, label: validate(run, step, epoch),
 }
@@ -223,22 +249,14 @@ def act(run: Run, actions: list[str], step: int, epoch: int, label: str) -> None
             ACTIONS[action](run, step, epoch, label)
 
 
-def finish(run: Run, step: int, losses: list[float]) -> dict:
+def finish(run: Run, step: int, losses: list[float], interrupted: int | None = None) -> dict:
     """Keep the state (always when stopped early), save the final files, release the workers."""
     if run.dist.main and (run.config.saving.save_state or step < run.total):
-        save_state(run.network, run.optimizer, run.embeddings, run.scaler, step, run.config, run.state_path)
+        run.saver.keep_state(run.state(step), f"step{step:08d}")
     if run.dist.main and step >= run.total:
         run.saver.checkpoint(step)
     run.latents.close()
     run.dist.close()
     return {"step": step, "total": run.total, "losses": losses, "steps_per_epoch": run.steps_per_epoch,
             "saved": run.saver.saved, "val_losses": list(run.val_losses.values()),
-            "held_out": [str(i.image) for i in run.held_out]}
-
-
-def saved_config(out_dir: Path) -> Config:
-    """The config of a run that kept its state (written beside state.pt)."""
-    config_path = out_dir / "config.json"
-    if not (out_dir / STATE).is_file() or not config_path.is_file():
-        raise UserError(f"{out_dir} holds no saved state: train with saving.save_state = true first")
-    return from_dict(Config, json.loads(config_path.read_text()))
+            "held_out": [str(i.image) for i in run.held_out], "interrupted": interrupted}

@@ -8,32 +8,40 @@
 - with `output.log_dir`: at every save a copy of each embedding as `embeddings/EMB-STEP.ext`,
   sample images in `images/`, and with `saving.embedding_in_png` a sample PNG that carries the
   embedding in `image_embeddings/` (A1111's textual-inversion log);
-- samples every N steps or epochs (`[sampling]`) go to `images/` of the log dir, else `sample/`.
+- samples every N steps or epochs (`[sampling]`) go to `images/` of the log dir, else `sample/`;
+- `state.pt` and `config.json`, what `train resume` continues from (with `saving.save_state` at
+  every save, and always when a run stops early); the state each replaces is kept as
+  `state-LABEL.pt` beside its checkpoint for as long as `saving.keep_last_n` keeps that;
+- `.lorakit/saves.json`: which of these files this run wrote (train/outputs.py), the only ones
+  `saving.keep_last_n` deletes.
+
+Every file is written atomically; one that cannot be (a full disk) stops the run with an error
+naming it, and the file it would have replaced is kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path, write_text
+from lorakit.fsio import atomic_path
 from lorakit.train.config import Config
 from lorakit.train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
 from lorakit.train.metadata import metadata
 from lorakit.train.network import save
+from lorakit.train.outputs import STATE, Record, landing, write_state
 from lorakit.train.precision import DTYPES
 from lorakit.train.sampling import generate, prompts_for, save_sample
 
 
 class Saver:
-    def __init__(self, config: Config, out_dir: Path, items, network, embeddings, models, parking, plan: dict,
-                 fallback_prompt: str):
-        self.config, self.out_dir, self.items = config, out_dir, items
+    def __init__(self, config: Config, out_dir: Path, record: Record, items, network, embeddings, models, parking,
+                 plan: dict, fallback_prompt: str):
+        self.config, self.out_dir, self.record, self.items = config, out_dir, record, items
         self.parking = parking  # sampling borrows back the models parked off the device
         self.network, self.embeddings, self.models = network, embeddings, models
         self.plan = plan  # steps_per_epoch, total, started
@@ -58,17 +66,21 @@ class Saver:
                 extra.update(bundle_keys(item.name, self.embeddings.vectors(item)))
         meta = metadata(self.config, self.items, step, self.plan["steps_per_epoch"], self.plan["total"],
                         self.plan["started"], self.models.family)
-        save(self.network, path, meta, DTYPES[self.config.saving.precision], extra)
+        with landing(path):
+            save(self.network, path, meta, DTYPES[self.config.saving.precision], extra)
         self.saved.append(str(path))
 
     def _embedding(self, item, path: Path, step: int) -> None:
-        save_standalone(path, item.name, self.embeddings.vectors(item), step, self.base_name)
+        with landing(path):
+            save_standalone(path, item.name, self.embeddings.vectors(item), step, self.base_name)
         self.saved.append(str(path))
 
     def checkpoint(self, step: int, label: str | None = None) -> None:
-        """label None: the final files; else an intermediate save (`000004`, `step00000010`)."""
+        """label None: the final files; else an intermediate save (`000004`, `step00000010`),
+        recorded as this run's and pruned to saving.keep_last_n."""
         suffix = f"-{label}" if label else ""
         name = self.config.output.name
+        before = len(self.saved)
         if self.has_network:
             self._lora(self.out_dir / f"{name}{suffix}.safetensors", step)
             if not self.config.saving.bundle_embeddings:
@@ -78,33 +90,43 @@ class Saver:
             for item in self._embedding_items():
                 self._embedding(item, self.out_dir / f"{item.name}{suffix}{self.ext}", step)
         if label:
-            self._prune()
+            self.record.wrote(label, step, [Path(p) for p in self.saved[before:]])
+            self.record.prune(self.config.saving.keep_last_n)
+            self.record.write()
         if self.config.output.log_dir:
             self._log(step)
 
-    def _prune(self) -> None:
-        keep = self.config.saving.keep_last_n
-        if not keep:
-            return
-        stems = [self.config.output.name] if self.has_network else [i.name for i in self._embedding_items()]
-        ext = ".safetensors" if self.has_network else self.ext
-        for stem in stems:
-            older = sorted(self.out_dir.glob(f"{stem}-*{ext}"), key=lambda p: p.stat().st_mtime_ns)
-            for path in older[:-keep]:
-                path.unlink()
-                shutil.rmtree(path.with_name(path.name[:-len(ext)] + "_embeddings"), ignore_errors=True)
+    def keep_state(self, state: dict, label: str) -> None:
+        """The state `train resume` continues from, as state.pt (with config.json). The state it
+        replaces stays as `state-LABEL.pt` while its checkpoint is kept."""
+        previous, step = self.record.state, state["step"]
+        if previous and previous["step"] == step:
+            return  # already saved at this step (a save, then a stop)
+        if previous and self.record.has(previous["label"]) and (self.out_dir / STATE).is_file():
+            kept = self.out_dir / f"state-{previous['label']}.pt"
+            with landing(kept), atomic_path(kept) as tmp:
+                try:
+                    os.link(self.out_dir / STATE, tmp)  # the same bytes under a second name: no copy
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(self.out_dir / STATE, tmp)
+            self.record.add(previous["label"], kept)
+        write_state(state, json.dumps(asdict(self.config)), self.out_dir)
+        self.record.state = {"label": self.record.label_at(step) or label, "step": step}
+        self.record.write()
 
     def _log(self, step: int) -> None:
         log_dir = Path(self.config.output.log_dir)
         for item in self._embedding_items():
-            save_standalone(log_dir / "embeddings" / f"{item.name}-{step}{self.ext}", item.name,
-                            self.embeddings.vectors(item), step, self.base_name)
+            path = log_dir / "embeddings" / f"{item.name}-{step}{self.ext}"
+            with landing(path):
+                save_standalone(path, item.name, self.embeddings.vectors(item), step, self.base_name)
         samples = self.sample(step)
         if self.config.saving.embedding_in_png and samples:
             image = samples[0][1]
             for item in self._embedding_items():
-                save_png_with_embedding(image, log_dir / "image_embeddings" / f"{item.name}-{step}.png", item.name,
-                                        self.embeddings.vectors(item), step, self.base_name)
+                path = log_dir / "image_embeddings" / f"{item.name}-{step}.png"
+                with landing(path):
+                    save_png_with_embedding(image, path, item.name, self.embeddings.vectors(item), step, self.base_name)
 
     def sample(self, step: int) -> list:
         """Sample images at this step (once, however many triggers fire at it)."""
@@ -121,16 +143,9 @@ class Saver:
         finally:
             self.network.train()
         for k, (prompt, image, parameters) in enumerate(samples):
-            save_sample(image, parameters, folder / f"{prefix}-{step:06d}-{k:02d}-{prompt.seed}.png")
+            path = folder / f"{prefix}-{step:06d}-{k:02d}-{prompt.seed}.png"
+            with landing(path):
+                save_sample(image, parameters, path)
         self._sampled_at, self._last_samples = step, samples
         return samples
 
-
-def save_state(network, optimizer, embeddings, scaler, step: int, config: Config, path: Path) -> None:
-    """What `train resume` continues from: the trained weights, the optimizer's moments, the fp16
-    loss scale (without it a resumed fp16 run would restart at the initial scale) and the step."""
-    state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "embeddings": embeddings.state() if embeddings else [], "scaler": scaler.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_text(path.with_name("config.json"), json.dumps(asdict(config)))

@@ -29,13 +29,12 @@ from lorakit.train.models import Models, encode_text, load_models, sdxl_clip_ski
 from lorakit.train.naming import text_encoder_targets, unet_targets
 from lorakit.train.network import MODULES, LoRANetwork
 from lorakit.train.offload import Parking
+from lorakit.train.outputs import CONFIG, STATE, Record, read_state
 from lorakit.train.saving import Saver
 from lorakit.train.schedule import base_rate, group_lambda
 from lorakit.train.subset_options import caption_for_step
 from lorakit.train.templates import fill, load_template
 from lorakit.train.validation import Validation, split
-
-STATE = "state.pt"
 
 
 @dataclass
@@ -71,9 +70,12 @@ class Run:
     def placeholder(self) -> str:
         return self.config.embeddings[0].placeholder if self.config.embeddings else ""
 
-    @property
-    def state_path(self) -> Path:
-        return self.out_dir / STATE
+    def state(self, step: int) -> dict:
+        """What `train resume` continues from: the trained weights, the optimizer's moments, the
+        fp16 loss scale (without it a resumed fp16 run would restart at the initial scale) and the
+        step (`_restore` is its inverse)."""
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
+                "embeddings": self.embeddings.state() if self.embeddings else [], "scaler": self.scaler.state_dict()}
 
     def trained(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -89,12 +91,14 @@ def prompt(run: Run, item: Item, rng: random.Random, epoch: int) -> str:
 
 
 def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log=print,
-          device: torch.device | None = None, models: Models | None = None) -> Run:
-    """Load and build a run. `device`: where it trains (default: this process's GPU, else the
-    CPU; the placement check passes "meta"). `models`: already built ones instead of
-    model.base's (bench/gpu.py builds random-weight ones on the GPU)."""
+          device: torch.device | None = None, models: Models | None = None, state: dict | None = None) -> Run:
+    """Load and build a run. `resume`: from the state saved in out_dir (`state`: that state, already
+    read). `device`: where it trains (default: this process's GPU, else the CPU; the placement
+    check passes "meta"). `models`: already built ones instead of model.base's (bench/gpu.py builds
+    random-weight ones on the GPU)."""
     out_dir = Path(out_dir or config.output.dir)
-    state = torch.load(out_dir / STATE, weights_only=True) if resume else None
+    if resume and state is None:
+        state = read_state(out_dir)
     seed = config.training.seed
     models = models or load_models(config)
     check_encoder_rates(config.embeddings, models.family)
@@ -145,14 +149,18 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
                                          models.sdxl)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = items[0]
-    saver = Saver(config, out_dir, items, network, embeddings, models, Parking(device),
+    saver = Saver(config, out_dir, Record(out_dir, state["step"] if state else None), items, network, embeddings, models, Parking(device),
                   {"steps_per_epoch": per_epoch, "total": total, "started": time.time()},
                   fill(templates[0], placeholder, first.caption) if templates else first.caption)
     run = Run(config, out_dir, dist, device, models, network, unet_t, te_t, embeddings, templates, items, held_out,
               latents, validation, optimizer, schedule, precision.grad_scaler(device, amp_dtype, config.training.weights_dtype), amp_dtype, per_epoch,
               total, saver, log)
     if state is not None:
-        _restore(run, state)
+        try:
+            _restore(run, state)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:  # another network's state
+            raise UserError(f"{out_dir / STATE} does not fit the run in {out_dir / CONFIG} ({str(e)[:200]}); "
+                            "resume from the state and config.json saved together") from None
     run.text_cache = _text_cache(run)
     run.parking = saver.parking
     if config.data.cache_latents:  # every latent, validation's too, is cached: the VAE's work is done
