@@ -4,6 +4,7 @@ a full disk keeps the previous file, and a damaged state is refused. Each test c
 (hashes before and after) and the exit code and message, on the tiny SD1.5-shaped model."""
 
 import errno
+import json
 import os
 import pathlib
 import shutil
@@ -223,3 +224,36 @@ def test_resume_refuses_a_damaged_state_or_config(tmp_path, stopped, name, damag
     before = digest(tmp_path)
     error_line(train("resume", out, check=2), str(out / name), expected)
     assert digest(tmp_path) == before
+
+
+def test_a_record_naming_paths_outside_the_folder_deletes_nothing(tmp_path):
+    """`.lorakit/saves.json` travels with a shared output folder: a path in it leading out of the
+    folder (or absolute) makes the whole record untrusted, so keep_last_n deletes nothing."""
+    from lorakit.train.outputs import RECORD, Record
+
+    out = tmp_path / "out"
+    (out / ".lorakit").mkdir(parents=True)
+    victims = [tmp_path / "victim.txt", out / "kit-000001.safetensors"]
+    for victim in victims:
+        victim.write_text("keep me")
+    stamp = [victims[0].stat().st_size, victims[0].stat().st_mtime_ns]
+    for name in ("../victim.txt", str(victims[0])):
+        (out / RECORD).write_text(json.dumps({"saves": [
+            {"label": "000001", "step": 2, "files": {name: stamp, "kit-000001.safetensors": stamp}},
+            {"label": "000002", "step": 4, "files": {}}], "state": None}))
+        record = Record(out, resumed_at=4)
+        assert record.saves == []
+        record.prune(1)
+    assert all(v.read_text() == "keep me" for v in victims)
+
+
+@pytest.mark.parametrize("keep", [None, 0])
+def test_keep_last_n_unset_or_0_keeps_every_save(tmp_path, keep):
+    from lorakit.train.outputs import Record
+
+    record = Record(tmp_path)
+    for label in ("000001", "000002", "000003"):
+        (tmp_path / f"kit-{label}.safetensors").write_text(label)
+        record.wrote(label, int(label), [tmp_path / f"kit-{label}.safetensors"])
+    record.prune(keep)
+    assert len(list(tmp_path.glob("kit-*"))) == 3 and len(record.saves) == 3
