@@ -137,7 +137,7 @@ BAD_VALUES = [
     ("data.num_workers=-1", "data.num_workers = -1: must be at least 0"),
     ("data.validation_split=1", "data.validation_split = 1.0: must be at least 0 and below 1"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas[1] = 1.0: must be at least 0 and below 1"),
-    ("loss.max_grad_norm=0", "loss.max_grad_norm = 0.0: must be above 0"),
+    ("loss.max_grad_norm=-1", "loss.max_grad_norm = -1.0: must be at least 0"),
 ]
 
 

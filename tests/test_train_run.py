@@ -103,6 +103,18 @@ def test_optimizers(tmp_path, base, optimizer, lr):
     assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if "lora_up" in k)  # it trained
 
 
+def test_max_grad_norm_0_turns_clipping_off_as_in_kohya(tmp_path, base):
+    runs = {}
+    for name, norm in (("off", "0"), ("unreachable", "1e9"), ("tight", "1e-6")):
+        train_json("run", config(tmp_path, base, name), "--set", "training.max_steps=2",
+                   "--set", f"loss.max_grad_norm={norm}")
+        runs[name], _ = weights(tmp_path / name / "out" / "kit.safetensors")
+    ups = [k for k in runs["off"] if "lora_up" in k]
+    assert all(torch.equal(runs["off"][k], runs["unreachable"][k]) for k in runs["off"])  # 0: not clipped
+    assert any(not torch.equal(runs["off"][k], runs["tight"][k]) for k in ups)  # a real norm clips
+    assert any(float(runs["off"][k].abs().sum()) > 0 for k in ups)  # and 0 did not zero the step
+
+
 def test_accumulation_resume_and_step_saves(tmp_path, base):
     extra = ["--set", "data.batch_size=1", "--set", "training.gradient_accumulation_steps=2",
              "--set", "saving.every_n_steps=1", "--set", "saving.keep_last_n=2", "--set", "saving.every_n_epochs=0"]

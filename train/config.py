@@ -252,7 +252,7 @@ class LossConfig:
     multires_noise_discount: Annotated[float, Range(0, 1)] = 0.3
     ip_noise_gamma: Annotated[float, Range(0)] = 0.0
     zero_terminal_snr: bool = False
-    max_grad_norm: Annotated[float, Range(above=0)] = 1.0  # gradients are always clipped: 0 would zero them
+    max_grad_norm: Annotated[float, Range(0)] = 1.0  # 0: no clipping (kohya's meaning)
 
 
 @dataclass

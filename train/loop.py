@@ -108,7 +108,8 @@ def optimizer_step(run: Run, group: list[list[int]], step: int, epoch: int):
     with_grad = [p for p in trained if p.grad is not None]
     if with_grad:  # the scaler refuses a step it saw no gradient for
         run.scaler.unscale_(run.optimizer)  # before clipping: the norm of the true gradients
-        torch.nn.utils.clip_grad_norm_(with_grad, config.loss.max_grad_norm)
+        if config.loss.max_grad_norm > 0:  # 0 turns clipping off, as in kohya (clipping to 0 zeroes the step)
+            torch.nn.utils.clip_grad_norm_(with_grad, config.loss.max_grad_norm)
         run.scaler.step(run.optimizer)  # skipped when fp16 gradients overflowed
         run.scaler.update()
     if run.embeddings:
