@@ -26,6 +26,8 @@ class Entry:
     tags: list[str] = field(default_factory=list)
     facts: Facts | None = None
     version: str = ""  # a digest of the caption file's bytes as read ("" for none)
+    text: str = ""  # the whole caption as the page edits it (every line; see caption_text)
+    stamp: tuple[int, int] = (-1, -1)  # the caption file's size and mtime when read: a change on disk shows
 
 
 @dataclass
@@ -36,10 +38,27 @@ class Query:
     flagged: bool = False  # curate scan's noise score at or above the threshold
     duplicates: bool = False  # in a near-duplicate group (shown group by group)
     smaller_than: int | None = None  # short side under this many pixels
+    unreadable: bool = False  # images that could not be read (their facts carry the error)
 
 
 def caption_version(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
+
+
+def caption_text(data: bytes) -> str:
+    """A caption file as the page's box shows it: every line, LF line endings, no BOM, no final
+    line ending (bytes that are not UTF-8 shown as U+FFFD; writes.save_caption keeps them as they
+    were while their lines are not changed)."""
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff").replace("\r\n", "\n")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 def parse_query(text: str) -> tuple[list[str], list[str]]:
@@ -83,23 +102,31 @@ class Dataset:
 
     def _read_caption(self, entry: Entry) -> None:
         path = self.root / entry.caption_rel
+        entry.stamp = _stamp(path)
         try:
             if not path.resolve().is_relative_to(self._real_root):  # a symlink out: not the dataset's text
                 raise PermissionError(f"{entry.caption_rel} leads outside the dataset")
             data = path.read_bytes()
         except OSError:
-            entry.caption, entry.tags, entry.version = None, [], ""
+            entry.caption, entry.tags, entry.version, entry.text = None, [], "", ""
             return
         text = data.decode("utf-8-sig", errors="replace")
         entry.version = caption_version(data)  # what the page sees: an edit is checked against it
         entry.caption = text.lstrip("\ufeff").split("\n", 1)[0].strip()  # line 1: the tags
         entry.tags = parse_tags(text)
+        entry.text = caption_text(data)
 
     def _index(self) -> None:
         self.by_tag = {}
         for rel, entry in self.entries.items():
             for tag in entry.tags:
                 self.by_tag.setdefault(key(tag), set()).add(rel)
+
+    def changed_on_disk(self, rel: str) -> bool:
+        """Whether the caption file changed since it was read (one stat: another program's edit
+        shows without a restart)."""
+        entry = self.entries[rel]
+        return _stamp(self.root / entry.caption_rel) != entry.stamp
 
     def refresh(self, rel: str) -> None:
         """One image's caption read again (after a write), and the index with it."""
@@ -149,6 +176,8 @@ class Dataset:
         if query.smaller_than:
             chosen = {r for r in chosen if (f := self.entries[r].facts) and not f.error
                       and min(f.width, f.height) < query.smaller_than}
+        if query.unreadable:
+            chosen = {r for r in chosen if (f := self.entries[r].facts) and f.error}
         if query.duplicates:
             return [r for group in self.duplicate_groups() for r in group if r in chosen]
         return sorted(chosen)

@@ -27,6 +27,7 @@ class QueryParams(BaseModel):
     no_caption: str = ""
     flagged: str = ""
     duplicates: str = ""
+    unreadable: str = ""
     smaller_than: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
@@ -57,6 +58,7 @@ class BulkFilter(_Strict):
     no_caption: str = ""
     flagged: str = ""
     duplicates: str = ""
+    unreadable: str = ""
     smaller_than: Annotated[int, Field(ge=1, strict=False)] | None = None  # the page sends the field's text
 
 
@@ -71,12 +73,12 @@ class ImageBody(_Strict):
     rel: str
 
 
-class EmptyBody(_Strict):
-    pass
+class UndoBody(_Strict):
+    dry_run: bool = False  # the page shows what an undo reverts before it runs
 
 
 BODIES: dict[str, type[BaseModel]] = {"caption": CaptionBody, "bulk": BulkBody, "exclude": ImageBody,
-                                      "restore": ImageBody, "undo": EmptyBody}
+                                      "restore": ImageBody, "undo": UndoBody}
 
 
 def body(action: str, data) -> BaseModel:

@@ -101,13 +101,13 @@ class Review:
     def _query(params) -> Query:
         q = schema.QueryParams.model_validate(dict(params))
         return Query(q.q, q.folder or None, q.no_caption == "1", q.flagged == "1", q.duplicates == "1",
-                     q.smaller_than)
+                     q.smaller_than, q.unreadable == "1")
 
     def _item(self, rel: str) -> dict:
         e = self.data.entries[rel]
         f = e.facts
         return {"rel": rel, "folder": e.folder, "caption": e.caption, "tags": e.tags,
-                "version": e.version,
+                "version": e.version, "text": e.text,
                 "width": f.width if f else None, "height": f.height if f else None,
                 "error": f.error if f else ""}
 
@@ -152,6 +152,8 @@ class Review:
         rel = request.query_params.get("rel", "")
         if self._entry(rel) is None:
             return JSONResponse({"error": "no such image"}, 404)
+        if self.data.changed_on_disk(rel):  # edited by another program since: show what is there now
+            self.data.refresh(rel)
         item = self._item(rel)
         f = self.data.entries[rel].facts
         item.update({"format": f.format if f else None, "score": f.score if f else None,
@@ -196,10 +198,12 @@ class Review:
         except ValueError:
             return JSONResponse({"error": "not JSON"}, 400)
         try:
-            return JSONResponse(self._do(action, schema.body(action, body)))
-        except writes.Conflict as c:
-            return JSONResponse({"error": "the caption changed on disk since the page read it",
-                                 "disk": c.disk, "yours": c.yours}, 409)
+            parsed = schema.body(action, body)
+            return JSONResponse(self._do(action, parsed))
+        except writes.Conflict as c:  # the entry was read again: its version lets "save mine anyway" through
+            entry = self.data.entries.get(parsed.rel)
+            return JSONResponse({"error": "the caption changed on disk since the page read it; nothing was written",
+                                 "disk": c.disk, "yours": c.yours, "version": entry.version if entry else ""}, 409)
         except (UserError, OSError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
 
@@ -226,9 +230,12 @@ class Review:
         if action == "undo":
             from lorakit.tagging.rewrite import undo
 
-            report = undo(self.data.root)
-            self.data.reload()
-            return {"notes": report.notes, "restored": [o.path for o in report.outcomes]}
+            report = undo(self.data.root, body.dry_run)
+            if not body.dry_run:
+                self.data.reload()
+            if report.failed:
+                raise UserError("; ".join(f"{o.path}: {o.message}" for o in report.failed[:5]))
+            return {"notes": report.notes, "restored": [o.path for o in report.outcomes if o.message != "unchanged"]}
         raise UserError(f"unknown action {action!r}")
 
     async def excluded(self, request: Request) -> Response:

@@ -13,7 +13,7 @@ from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_
 from lorakit.errors import UserError
 from lorakit.fsio import move_file, write_text
 from lorakit.locks import folder_lock
-from lorakit.review.dataset import Dataset, caption_version
+from lorakit.review.dataset import Dataset, caption_text, caption_version
 from lorakit.tagging.edit import EditOps, apply
 from lorakit.tagging.rewrite import CHANGED, CREATED, Backup, rewrite
 
@@ -36,25 +36,43 @@ class Conflict(Exception):
 
 def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
     """Write one caption if it is still the one the page saw (`seen`: its version); returns the
-    new version. The previous text goes into a backup first."""
+    new version. `text` is the whole caption as the page's box holds it (caption_text): line 1
+    the tags, the further lines as typed. The previous bytes go into a backup first."""
     entry = data.entries[rel]
     path = data.root / entry.caption_rel
     with folder_lock(data.root, "lorakit review"):
         if version(path) != seen:
-            raise Conflict(path.read_text(encoding="utf-8-sig", errors="replace") if path.exists() else None, text)
+            data.refresh(rel)  # the page is shown the disk's caption, and may save over it knowingly
+            raise Conflict(entry.text if entry.version else None, text)
         old = path.read_bytes() if path.exists() else None
-        tags = apply(parse_tags(text), EditOps())  # a tag typed twice is written once
-        if old is None:
-            new = format_tags(tags).encode("utf-8")
-        else:  # the tags are line 1; the caption's other lines and bytes stay as they are
-            bom, _, rest = split_caption(old)
-            new = join_caption(bom, tags, rest)
+        new = caption_bytes(old, text)
+        if old == new:
+            return seen
         backup = Backup(data.root, "review-edit")
         backup.save(entry.caption_rel, old)
         backup.commit()
         write_text(path, new, like=path.stat() if old is not None else None)
     data.refresh(rel)
     return version(path)
+
+
+def caption_bytes(old: bytes | None, text: str) -> bytes:
+    """The file for what the page's box holds: line 1's tags normalised (", ", a tag typed twice
+    written once), the further lines as typed. Bytes the user did not change stay: the BOM, the
+    line ending style, and the further lines byte for byte while their text is what the page
+    showed (invalid UTF-8 in them included)."""
+    first, _, further = text.replace("\r\n", "\n").partition("\n")
+    tags = apply(parse_tags(first), EditOps())
+    if old is None:
+        return (format_tags(tags) + (further + "\n" if further else "")).encode("utf-8")
+    bom, _, rest = split_caption(old)
+    shown_rest = caption_text(rest)[1:] if rest.startswith((b"\n", b"\r\n")) else ""
+    if further != shown_rest:
+        newline = b"\r\n" if rest.startswith(b"\r\n") else b"\n"
+        ending = newline if (rest.endswith(b"\n") or not rest) and (further or rest) else b""
+        lines = further.split("\n") if further else []
+        rest = b"".join(newline + line.encode("utf-8") for line in lines) + ending
+    return join_caption(bom, tags, rest)
 
 
 def bulk_edit(data: Dataset, rels: list[str], ops: EditOps) -> list[str]:

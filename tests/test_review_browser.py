@@ -60,9 +60,9 @@ def test_filter_edit_and_undo_in_chromium(served, tmp_path):
         if os.environ.get("LORAKIT_SCREENSHOT"):  # the README's picture: LORAKIT_SCREENSHOT=docs/review.png
             page.screenshot(path=os.environ["LORAKIT_SCREENSHOT"])
         page.click("#close")
+        page.on("dialog", lambda dialog: dialog.accept())  # undo shows what it reverts first
         page.click("#undo")
-        page.wait_for_function("document.querySelector('#count').textContent.startsWith('undoing')"
-                               " || document.querySelector('#count').textContent.includes('images')")
+        page.wait_for_function("document.querySelector('#result').textContent.startsWith('undo')")
         deadline = time.time() + 10
         while (root / "10_kit" / "b.txt").read_text() != "kitchan, red hair\n" and time.time() < deadline:
             time.sleep(0.1)
@@ -72,3 +72,125 @@ def test_filter_edit_and_undo_in_chromium(served, tmp_path):
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert proc.wait(timeout=20) == 0
     assert "stopped" in proc.stderr.read()
+
+
+def _wait_for(predicate, seconds=10):
+    deadline = time.time() + seconds
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def served_lines(tmp_path):
+    """The dataset with a two-line CRLF caption and an unreadable image, served."""
+    root = dataset(tmp_path / "data")
+    (root / "10_kit" / "b.txt").write_bytes(b"kitchan, red hair\r\nA girl with red hair.\r\n")
+    (root / "5_bg" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
+    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    url, lines = None, []
+    deadline = time.time() + 60
+    while url is None and time.time() < deadline and proc.poll() is None:
+        lines.append(proc.stderr.readline())
+        if lines[-1].startswith("http://"):
+            url = lines[-1].split()[0]
+    assert url, "".join(lines)
+    yield root, url
+    proc.kill()
+
+
+def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
+    playwright = pytest.importorskip("playwright.sync_api")
+    root, url = served_lines
+    b = root / "10_kit" / "b.txt"
+    dialogs = []
+
+    def answer(dialog):  # every confirm the page asks is recorded; the test's choice is in `answers`
+        dialogs.append(dialog.message)
+        dialog.accept() if answers and answers.pop(0) else dialog.dismiss()
+
+    answers: list[bool] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.on("dialog", answer)
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#count').textContent === '8 of 8 images'")
+
+        # the unreadable image says so, and has a filter of its own
+        assert "cannot be read" in page.locator(".card.broken").inner_text()
+        page.check("#unreadable")
+        page.wait_for_function("document.querySelector('#count').textContent === '1 of 8 images'")
+        page.uncheck("#unreadable")
+        page.wait_for_function("document.querySelector('#count').textContent === '8 of 8 images'")
+
+        # by keyboard: focus the card, Enter opens it; every line of the caption is in the box
+        page.locator('.card[data-rel="10_kit/b.png"]').focus()
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#caption').value.includes('A girl')")
+        assert page.input_value("#caption") == "kitchan, red hair\nA girl with red hair."
+        page.click("#caption")
+        page.keyboard.press("Control+End")
+        page.keyboard.press("Enter")
+        page.keyboard.type("She smiles.")  # typed after Enter: a third line
+        page.keyboard.press("Control+Home")
+        page.keyboard.press("End")
+        page.keyboard.type(", smile, Red Hair")  # a tag it already has, in another spelling
+        page.keyboard.press("Control+s")
+        page.wait_for_function("document.querySelector('#message').textContent.startsWith('saved')")
+        assert b.read_bytes() == b"kitchan, red hair, smile\r\nA girl with red hair.\r\nShe smiles.\r\n"
+        assert page.input_value("#caption") == "kitchan, red hair, smile\nA girl with red hair.\nShe smiles."
+
+        # another program edits the file; the page's save is refused, shows both, and can save over it
+        b.write_bytes(b"kitchan, changed elsewhere\n")
+        page.fill("#caption", "kitchan, mine\nline two")
+        page.click("#save")
+        page.wait_for_selector("#conflict:not([hidden])")
+        assert page.inner_text("#disk") == "kitchan, changed elsewhere" and b.read_bytes() == b"kitchan, changed elsewhere\n"
+        page.click("#save-anyway")
+        page.wait_for_function("document.querySelector('#message').textContent.startsWith('saved')")
+        assert b.read_bytes() == b"kitchan, mine\nline two\n"
+
+        # unsaved text is not dropped without asking: Escape asks; no keeps the panel and the text
+        page.fill("#caption", "kitchan, unsaved")
+        answers.append(False)
+        page.keyboard.press("Escape")
+        assert _wait_for(lambda: len(dialogs) >= 1) and "unsaved" in dialogs[-1]
+        assert page.is_visible("#detail") and page.input_value("#caption") == "kitchan, unsaved"
+
+        # Alt+→ moves on even from the caption box (asking first); → alone moves when it is not focused
+        answers.append(True)
+        page.focus("#caption")
+        page.keyboard.press("Alt+ArrowRight")
+        page.wait_for_function("!document.querySelector('#info').textContent.startsWith('10_kit/b.png')")
+        assert b.read_bytes() == b"kitchan, mine\nline two\n"  # discarded, not written
+        first = page.inner_text("#info")
+        page.focus("#close")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function("document.querySelector('#info').textContent.startsWith('10_kit/b.png')")
+        assert page.inner_text("#info") != first
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#detail", state="hidden")
+
+        # undo shows what it reverts before it runs, and its result stays on screen
+        answers.append(True)
+        page.click("#undo")
+        page.wait_for_function("document.querySelector('#result').textContent.startsWith('undo')")
+        assert "review-edit" in dialogs[-1] and "10_kit/b.txt" in dialogs[-1]
+        assert b.read_bytes() == b"kitchan, changed elsewhere\n"
+        time.sleep(0.3)  # a reload must not wipe the result
+        assert page.inner_text("#result").startswith("undo")
+
+        # at phone size the detail fills the width and its close stays on screen
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.locator('.card[data-rel="10_kit/a.png"]').click()
+        page.wait_for_selector("#detail:not([hidden])")
+        box = page.locator("#detail").bounding_box()
+        assert box["width"] >= 380 and page.locator("#close").is_visible()
+        page.mouse.wheel(0, 2000)
+        assert page.locator("#close").bounding_box()["y"] >= 0
+        page.click("#close")
+        page.wait_for_selector("#detail", state="hidden")
+        browser.close()

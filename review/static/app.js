@@ -3,13 +3,14 @@
 const TOKEN = document.body.dataset.token;
 const READ_ONLY = document.body.dataset.readOnly === "true";
 const $ = (id) => document.getElementById(id);
-const state = { page: 1, pages: 1, current: null, items: [] };
+const state = { page: 1, pages: 1, current: null, items: [], shown: "", diskVersion: "" };
 
 function params(extra = {}) {
   const p = new URLSearchParams({ q: $("q").value, folder: $("folder").value, page: state.page });
   if ($("no_caption").checked) p.set("no_caption", "1");
   if ($("flagged").checked) p.set("flagged", "1");
   if ($("duplicates").checked) p.set("duplicates", "1");
+  if ($("unreadable").checked) p.set("unreadable", "1");
   if ($("smaller").value) p.set("smaller_than", $("smaller").value);
   for (const [k, v] of Object.entries(extra)) p.set(k, v);
   return p;
@@ -29,6 +30,7 @@ async function post(action, body) {
 }
 
 function say(text) { $("message").textContent = text; }
+function result(text) { $("result").textContent = text; }  // stays until the next bulk edit or undo
 
 async function load() {
   const response = await fetch(`/api/images?${params()}`);
@@ -64,15 +66,23 @@ function render(items) {
       gallery.append(heading, grid); last = section;
     }
     const card = document.createElement("div");
-    card.className = "card" + (item.caption === null ? " nocaption" : "");
+    card.className = "card" + (item.caption === null ? " nocaption" : "") + (item.error ? " broken" : "");
     card.dataset.rel = item.rel;
-    const img = document.createElement("img");
-    img.loading = "lazy"; img.alt = item.rel;
-    img.src = `/thumb?rel=${encodeURIComponent(item.rel)}`;
+    card.tabIndex = 0; card.setAttribute("role", "button");
     const caption = document.createElement("p");
     caption.textContent = item.caption === null ? "(no caption)" : item.caption;
-    card.append(img, caption);
+    if (item.error) {  // no thumbnail to show: say why instead of a broken picture
+      const why = document.createElement("div");
+      why.className = "unreadable"; why.textContent = `cannot be read: ${item.error}`;
+      card.append(why, caption);
+    } else {
+      const img = document.createElement("img");
+      img.loading = "lazy"; img.alt = item.rel;
+      img.src = `/thumb?rel=${encodeURIComponent(item.rel)}`;
+      card.append(img, caption);
+    }
     card.addEventListener("click", () => openDetail(item.rel));
+    card.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(item.rel); });
     grid.append(card);
   }
 }
@@ -96,18 +106,46 @@ async function loadTags() {
   }
 }
 
-async function openDetail(rel) {
+function dirty() { return !READ_ONLY && state.current !== null && $("caption").value !== state.shown; }
+
+function mayLeave() {  // unsaved text is never dropped without asking
+  return !dirty() || confirm(`Discard your unsaved changes to ${state.current.rel}?`);
+}
+
+async function openDetail(rel, { force = false } = {}) {
+  if (!force && state.current && !mayLeave()) return false;
   const item = await (await fetch(`/api/image?${new URLSearchParams({ rel })}`)).json();
   state.current = item;
   $("detail").hidden = false; $("conflict").hidden = true; say("");
-  $("full").src = `/file?rel=${encodeURIComponent(rel)}`;
-  $("info").textContent = `${rel} · ${item.width}×${item.height} ${item.format || ""} · ` +
+  $("full").hidden = Boolean(item.error);
+  if (!item.error) $("full").src = `/file?rel=${encodeURIComponent(rel)}`;
+  $("info").textContent = item.error ? `${rel}: cannot be read (${item.error})` :
+    `${rel} · ${item.width}×${item.height} ${item.format || ""} · ` +
     `${item.file_size ? Math.round(item.file_size / 1024) + " KiB" : ""}` +
     (item.score !== null && item.score !== undefined ? ` · scan score ${item.score.toFixed(2)}` : "");
-  $("caption").value = item.caption || "";
+  state.shown = $("caption").value = item.text || "";
   const probs = item.probabilities;
   $("probs").hidden = !probs;
   if (probs) { showProbabilities(probs); }
+  return true;
+}
+
+function closeDetail() {
+  if (!mayLeave()) return;
+  $("detail").hidden = true; state.current = null;
+}
+
+async function step(delta) {  // the next or previous image, across page boundaries
+  if (!state.current) return;
+  const at = state.items.findIndex((i) => i.rel === state.current.rel);
+  const next = at + delta;
+  if (next >= 0 && next < state.items.length) { await openDetail(state.items[next].rel); return; }
+  const page = state.page + (delta > 0 ? 1 : -1);
+  if (page < 1 || page > state.pages || !mayLeave()) return;
+  state.page = page;
+  await load();
+  const item = delta > 0 ? state.items[0] : state.items[state.items.length - 1];
+  if (item) await openDetail(item.rel, { force: true });
 }
 
 function showProbabilities(probs) {
@@ -125,10 +163,13 @@ function showProbabilities(probs) {
   update();
 }
 
-async function save() {
+async function save(anyway = false) {
   const item = state.current;
-  const result = await post("caption", { rel: item.rel, version: item.version, caption: $("caption").value });
-  if (result.status === 409) {
+  if (!item || READ_ONLY) return;
+  const version = anyway ? state.diskVersion : item.version;
+  const result = await post("caption", { rel: item.rel, version, caption: $("caption").value });
+  if (result.status === 409) {  // shown side by side; nothing was written
+    state.diskVersion = result.data.version;
     $("conflict").hidden = false;
     $("disk").textContent = result.data.disk === null ? "(no caption file)" : result.data.disk;
     $("yours").textContent = result.data.yours;
@@ -137,8 +178,10 @@ async function save() {
   }
   if (!result.ok) { say(result.data.error); return; }
   state.current = result.data;
+  state.shown = $("caption").value = result.data.text;  // what was written, as it will be read back
+  $("conflict").hidden = true;
   say("saved (tag undo reverts it)");
-  load();
+  await load();
 }
 
 async function complete() {
@@ -165,8 +208,8 @@ async function bulk(event) {
   const body = { query: query(), add: list($("bulk-add").value), remove: list($("bulk-remove").value), replace };
   if (!body.add.length && !body.remove.length && !body.replace.length) return;
   if (!confirm(`Change the captions of the ${$("bulk-count").textContent} shown images?`)) return;
-  const result = await post("bulk", body);
-  $("count").textContent = result.ok ? `changed ${result.data.changed.length} of ${result.data.of}` : result.data.error;
+  const done = await post("bulk", body);
+  result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
   load();
 }
 
@@ -189,28 +232,53 @@ async function loadExcluded() {
 
 let timer = null;
 $("q").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 1; load(); }, 200); });
-for (const id of ["folder", "no_caption", "flagged", "duplicates", "smaller"]) {
+for (const id of ["folder", "no_caption", "flagged", "duplicates", "unreadable", "smaller"]) {
   $(id).addEventListener("change", () => { state.page = 1; load(); });
 }
 $("prev").addEventListener("click", () => { if (state.page > 1) { state.page--; load(); } });
 $("next").addEventListener("click", () => { if (state.page < state.pages) { state.page++; load(); } });
-$("close").addEventListener("click", () => { $("detail").hidden = true; });
+$("close").addEventListener("click", closeDetail);
+for (const id of ["prev-top", "next-top"]) {
+  $(id).addEventListener("click", () => $(id.replace("-top", "")).click());
+}
+window.addEventListener("beforeunload", (e) => { if (dirty()) e.preventDefault(); });
+
+function typing() {
+  const el = document.activeElement;
+  return el && (el.tagName === "TEXTAREA" || (el.tagName === "INPUT" && !["checkbox", "range"].includes(el.type)));
+}
+
+document.addEventListener("keydown", (e) => {
+  const open = !$("detail").hidden;
+  if (e.key === "Escape" && open) { e.preventDefault(); closeDetail(); return; }
+  if (open && (e.ctrlKey || e.metaKey) && (e.key === "s" || e.key === "Enter")) { e.preventDefault(); save(); return; }
+  if (open && (e.key === "ArrowLeft" || e.key === "ArrowRight") && (e.altKey || !typing())) {
+    e.preventDefault();
+    step(e.key === "ArrowRight" ? 1 : -1);
+  }
+});
 if (!READ_ONLY) {
-  $("save").addEventListener("click", save);
+  $("save").addEventListener("click", () => save());
+  $("save-anyway").addEventListener("click", () => save(true));
   $("add-tag").addEventListener("input", complete);
   $("add-tag").addEventListener("change", addTag);
   $("add-tag").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); addTag(); } });
   $("bulk").addEventListener("submit", bulk);
-  $("undo").addEventListener("click", async () => {
-    const result = await post("undo", {});
-    $("count").textContent = result.ok ? result.data.notes.join("; ") : result.data.error;
+  $("undo").addEventListener("click", async () => {  // what it will revert is shown before it runs
+    const preview = await post("undo", { dry_run: true });
+    if (!preview.ok) { result(preview.data.error); return; }
+    const files = preview.data.restored;
+    const list = files.slice(0, 10).join("\n") + (files.length > 10 ? `\n… and ${files.length - 10} more` : "");
+    if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions go back.\n${list}`)) return;
+    const done = await post("undo", {});
+    result(done.ok ? `undo: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
     load();
   });
   $("exclude").addEventListener("click", async () => {
     const result = await post("exclude", { rel: state.current.rel });
     if (result.ok) { $("detail").hidden = true; load(); loadExcluded(); } else { say(result.data.error); }
   });
-  $("take-disk").addEventListener("click", () => openDetail(state.current.rel));
+  $("take-disk").addEventListener("click", () => openDetail(state.current.rel, { force: true }));
 }
 load();
 loadExcluded();
