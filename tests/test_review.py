@@ -103,7 +103,7 @@ def test_edit_conflict_bulk_and_undo(site):
     caption.write_text("kitchan, changed elsewhere\n")  # another program wrote it meanwhile
     stale = client.post("/api/caption", json={"rel": "10_kit/b.png", "version": saved.json()["version"],
                                               "caption": "kitchan, mine"})
-    assert stale.status_code == 409 and stale.json()["disk"] == "kitchan, changed elsewhere\n"
+    assert stale.status_code == 409 and stale.json()["disk"] == "kitchan, changed elsewhere"
     assert stale.json()["yours"] == "kitchan, mine" and caption.read_text() == "kitchan, changed elsewhere\n"
 
     bulk = client.post("/api/bulk", json={"query": {"folder": "10_kit"}, "add": ["solo"], "remove": ["hat"]})
@@ -267,7 +267,8 @@ def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(si
     caption.write_bytes(b"\xef\xbb\xbfkitchan, red hair\r\nA girl with red hair.\r\n")
     review.data.reload()
     item = next(i for i in images(client)["items"] if i["rel"] == "10_kit/b.png")
-    body = {"rel": "10_kit/b.png", "version": item["version"], "caption": "kitchan, red hair, smile"}
+    assert item["text"] == "kitchan, red hair\nA girl with red hair."  # the page edits every line
+    body = {"rel": "10_kit/b.png", "version": item["version"], "caption": "kitchan, red hair, smile\nA girl with red hair."}
     with folder_lock(root, "tag edit"):  # a `tag edit` running on the same dataset
         busy = client.post("/api/caption", json=body)
         assert busy.status_code == 400 and "in use by `tag edit`" in busy.json()["error"]
@@ -278,7 +279,7 @@ def test_page_writes_take_the_datasets_lock_and_keep_the_captions_other_lines(si
     assert saved.status_code == 200
     assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"
     again = client.post("/api/caption", json={**body, "version": saved.json()["version"],
-                                              "caption": "kitchan, red hair, smile, Red Hair, red_hair"})
+                                              "caption": "kitchan, red hair, smile, Red Hair, red_hair\nA girl with red hair."})
     assert again.status_code == 200  # a tag the caption already has is not written twice
     assert caption.read_bytes() == b"\xef\xbb\xbfkitchan, red hair, smile\r\nA girl with red hair.\r\n"
 
