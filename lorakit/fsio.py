@@ -30,6 +30,33 @@ def atomic_path(dst: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def own_folder(root: Path | str, *parts: str | Path) -> Path:
+    """ROOT/PARTS, lorakit's own folder inside a user's folder (`.lorakit/backups`), made where
+    missing. Each part must be a real folder, never a link: a dataset shared with a `.lorakit`
+    (or `.lorakit/backups`) that links elsewhere would otherwise have lorakit write and delete
+    files there. Raises UserError naming the part."""
+    from lorakit.errors import UserError
+
+    path = Path(root)
+    for part in Path(*parts).parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise UserError(f"cannot create {path}: {e.strerror or e}") from None
+            st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+            raise UserError(f"{path} is {what}: lorakit keeps its own files only in a real folder there "
+                            "(move it away and run this again)")
+    return path
+
+
 def cache_dir(*parts: str) -> Path:
     """lorakit's cache: $LORAKIT_CACHE, else $XDG_CACHE_HOME/lorakit, else ~/.cache/lorakit."""
     root = os.environ.get("LORAKIT_CACHE") or os.path.join(

@@ -12,6 +12,7 @@ the message only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lorakit.errors import UserError
+from lorakit.fsio import own_folder
 
 try:
     import fcntl
@@ -41,15 +43,15 @@ def _holder(path: Path) -> str:
 def folder_lock(folder: Path, command: str, wait: float = 2.0, file: Path | None = None) -> Iterator[None]:
     """Hold the lock of `folder` (its `.lorakit/lock`, or `file`) while the block runs. Waits up
     to `wait` seconds for another holder, then raises UserError naming it."""
-    path = file if file is not None else Path(folder) / LOCK
     if fcntl is None:
         yield
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    path = file if file is not None else own_folder(folder, LOCK.parent) / LOCK.name
+    try:  # never through a link: the lock file is written, and a link would lead it elsewhere
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
-        raise UserError(f"cannot lock {folder}: {e.strerror or e} ({path})") from None
+        why = "it is a link (move it away)" if e.errno == errno.ELOOP else e.strerror or e
+        raise UserError(f"cannot lock {folder}: {path}: {why}") from None
     try:
         deadline = time.monotonic() + wait
         while True:

@@ -21,6 +21,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def prepare(root: Path, jobs: int, show_progress: bool):
     """The dataset with every image's facts and thumbnail made (only what changed)."""
+    from lorakit.fsio import own_folder
     from lorakit.parallel import run_all
     from lorakit.review.dataset import Dataset
     from lorakit.review.facts import make_facts
@@ -28,7 +29,7 @@ def prepare(root: Path, jobs: int, show_progress: bool):
     data = Dataset(root)
     todo = data.cache.missing(list(data.entries))
     if todo:
-        data.cache.folder.mkdir(parents=True, exist_ok=True)
+        own_folder(root, data.cache.folder.relative_to(root))  # never through a link out of DIR
         results = run_all(make_facts, [(str(root / rel), str(data.cache.folder)) for rel in todo], jobs,
                           "thumbnails", err_console, show_progress)
         for rel, facts in zip(todo, results):

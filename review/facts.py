@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lorakit.fsio import atomic_path, write_text
+from lorakit.fsio import atomic_path, own_folder, write_text
 from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
 
 THUMB_SIDE = 256
@@ -112,4 +112,5 @@ class FactsCache:
         self.entries[rel] = [*self.stamp(rel), facts]
 
     def save(self) -> None:
+        own_folder(self.root, FOLDER)
         write_text(self.path, json.dumps({"version": VERSION, "entries": self.entries}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_tags, split_caption
 from lorakit.errors import UserError
-from lorakit.fsio import move_file, write_text
+from lorakit.fsio import move_file, own_folder, write_text
 from lorakit.locks import folder_lock
 from lorakit.review.dataset import Dataset, caption_text, caption_version
 from lorakit.tagging.edit import EditOps, apply
@@ -40,6 +40,8 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
     the tags, the further lines as typed. The previous bytes go into a backup first."""
     entry = data.entries[rel]
     path = data.root / entry.caption_rel
+    if path.is_symlink():  # as tag edit: the write would replace the link, or land where it leads
+        raise UserError(f"{entry.caption_rel} is a link: not edited (replace it with a copy of its file)")
     with folder_lock(data.root, "lorakit review"):
         if version(path) != seen:
             data.refresh(rel)  # the page is shown the disk's caption, and may save over it knowingly
@@ -99,6 +101,7 @@ def _siblings(image: Path) -> list[Path]:
 def exclude(data: Dataset, rel: str) -> None:
     image = data.root / rel
     with folder_lock(data.root, "lorakit review"):
+        own_folder(data.root, EXCLUDED, Path(rel).parent)  # never through a link out of DIR
         for path in _siblings(image):
             move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
     data.reload()

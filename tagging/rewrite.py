@@ -13,6 +13,7 @@ caption stays as it was (lorakit/captions.py). A command holds the dataset's loc
 from __future__ import annotations
 
 import base64
+import errno
 import gc
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Callable, Iterator
 from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_tags, split_caption
 from lorakit.discovery import check_source, discover_names
 from lorakit.errors import UserError
-from lorakit.fsio import sync_folder, write_text, write_texts
+from lorakit.fsio import own_folder, sync_folder, write_text, write_texts
 from lorakit.locks import folder_lock
 from lorakit.parallel import default_jobs, forked_map
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
@@ -94,6 +95,7 @@ class Backup:
             return
         manifest = {"command": self.command, "changed": {rel: _stored(data) for rel, data in self.changed.items()},
                     "created": self.created}
+        own_folder(self.root, BACKUPS)  # never through a link out of the dataset
         try:
             write_text(self.path, json.dumps(manifest), durable=True)
         except OSError as e:
@@ -117,14 +119,19 @@ def _restored(value) -> bytes:
     raise ValueError(f"not a caption's content: {str(value)[:40]!r}")
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+UTF16 = (b"\xff\xfe", b"\xfe\xff")  # a caption saved as UTF-16 (Windows Notepad's "Unicode")
+
+
 def _read_chunk(paths: list[str | None]) -> list[bytes | OSError | None]:
     out: list[bytes | OSError | None] = []
     for path in paths:
         try:
             if path is None:
                 out.append(None)
-            else:
-                with open(path, "rb") as f:  # bytes, decoded by the caller: faster than text mode
+            else:  # never through a link: the edit would replace the link, or write where it leads
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+                with open(fd, "rb") as f:  # bytes, decoded by the caller: faster than text mode
                     out.append(f.read())
         except OSError as e:
             out.append(e)
@@ -168,6 +175,14 @@ def rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool = 
             gc.enable()
 
 
+def _unread(error: Exception) -> str:
+    if isinstance(error, UnicodeError):
+        return "saved as UTF-16, which trainers do not read: not edited (save it as UTF-8)"
+    if getattr(error, "errno", None) == errno.ELOOP:
+        return "a link: not edited (lorakit edits no caption through a link; replace it with a copy of its file)"
+    return f"cannot read: {error.strerror or error}"
+
+
 def shown(tags: list[str]) -> list[str]:
     """Tags for a report: bytes that are not UTF-8 (kept as surrogates, to be written back as
     they were) shown as U+FFFD, which any terminal and any JSON reader take."""
@@ -185,6 +200,9 @@ def _edited(found: list[Target], edit: Edit, pure: bool) -> Iterator[OSError | t
         for target, data in zip(part, _read_ahead([t.caption if t.exists else None for t in part])):
             if isinstance(data, OSError):
                 out.append(data)
+                continue
+            if data is not None and data.startswith(UTF16):
+                out.append(UnicodeError("UTF-16"))
                 continue
             bom, line, rest = split_caption(data) if data is not None else (b"", "", None)
             before = parse_tags(line)
@@ -209,8 +227,8 @@ def _rewrite(root: Path, command: str, edit: Edit, dry_run: bool, create: bool, 
     found = [t for t in targets(root) if t.exists or create]
     for target, result in zip(found, _edited(found, edit, pure)):
         name = target.name
-        if isinstance(result, OSError):
-            report.outcomes.append(Outcome(name, FAILED, f"cannot read: {result.strerror or result}"))
+        if isinstance(result, (OSError, UnicodeError)):
+            report.outcomes.append(Outcome(name, FAILED, _unread(result)))
             continue
         if result is None:
             report.outcomes.append(Outcome(name, OK, "unchanged"))
@@ -261,13 +279,19 @@ def undo(root: Path, dry_run: bool = False) -> Report:
 
 
 def _undo(root: Path, dry_run: bool) -> Report:
-    sessions = sorted((root / BACKUPS).glob("*.json")) if (root / BACKUPS).is_dir() else []
+    folder = root / BACKUPS
+    if os.path.lexists(folder):
+        own_folder(root, BACKUPS)  # a link there would have undo write and delete files elsewhere
+    sessions = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not sessions:
         raise UserError(f"nothing to undo in {root}: no caption backups in {root / BACKUPS}")
     last = sessions[-1]
     report = Report("undo", str(root))
     try:
         manifest = _manifest(last)
+        outside = [rel for rel in [*manifest["changed"], *manifest["created"]] if _inside(root, rel) is None]
+        if outside:  # not a backup lorakit wrote for this dataset: nothing in it is trusted
+            raise ValueError(f"it names files outside the dataset: {', '.join(outside[:3])}")
     except (OSError, ValueError) as e:
         # set aside (never deleted: it may still hold text someone wants), so the next undo
         # reaches the edit before it instead of stopping here for good
@@ -281,9 +305,6 @@ def _undo(root: Path, dry_run: bool) -> Report:
     restores, outcomes = [], {}
     for rel, data in manifest["changed"].items():
         path = _inside(root, rel)
-        if path is None:
-            report.outcomes.append(Outcome(rel, FAILED, "names a file outside the dataset"))
-            continue
         if _holds(path, data):  # never written (its write failed) or already restored
             report.outcomes.append(Outcome(rel, OK, "unchanged"))
             continue
@@ -294,9 +315,6 @@ def _undo(root: Path, dry_run: bool) -> Report:
         _mark_failed(outcomes, write_texts(restores))
     for rel in manifest["created"]:
         path = _inside(root, rel)
-        if path is None:
-            report.outcomes.append(Outcome(rel, FAILED, "names a file outside the dataset"))
-            continue
         try:
             if not dry_run:
                 os.unlink(path)
@@ -331,11 +349,11 @@ def _manifest(path: Path) -> dict:
     return manifest
 
 
-def _inside(root: Path, rel: str) -> str | None:
+def _inside(root: Path, rel) -> str | None:
     """The absolute path of `rel` if it names a file inside `root` (no absolute path, no `..`
     out, no symlinked folder leading out, nothing of lorakit's own folder); else None. A symlink
     there is replaced or removed itself, never followed."""
-    if not rel or "\0" in rel or os.path.isabs(rel) or Path(rel).parts[0] == BACKUPS.parts[0]:
+    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or Path(rel).parts[0] == BACKUPS.parts[0]:
         return None
     path = os.path.join(root, rel)
     real_root = os.path.realpath(root)

@@ -210,15 +210,12 @@ def test_undo_writes_and_removes_nothing_outside_the_dataset(tmp_path):
                     "link/victim.txt": "pwned\n"},
         "created": ["../outside/victim.txt", str(victim), "link/victim.txt", ".lorakit/lock"],
     }))
-    before_outside = digest(outside)
-    report = run_json("tag", "undo", root, check=1)
-    failed = sorted(i["path"] for i in report["items"] if i["status"] == "failed")
-    assert failed == sorted(["../written.txt", str(victim), "link/victim.txt", "../outside/victim.txt",
-                             str(victim), "link/victim.txt", ".lorakit/lock"])
-    assert all(i["message"] == "names a file outside the dataset" for i in report["items"] if i["status"] == "failed")
+    before_outside, before = digest(outside), digest(root)
+    proc = run("tag", "undo", root, check=1)
+    assert "names files outside the dataset: ../written.txt" in proc.stdout + proc.stderr
     assert digest(outside) == before_outside and not (tmp_path / "written.txt").exists()
-    assert (root / "a.txt").read_bytes() == b"old\n"  # what lies inside was restored
-    assert len(backups(root)) == 1  # kept: not everything in it was restored
+    assert digest(root) == before  # nothing restored from a backup that is not to be trusted
+    assert backups(root) == [] and len(list((root / BACKUPS).glob("*.unreadable"))) == 1  # set aside, kept
 
 
 def test_a_truncated_backup_is_set_aside_and_the_next_undo_reaches_the_edit_before(tmp_path):
@@ -259,3 +256,40 @@ def test_captions_that_cannot_be_written_are_left_out_of_the_backup(tmp_path, mo
     monkeypatch.undo()
     run_json("tag", "undo", root)
     assert digest(root) == before and backups(root) == []
+
+
+@pytest.mark.parametrize("link", [".lorakit", ".lorakit/backups", ".lorakit/lock"])
+def test_lorakits_own_folder_linked_elsewhere_is_never_written_through(tmp_path, link):
+    outside = tmp_path / "outside"
+    (outside / "backups").mkdir(parents=True)
+    victim = outside / "lock"
+    victim.write_bytes(b"precious\n")
+    root = dataset(tmp_path / "data", {"a.txt": b"a, b\n"})
+    (root / ".lorakit").mkdir(exist_ok=True)
+    target = {".lorakit": outside, ".lorakit/backups": outside / "backups", ".lorakit/lock": victim}[link]
+    if link == ".lorakit":
+        (root / ".lorakit").rmdir()
+    (root / link).symlink_to(target)
+    before, before_outside = digest(root), digest(outside)
+    proc = run("tag", "edit", root, "--add", "c", check=2)
+    assert f"{root / link}" in proc.stderr and ("is a link" in proc.stderr), proc.stderr
+    run("tag", "undo", root, check=2)
+    assert digest(root) == before and digest(outside) == before_outside
+    assert sorted(p.name for p in outside.rglob("*")) == ["backups", "lock"]
+
+
+def test_a_linked_or_utf16_caption_is_not_edited(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"outside caption\n")
+    root = dataset(tmp_path / "data", {"u.txt": "red, blue\n".encode("utf-16"), "ok.txt": b"a\n"})
+    (root / "s.png").write_bytes(b"")
+    (root / "s.txt").symlink_to(outside)
+    before = digest(root)
+    report = run_json("tag", "edit", root, "--add", "new", check=1)
+    items = by_path(report)
+    assert items["s.txt"]["status"] == "failed" and "a link: not edited" in items["s.txt"]["message"]
+    assert items["u.txt"]["status"] == "failed" and "UTF-16" in items["u.txt"]["message"]
+    assert (root / "s.txt").is_symlink() and outside.read_bytes() == b"outside caption\n"
+    assert (root / "ok.txt").read_bytes() == b"a, new\n"
+    run_json("tag", "undo", root)
+    assert digest(root) == before and (root / "s.txt").is_symlink()

@@ -257,3 +257,22 @@ def test_keep_last_n_unset_or_0_keeps_every_save(tmp_path, keep):
         record.wrote(label, int(label), [tmp_path / f"kit-{label}.safetensors"])
     record.prune(keep)
     assert len(list(tmp_path.glob("kit-*"))) == 3 and len(record.saves) == 3
+
+
+@pytest.mark.parametrize("link", [".lorakit", ".lorakit/lock"])
+def test_an_output_folders_lorakit_linked_elsewhere_is_refused(tmp_path, link):
+    from lorakit.errors import UserError
+    from lorakit.train.outputs import claimed
+
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / ".lorakit").mkdir(parents=True)
+    outside.mkdir()
+    victim = outside / "lock"
+    victim.write_bytes(b"precious\n")
+    if link == ".lorakit":
+        (out / ".lorakit").rmdir()
+    (out / link).symlink_to(outside if link == ".lorakit" else victim)
+    with pytest.raises(UserError, match="is a link"):
+        with claimed(out, "train run"):
+            pass
+    assert victim.read_bytes() == b"precious\n" and [p.name for p in outside.iterdir()] == ["lock"]

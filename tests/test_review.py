@@ -296,3 +296,21 @@ def test_a_bomb_or_a_broken_file_fails_alone_and_the_page_starts(tmp_path):
     client = TestClient(Review(data).app())
     shown = {i["rel"]: i for i in client.get("/api/images", params={"per_page": 500}).json()["items"]}
     assert shown["5_bg/bomb.png"]["error"] and not shown["10_kit/a.png"]["error"]
+
+
+def test_a_linked_caption_is_not_written_through_and_a_linked_lorakit_folder_is_refused(site, tmp_path):
+    root, review, client = site
+    inside = root / "10_kit" / "a.txt"
+    real = root / "elsewhere.txt"
+    inside.rename(real)
+    inside.symlink_to(real)
+    review.data.reload()
+    item = next(i for i in images(client)["items"] if i["rel"] == "10_kit/a.png")
+    refused = client.post("/api/caption", json={"rel": "10_kit/a.png", "version": item["version"], "caption": "x"})
+    assert refused.status_code == 400 and "is a link" in refused.json()["error"]
+    assert inside.is_symlink() and real.read_text() == "kitchan, red hair, hat\n"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / ".lorakit" / "excluded").symlink_to(outside)
+    assert client.post("/api/exclude", json={"rel": "10_kit/b.png"}).status_code == 400
+    assert list(outside.iterdir()) == [] and (root / "10_kit" / "b.png").is_file()

@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from lorakit.errors import UserError
-from lorakit.fsio import atomic_path, write_text
+from lorakit.fsio import atomic_path, own_folder, write_text
 from lorakit.locks import folder_lock
 from lorakit.train.config import Config
 from lorakit.train.config_toml import check, from_dict
@@ -148,6 +148,7 @@ class Record:
                         pass  # the user keeps something there
 
     def write(self) -> None:
+        own_folder(self.out_dir, RECORD.parent)  # never through a link out of the output folder
         with landing(self.path):
             write_text(self.path, json.dumps({"saves": self.saves, "state": self.state}, indent=1))
 
