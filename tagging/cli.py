@@ -292,17 +292,25 @@ def lists_update(
     json: Json = False,
 ) -> None:
     """Build the implication closure and alias map for a vocabulary and store it in the cache."""
+    from lorakit.errors import UserError
     from lorakit.report import Report
     from lorakit.tagging.download import fetch_exports
-    from lorakit.tagging.relations import build, cache_path
+    from lorakit.tagging.relations import Relations, build, cache_path, classify, keep_missing
 
     with user_errors():
         paths = list(from_ or []) or fetch_exports(vocab, date.date() if date else datetime.now().date())
         rel = build(vocab, paths, "updated from " + ", ".join(p.name for p in paths))
+        try:
+            previous = Relations.load(cache_path(vocab)) if cache_path(vocab).is_file() else None
+        except (OSError, ValueError, KeyError, UserError):
+            previous = None  # unreadable: replaced whole, as before
+        rel, kept = keep_missing(rel, previous, {classify(p) for p in paths})
         rel.save(cache_path(vocab))
-        report = Report("lists update", vocab)
+        report = Report("lists update", vocab, about_files=False)
         report.data.update(aliases=len(rel.aliases), implications=sum(map(len, rel.implies.values())),
                            tags=len(rel.categories), path=str(cache_path(vocab)))
         report.notes.append(f"{vocab}: {len(rel.aliases)} aliases, {report.data['implications']} "
                             f"implications, {len(rel.categories)} tags -> {cache_path(vocab)}")
+        if kept:
+            report.notes.append(f"kept from the lists stored before (not in the files given): {', '.join(kept)}")
     emit(report, json)

@@ -232,6 +232,29 @@ def build(vocab: str, paths: list[Path], source: str) -> Relations:
     return rel
 
 
+def keep_missing(new: Relations, previous: Relations | None, given: set[str]) -> tuple[Relations, list[str]]:
+    """`new` with the kinds of data not given this time (aliases, implications, tags) taken from
+    the lists stored before: an update from the implications file alone must not empty the
+    aliases. Returns it with what was kept, for the report."""
+    if previous is None:
+        return new, []
+    kept = []
+    if "aliases" not in given and previous.aliases:
+        kept.append(f"{len(previous.aliases)} aliases")
+        aliases = {**previous.aliases, **new.aliases}
+    else:
+        aliases = new.aliases
+    implies = new.implies
+    if "implications" not in given and previous.implies:
+        kept.append(f"{sum(map(len, previous.implies.values()))} implications")
+        implies = previous.implies
+    categories = new.categories
+    if "tags" not in given and previous.categories:
+        kept.append(f"{len(previous.categories)} tags")
+        categories = previous.categories
+    return Relations(new.vocab, aliases, implies, categories, new.source), kept
+
+
 # --- where an index lives ------------------------------------------------------------------------
 
 

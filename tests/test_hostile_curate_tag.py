@@ -250,3 +250,23 @@ def test_tag_lists_read_e621s_own_export_header(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write("id,name,category,post_count\n1,fox,5,100\n2,hi_res,7,900\n")
     assert read_tag_list(path) == ({"fox": 5, "hi_res": 7}, {})
+
+
+def test_an_update_from_some_files_keeps_the_kinds_not_given(tmp_path):
+    """`--from` the implications alone must not empty the aliases and tags stored before."""
+    from lorakit.tagging.relations import Relations
+
+    env = {"LORAKIT_CACHE": str(tmp_path / "cache")}
+    files = {"tag_implications-1.csv": GOOD_IMPLICATIONS,
+             "tag_aliases-1.csv": "id,antecedent_name,consequent_name,created_at,status\n1,vulpine,fox,,active\n",
+             "tags-1.csv": "id,name,category,post_count\n1,fox,5,100\n2,canine,5,90\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    run("tag", "lists", "update", "--vocab", "e621", *(a for n in files for a in ("--from", tmp_path / n)), env=env)
+    newer = tmp_path / "tag_implications-2.csv"
+    newer.write_text(GOOD_IMPLICATIONS + "2,wolf,canine,,active\n")
+    proc = run("tag", "lists", "update", "--vocab", "e621", "--from", newer, env=env)
+    assert "kept from the lists stored before" in proc.stdout and "no images found" not in proc.stdout
+    stored = Relations.load(tmp_path / "cache" / "tags" / "e621.json.gz")
+    assert stored.aliases == {"vulpine": "fox"} and set(stored.categories) == {"fox", "canine"}
+    assert stored.implies == {"fox": ["canine"], "wolf": ["canine"]}  # the implications given replace the old
