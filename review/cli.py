@@ -90,7 +90,8 @@ def review(
         import webbrowser
 
         webbrowser.open(url)
-    config = uvicorn.Config(server.app(), log_level="warning", access_log=False)
+    # uvicorn's own lines ("Invalid HTTP request received") are not ours to print: errors only
+    config = uvicorn.Config(server.app(), log_level="error", access_log=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:

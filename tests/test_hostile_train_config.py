@@ -138,6 +138,7 @@ BAD_VALUES = [
     ("data.validation_split=1", "data.validation_split = 1.0: must be at least 0 and below 1"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas[1] = 1.0: must be at least 0 and below 1"),
     ("loss.max_grad_norm=-1", "loss.max_grad_norm = -1.0: must be at least 0"),
+    ('output.name="a\\nb"', "output.name = 'a\\nb': must be a file name without control characters"),
 ]
 
 

@@ -276,3 +276,20 @@ def test_an_output_folders_lorakit_linked_elsewhere_is_refused(tmp_path, link):
         with claimed(out, "train run"):
             pass
     assert victim.read_bytes() == b"precious\n" and [p.name for p in outside.iterdir()] == ["lock"]
+
+
+def test_resuming_a_finished_run_rewrites_nothing(tmp_path, base, whole):
+    cfg = config(tmp_path, base, "done")
+    train_json("run", cfg, "--set", "saving.save_state=true")
+    out = tmp_path / "done" / "out"
+    same_weights(out / "kit.safetensors", whole)
+    def files(folder):  # a resume opens a new, empty TensorBoard event file: only the run's files count
+        return {k: v for k, v in digest(folder).items() if not k.startswith("tensorboard/")}
+
+    before = files(out)
+    result = train("resume", out)
+    assert "finished; nothing left to do" in result.stdout and "no images found" not in result.stdout
+    assert files(out) == before  # hashes and times: the final file is not written again
+    (out / "kit.safetensors").unlink()  # a run stopped between its state and its final file
+    train("resume", out)
+    same_weights(out / "kit.safetensors", whole)

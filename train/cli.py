@@ -108,9 +108,11 @@ def _report(result: dict, out_dir: Path):
     report = Report("train", str(out_dir))
     report.data.update(result)
     report.outcomes = [Outcome(Path(p).name, WRITTEN) for p in result["saved"]]
+    report.about_files = bool(report.outcomes)  # a stop between saves wrote no file: no empty file table
     done = result["step"] >= result["total"]
     report.notes.append(f"step {result['step']} of {result['total']}: " +
-                        ("finished" if done else f"stopped; `train resume {out_dir}` continues"))
+                        ("finished" + ("" if report.outcomes else "; nothing left to do") if done
+                         else f"stopped; `train resume {out_dir}` continues"))
     return report
 
 

@@ -81,6 +81,8 @@ class FileName:
         last_part = all(kind(value).name == value for kind in (PurePosixPath, PureWindowsPath))
         if "\0" in value or value in (".", "..") or not last_part:
             return "must be a file name, not a path"
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a newline or a tab in a file name
+            return "must be a file name without control characters (newlines, tabs)"
         return None
 
 

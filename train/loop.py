@@ -52,6 +52,8 @@ def train(run: Run, stop_at: int | None = None, progress=None) -> dict:
     images = 0  # trained since this process started, by all processes (for img/s)
     step = run.step
     stopped = None
+    if step >= run.total and run.dist.main and all(p.is_file() for p in run.saver.final_files()):
+        return finish(run, step, losses, None, rewrite=False)  # a resume of a finished run: nothing to do
     with Interrupt() as interrupt:
         while step < run.total and (stop_at is None or step < stop_at) and not stopped:
             epoch, done_in_epoch = divmod(step, run.steps_per_epoch)
@@ -250,11 +252,12 @@ def act(run: Run, actions: list[str], step: int, epoch: int, label: str) -> None
             ACTIONS[action](run, step, epoch, label)
 
 
-def finish(run: Run, step: int, losses: list[float], interrupted: int | None = None) -> dict:
-    """Keep the state (always when stopped early), save the final files, release the workers."""
-    if run.dist.main and (run.config.saving.save_state or step < run.total):
+def finish(run: Run, step: int, losses: list[float], interrupted: int | None = None, rewrite: bool = True) -> dict:
+    """Keep the state (always when stopped early), save the final files, release the workers.
+    `rewrite` False: the run had finished before this resume; its files stay as they are."""
+    if rewrite and run.dist.main and (run.config.saving.save_state or step < run.total):
         run.saver.keep_state(run.state(step), f"step{step:08d}")
-    if run.dist.main and step >= run.total:
+    if rewrite and run.dist.main and step >= run.total:
         run.saver.checkpoint(step)
     run.latents.close()
     run.dist.close()

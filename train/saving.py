@@ -75,6 +75,12 @@ class Saver:
             save_standalone(path, item.name, self.embeddings.vectors(item), step, self.base_name)
         self.saved.append(str(path))
 
+    def final_files(self) -> list[Path]:
+        """The files the end of the run writes (the final LoRA, or each embedding)."""
+        if self.has_network:
+            return [self.out_dir / f"{self.config.output.name}.safetensors"]
+        return [self.out_dir / f"{item.name}{self.ext}" for item in self._embedding_items()]
+
     def checkpoint(self, step: int, label: str | None = None) -> None:
         """label None: the final files; else an intermediate save (`000004`, `step00000010`),
         recorded as this run's and pruned to saving.keep_last_n."""
