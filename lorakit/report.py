@@ -109,7 +109,7 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
               highlight=False, soft_wrap=True)
     if not report.about_files:
         for note in report.notes:
-            out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+            out.print(_note(note), highlight=False, soft_wrap=True)
         return
     summary = Table()
     summary.add_column("status")
@@ -121,4 +121,11 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         summary.add_row("no images found", "0")
     out.print(summary)
     for note in report.notes:
-        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        out.print(_note(note), highlight=False, soft_wrap=True)
+
+
+def _note(note: str) -> str:
+    """A report's note as a line: a warning is a `warning:` line of its own (README), the rest notes."""
+    if note.startswith("warning: "):
+        return f"[yellow]warning[/yellow]: {escape(note[len('warning: '):])}"
+    return f"note: {escape(note)}"

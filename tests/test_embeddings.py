@@ -199,7 +199,8 @@ prompts = "{prompts}"
     whole = train_json("run", whole_cfg, *args, "--set", f'output.log_dir="{log}"')
     out = tmp_path / "whole" / "out"
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [line["lr"] for line in logged] == [0.05, 0.05, 0.01, 0.01, 0.01, 0.01]  # the rate of the next step
+    # the rate each step trained at: A1111's "0.05:3" is 0.05 for the first three steps
+    assert [line["lr"] for line in logged] == [0.05, 0.05, 0.05, 0.01, 0.01, 0.01]
     assert sorted(p.name for p in out.glob("kitchan*")) == ["kitchan-000002.pt", "kitchan.pt"]
     data = torch.load(out / "kitchan.pt", weights_only=True)
     assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}

@@ -64,7 +64,9 @@ def test_plan_counts_steps_like_kohya_with_regularisation(tmp_path):
     report = run_json("train", "plan", config)
     # 4 images x 10 repeats = 40, batch 2 -> 20 steps; regularisation matches the 40 -> 20 more
     assert report["steps_per_epoch"] == 40
-    assert report["total_steps"] == 120 and report["saves"] == [2, 3]
+    assert report["total_steps"] == 120 and report["saves"] == [2, 3] and report["save_steps"] == [80, 120]
+    steps = run_json("train", "plan", config, "--set", "training.max_steps=50", "--set", "saving.every_n_steps=20")
+    assert steps["save_steps"] == [20, 40, 50] and steps["saves"] == []  # the run never ends an epoch
     assert report["buckets"] == {"512x512": 9}
     report = run_json("train", "plan", config, "--set", "training.max_steps=50")
     assert report["total_steps"] == 50 and report["epochs"] == 2
@@ -79,6 +81,9 @@ def test_plan_buckets_and_warnings(tmp_path):
     assert "over 20 tags" in warnings and "lack the trigger 'kit'" in warnings
     assert "only 3 training images" in warnings and "above the 512 px sd1" in warnings
     assert report["buckets"] == {"640x896": 1, "768x768": 1, "896x640": 1}
+    assert "(0.txt, 1.txt, 2.txt; tag edit DIR --add kit --folder 10_kit)" in warnings  # which captions
+    shown = run("train", "plan", config).stdout  # on a terminal: each warning a line of its own, as the README says
+    assert "\nwarning: 10_kit: 3 captions lack the trigger" in shown and "note: warning" not in shown
 
 
 def test_config_errors_name_the_closest_key(tmp_path):

@@ -182,7 +182,9 @@ def log_step(run: Run, step: int, epoch: int, loss: torch.Tensor, scaled: int | 
     value = run.dist.mean(loss)
     if not math.isfinite(value):
         raise UserError(f"loss became {value} at step {step}: stopping; the last saved file is kept")
-    rates = run.schedule.get_last_lr()
+    # the rates this step trained at: get_last_lr() is already the next step's (the schedule has
+    # stepped), which at a warm restart or the end of a curve reads as a jump
+    rates = [base * rate(step - 1) for base, rate in zip(run.schedule.base_lrs, run.schedule.lr_lambdas)]
     line = {"step": step, "epoch": epoch, "loss": value, "lr": rates[0],
             "time": round(time.time() - run.saver.plan["started"], 3)}
     if len(rates) > 1:  # UNet, text encoder, embeddings: each group's own rate

@@ -61,7 +61,8 @@ def plan(config: Config) -> Report:
     rows = []
     for s in found:
         mine = [(k, item) for k, (owner, item) in enumerate(owned) if owner is s]
-        over_tagged = untriggered = uncaptioned = unread = 0
+        over_tagged = uncaptioned = unread = 0
+        untriggered: list[str] = []
         for _, item in mine:
             caption = caption_path(item.image, s.caption_extension)
             tags = read_tags(caption) if caption else []
@@ -69,7 +70,7 @@ def plan(config: Config) -> Report:
             unread += caption is None and bool(other_captions(item.image, s.caption_extension))
             over_tagged += len(tags) > MAX_TAGS
             if s.token and tags and s.token.lower() not in {t.lower() for t in tags}:
-                untriggered += 1
+                untriggered.append(caption.name)
         rows.append([s.folder.name, len(mine), s.repeats, "reg" if s.is_reg else "train",
                      sum(per_epoch[k] for k, _ in mine), own_options(s, config.data)])
         if uncaptioned:
@@ -82,12 +83,13 @@ def plan(config: Config) -> Report:
         if over_tagged:
             warnings.append(f"{s.folder.name}: {over_tagged} captions have over {MAX_TAGS} tags (the guide's limit)")
         if untriggered and not s.is_reg:
-            warnings.append(f"{s.folder.name}: {untriggered} captions lack the trigger '{s.token}' (tag edit --add)")
+            named = ", ".join(untriggered[:3]) + (f" and {len(untriggered) - 3} more" if len(untriggered) > 3 else "")
+            warnings.append(f"{s.folder.name}: {len(untriggered)} captions lack the trigger '{s.token}' ({named}; "
+                            f"tag edit DIR --add {s.token} --folder {s.folder.name})")
     run = config.training
     total = run.max_steps or run.max_epochs * steps_per_epoch
     epochs = math.ceil(total / max(1, steps_per_epoch))
-    saves = sorted({e for e in range(1, epochs + 1) if config.saving.every_n_epochs
-                    and e % config.saving.every_n_epochs == 0} | {epochs})
+    saves, save_steps = _saves(config, total, steps_per_epoch)
     family = _family(config)
     check_encoder_rates(config.embeddings, family)
     if family and MODULES[config.network.module] == "ours":  # block counts depend on the family
@@ -112,12 +114,13 @@ def plan(config: Config) -> Report:
             ["held out for validation", len(held)], ["model family", family or "read when the model loads"],
             ["prediction", {True: "v", False: "epsilon (noise)", None: "read when the model loads"}[v_prediction]],
             ["steps per epoch", steps_per_epoch], ["epochs", epochs], ["total steps", total],
-            ["saved after epochs", ", ".join(map(str, saves))],
+            ["saved at steps", _listed(save_steps)],
             ["sample prompts", prompts or "the first caption" if _samples(config) else "no samples"]]),
     ]
     report.sections.append(_vram(config, family, report.data))
     report.notes += [f"warning: {w}" for w in warnings]
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
+                       save_steps=save_steps,
                        buckets={f"{w}x{h}": n for (w, h), n in sorted(bucket_counts.items())},
                        warnings=warnings, train_images=train_images, family=family, sample_prompts=prompts,
                        v_prediction=v_prediction,
@@ -233,3 +236,27 @@ def token_warnings(config: Config, items: list[Item]) -> list[str]:
     with_vectors = " with the embeddings' vectors" if vectors else ""
     return [f"{over} captions are past data.max_token_length = {limit} tokens{with_vectors} (the longest: "
             f"{max(lengths)}) and get cut off" + (": set data.max_token_length = 150 or 225" if limit < 225 else "")]
+
+
+def _saves(config: Config, total: int, steps_per_epoch: int) -> tuple[list[int], list[int]]:
+    """(the epochs that end with a save, every step a file is saved at), by the rule the run
+    itself follows (loop.due); the last step writes the final file."""
+    from lorakit.train.loop import due
+
+    steps, epochs = set(), set()
+    for step in range(1, total + 1):
+        epoch, rest = divmod(step, max(1, steps_per_epoch))
+        if "save" in due(config, step, total) or (rest == 0 and "save" in due(config, step, total, epoch)):
+            steps.add(step)
+            if rest == 0 and "save" in due(config, step, total, epoch):
+                epochs.add(epoch)
+    steps.add(total)
+    if total % max(1, steps_per_epoch) == 0:
+        epochs.add(total // max(1, steps_per_epoch))
+    return sorted(epochs), sorted(steps)
+
+
+def _listed(steps: list[int], shown: int = 8) -> str:
+    if len(steps) <= shown:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[:shown - 2])) + f", … ({len(steps)} saves), " + str(steps[-1])
