@@ -75,6 +75,7 @@ class ImageBody(_Strict):
 
 class UndoBody(_Strict):
     dry_run: bool = False  # the page shows what an undo reverts before it runs
+    force: bool = False  # also over captions changed since (the page asked first)
 
 
 BODIES: dict[str, type[BaseModel]] = {"caption": CaptionBody, "bulk": BulkBody, "exclude": ImageBody,

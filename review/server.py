@@ -228,14 +228,17 @@ class Review:
             writes.restore(self.data, body.rel)
             return {"restored": body.rel}
         if action == "undo":
-            from lorakit.tagging.rewrite import undo
+            from lorakit.tagging.backups import undo
 
-            report = undo(self.data.root, body.dry_run)
+            report = undo(self.data.root, body.dry_run, body.force)
             if not body.dry_run:
                 self.data.reload()
-            if report.failed:
-                raise UserError("; ".join(f"{o.path}: {o.message}" for o in report.failed[:5]))
-            return {"notes": report.notes, "restored": [o.path for o in report.outcomes if o.message != "unchanged"]}
+            conflicts = [o.path for o in report.failed if o.details.get("changed_since")]
+            failed = [o for o in report.failed if not (body.dry_run and o.details.get("changed_since"))]
+            if failed:
+                raise UserError("; ".join(f"{o.path}: {o.message}" for o in failed[:5]))
+            return {"notes": report.notes, "conflicts": conflicts,
+                    "restored": [o.path for o in report.outcomes if o.message != "unchanged"]}
         raise UserError(f"unknown action {action!r}")
 
     async def excluded(self, request: Request) -> Response:

@@ -14,8 +14,9 @@ from lorakit.errors import UserError
 from lorakit.fsio import move_file, own_folder, write_text
 from lorakit.locks import folder_lock
 from lorakit.review.dataset import Dataset, caption_text, caption_version
+from lorakit.tagging.backups import Backup
 from lorakit.tagging.edit import EditOps, apply
-from lorakit.tagging.rewrite import CHANGED, CREATED, Backup, rewrite
+from lorakit.tagging.rewrite import CHANGED, CREATED, rewrite
 
 EXCLUDED = Path(".lorakit") / "excluded"
 
@@ -51,7 +52,7 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
         if old == new:
             return seen
         backup = Backup(data.root, "review-edit")
-        backup.save(entry.caption_rel, old)
+        backup.save(entry.caption_rel, old, new)
         backup.commit()
         write_text(path, new, like=path.stat() if old is not None else None)
     data.refresh(rel)

@@ -156,12 +156,18 @@ def edit(
 
 
 @app.command()
-def undo(dir: Dir, dry_run: DryRun = False, json: Json = False) -> None:
-    """Restore the captions as they were before the last command that rewrote them."""
-    from lorakit.tagging.rewrite import undo as undo_last
+def undo(
+    dir: Dir, dry_run: DryRun = False,
+    force: Annotated[bool, typer.Option("--force", help="Also restore captions changed since the command wrote them.")]
+        = False,
+    json: Json = False,
+) -> None:
+    """Restore the captions as they were before the last command that rewrote them (a caption
+    changed since is left alone, and said so, unless --force)."""
+    from lorakit.tagging.backups import undo as undo_last
 
     with user_errors():
-        report = undo_last(dir, dry_run)
+        report = undo_last(dir, dry_run, force)
     emit(report, json)
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import by_path, run, run_json
 
 from lorakit.locks import folder_lock
-from lorakit.tagging.rewrite import BACKUPS
+from lorakit.tagging.backups import BACKUPS
 
 BLOCK = 4096
 
@@ -229,7 +229,9 @@ def test_a_truncated_backup_is_set_aside_and_the_next_undo_reaches_the_edit_befo
     assert f"{last.name}" in proc.stdout + proc.stderr and "cannot be read" in proc.stdout + proc.stderr
     assert (root / "0.txt").read_bytes() == b"a, b, one, two\n"  # nothing restored from half a backup
     assert last.with_name(last.name + ".unreadable").is_file()  # kept, never deleted
-    run_json("tag", "undo", root)  # the edit before it
+    # the edit before it: its captions were changed since (by the edit whose backup is lost)
+    assert all(i["status"] == "failed" for i in run_json("tag", "undo", root, check=1)["items"])
+    run_json("tag", "undo", root, "--force")
     assert digest(root) == before
 
 
@@ -293,3 +295,20 @@ def test_a_linked_or_utf16_caption_is_not_edited(tmp_path):
     assert (root / "ok.txt").read_bytes() == b"a, new\n"
     run_json("tag", "undo", root)
     assert digest(root) == before and (root / "s.txt").is_symlink()
+
+
+def test_undo_leaves_a_caption_changed_since_the_edit_unless_forced(tmp_path):
+    root = dataset(tmp_path / "data", {"a.txt": b"a\n", "b.txt": b"b\n"})
+    (root / "c.png").write_bytes(b"")
+    run_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
+    (root / "a.txt").write_bytes(b"a, x, typed by hand\n")  # the user went on editing
+    (root / "c.txt").write_bytes(b"x, mine now\n")
+    report = run_json("tag", "undo", root, check=1)
+    items = by_path(report)
+    assert items["a.txt"]["status"] == "failed" and "changed since `edit` wrote it" in items["a.txt"]["message"]
+    assert items["c.txt"]["status"] == "failed" and "--force" in items["c.txt"]["message"]
+    assert items["b.txt"]["status"] == "restored" and (root / "b.txt").read_bytes() == b"b\n"
+    assert (root / "a.txt").read_bytes() == b"a, x, typed by hand\n" and (root / "c.txt").is_file()
+    assert len(backups(root)) == 1  # kept for the forced undo
+    run_json("tag", "undo", root, "--force")
+    assert (root / "a.txt").read_bytes() == b"a\n" and not (root / "c.txt").exists() and backups(root) == []

@@ -113,7 +113,13 @@ def test_edit_conflict_bulk_and_undo(site):
     run("tag", "undo", root)  # the command line reverts the page's last change
     assert (root / "10_kit" / "a.txt").read_text() == "kitchan, red hair, hat\n"
     assert not (root / "10_kit" / "c.txt").exists()
-    undone = client.post("/api/undo", json={})  # and the page reverts the one before
+    # the page reverts the one before; b.txt was changed elsewhere since, so it asks first
+    preview = client.post("/api/undo", json={"dry_run": True})
+    assert preview.status_code == 200 and preview.json()["conflicts"] == ["10_kit/b.txt"]
+    refused = client.post("/api/undo", json={})
+    assert refused.status_code == 400 and "changed since" in refused.json()["error"]
+    assert caption.read_text() == "kitchan, changed elsewhere\n"
+    undone = client.post("/api/undo", json={"force": True})
     assert undone.status_code == 200 and caption.read_text() == "kitchan, red hair\n"
 
 

@@ -267,10 +267,12 @@ if (!READ_ONLY) {
   $("undo").addEventListener("click", async () => {  // what it will revert is shown before it runs
     const preview = await post("undo", { dry_run: true });
     if (!preview.ok) { result(preview.data.error); return; }
-    const files = preview.data.restored;
+    const files = preview.data.restored, conflicts = preview.data.conflicts;
     const list = files.slice(0, 10).join("\n") + (files.length > 10 ? `\n… and ${files.length - 10} more` : "");
-    if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions go back.\n${list}`)) return;
-    const done = await post("undo", {});
+    const warn = conflicts.length ? `\n\n${conflicts.length} of them changed since that command wrote them ` +
+      `(${conflicts.slice(0, 3).join(", ")}): undo overwrites those changes.` : "";
+    if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions go back.\n${list}${warn}`)) return;
+    const done = await post("undo", { force: conflicts.length > 0 });
     result(done.ok ? `undo: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
     load();
   });
