@@ -7,7 +7,7 @@ the vocabulary says of each tag (redundant by an implication, unknown).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -81,24 +81,31 @@ class Dataset:
         self.entries: dict[str, Entry] = {}
         self.by_tag: dict[str, set[str]] = {}
         self._groups: list[list[str]] | None = None
+        self._tag_panels: dict = {}  # query -> its tag frequencies, until a caption changes
         self.reload()
 
     # --- reading -------------------------------------------------------------------------------
+
+    # Reads run on worker threads (the server never blocks on one), writes on the event loop. So a
+    # write never changes a dict or set a read may be walking: it builds new ones and swaps them in.
 
     def reload(self) -> None:
         """Every image with its caption file, as `tag edit` finds them (tagging.rewrite.targets)."""
         from lorakit.tagging.rewrite import targets
 
-        self.entries = {}
-        self._groups = None
+        entries = {}
         for target in targets(self.root):
             rel = target.image.as_posix()
             entry = Entry(rel, rel.split("/")[0] if "/" in rel else ".", target.name, None)
             if target.exists:
                 self._read_caption(entry)
             entry.facts = self.cache.get(rel)
-            self.entries[rel] = entry
-        self._index()
+            entries[rel] = entry
+        by_tag: dict[str, set[str]] = {}
+        for rel, entry in entries.items():
+            for tag in entry.tags:
+                by_tag.setdefault(key(tag), set()).add(rel)
+        self.entries, self.by_tag, self._groups, self._tag_panels = entries, by_tag, None, {}
 
     def _read_caption(self, entry: Entry) -> None:
         path = self.root / entry.caption_rel
@@ -116,12 +123,6 @@ class Dataset:
         entry.tags = parse_tags(text)
         entry.text = caption_text(data)
 
-    def _index(self) -> None:
-        self.by_tag = {}
-        for rel, entry in self.entries.items():
-            for tag in entry.tags:
-                self.by_tag.setdefault(key(tag), set()).add(rel)
-
     def changed_on_disk(self, rel: str) -> bool:
         """Whether the caption file changed since it was read (one stat: another program's edit
         shows without a restart)."""
@@ -129,13 +130,18 @@ class Dataset:
         return _stamp(self.root / entry.caption_rel) != entry.stamp
 
     def refresh(self, rel: str) -> None:
-        """One image's caption read again (after a write), and the index with it."""
+        """One image's caption read again (after a write), and the index with it (new sets and a
+        new dict, swapped in: see above)."""
         entry = self.entries[rel]
-        for tag in entry.tags:
-            self.by_tag.get(key(tag), set()).discard(rel)
+        old = {key(t) for t in entry.tags}
         self._read_caption(entry)
-        for tag in entry.tags:
-            self.by_tag.setdefault(key(tag), set()).add(rel)
+        new = {key(t) for t in entry.tags}
+        by_tag = dict(self.by_tag)
+        for k in old - new:
+            by_tag[k] = by_tag[k] - {rel}
+        for k in new - old:
+            by_tag[k] = by_tag.get(k, set()) | {rel}
+        self.by_tag, self._tag_panels = by_tag, {}
 
     def folders(self) -> list[dict]:
         """Each top folder with its image count and, for `N_name`, its repeats and name."""
@@ -198,6 +204,14 @@ class Dataset:
         return [[rels[i] for i in group] for group in group_duplicates(prints, DEDUPE_DISTANCE)]
 
     # --- tags ----------------------------------------------------------------------------------
+
+    def tag_panel(self, query: Query, relations=None) -> list[dict]:
+        """The frequencies of the images a query selects, kept until a caption changes: turning
+        pages of one query (or coming back to it) reads them, not 20,000 captions again."""
+        found_key = (astuple(query), id(relations))
+        if found_key not in self._tag_panels:
+            self._tag_panels[found_key] = self.frequencies(self.select(query), relations)
+        return self._tag_panels[found_key]
 
     def frequencies(self, rels: list[str], relations=None) -> list[dict]:
         """Tags of these images, most frequent first, each marked `implied` where another tag of

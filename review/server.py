@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -121,6 +122,9 @@ class Review:
             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     async def images(self, request: Request) -> Response:
+        return await run_in_threadpool(self._images, request)  # grouping 20,000 images must not stop the server
+
+    def _images(self, request: Request) -> Response:
         chosen = self.data.select(self._query(request.query_params))
         paging = schema.Paging.model_validate(dict(request.query_params))
         page, per_page = paging.page, paging.per_page
@@ -134,8 +138,9 @@ class Review:
                              "folders": self.data.folders()})
 
     async def tags(self, request: Request) -> Response:
-        chosen = self.data.select(self._query(request.query_params))
-        return JSONResponse({"tags": self.data.frequencies(chosen, self.relations)[:300]})
+        query = self._query(request.query_params)
+        tags = await run_in_threadpool(self.data.tag_panel, query, self.relations)
+        return JSONResponse({"tags": tags})  # all of them: the page shows the rows in view
 
     async def complete(self, request: Request) -> Response:
         asked = schema.Completion.model_validate(dict(request.query_params))

@@ -87,6 +87,7 @@ def served_lines(tmp_path):
     root = dataset(tmp_path / "data")
     (root / "10_kit" / "b.txt").write_bytes(b"kitchan, red hair\r\nA girl with red hair.\r\n")
     (root / "5_bg" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (root / "5_bg" / "tiny.txt").write_text(", ".join(f"extra {k:03d}" for k in range(400)) + "\n")
     env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
     proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "1"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -118,6 +119,13 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         page.on("dialog", answer)
         page.goto(url)
         page.wait_for_function("document.querySelector('#count').textContent === '8 of 8 images'")
+
+        # every tag is in the panel (no cap), drawn only where it is in view
+        page.wait_for_function("Number(document.querySelector('#tag-count').textContent) > 400")
+        assert page.locator("#tags li").count() < 80
+        page.eval_on_selector("#tags", "el => el.scrollTop = el.scrollHeight")
+        last = page.evaluate("state.tags[state.tags.length - 1].tag").replace("_", " ")
+        page.wait_for_function(f"[...document.querySelectorAll('#tags li')].some(li => li.textContent.startsWith('{last}'))")
 
         # the unreadable image says so, and has a filter of its own
         assert "cannot be read" in page.locator(".card.broken").inner_text()

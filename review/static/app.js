@@ -32,7 +32,7 @@ async function post(action, body) {
 function say(text) { $("message").textContent = text; }
 function result(text) { $("result").textContent = text; }  // stays until the next bulk edit or undo
 
-async function load() {
+async function load({ tags = false } = {}) {
   const response = await fetch(`/api/images?${params()}`);
   const data = await response.json();
   state.pages = data.pages; state.items = data.items;
@@ -48,7 +48,8 @@ async function load() {
   }
   state.folders = Object.fromEntries(data.folders.map((f) => [f.folder, f]));
   render(data.items);
-  loadTags();
+  // turning pages keeps the tag panel: it is fetched again only when the filters or captions change
+  if (tags || new URLSearchParams(query()).toString() !== state.tagsKey) loadTags();
 }
 
 function render(items) {
@@ -87,12 +88,29 @@ function render(items) {
   }
 }
 
+const ROW = 22;  // px: the tag list shows only the rows in view, however many tags there are
+
 async function loadTags() {
+  const key = new URLSearchParams(query()).toString();
+  state.tagsKey = key;
   const data = await (await fetch(`/api/tags?${params()}`)).json();
-  const list = $("tags");
-  list.replaceChildren();
-  for (const t of data.tags) {
+  if (state.tagsKey !== key) return;  // the filters changed meanwhile: a newer answer is coming
+  state.tags = data.tags;
+  $("tags").scrollTop = 0;
+  $("tag-count").textContent = data.tags.length;
+  drawTags();
+}
+
+function drawTags() {
+  const list = $("tags"), tags = state.tags || [];
+  const first = Math.max(0, Math.floor(list.scrollTop / ROW) - 5);
+  const last = Math.min(tags.length, first + Math.ceil((list.clientHeight || 600) / ROW) + 10);
+  const rows = [];
+  for (let k = first; k < last; k++) {
+    const t = tags[k];
     const li = document.createElement("li");
+    li.style.top = `${k * ROW}px`;
+    li.tabIndex = 0;
     const name = document.createElement("span");
     name.textContent = t.tag.replaceAll("_", " ");
     if (t.implied) name.className = "implied";
@@ -101,9 +119,14 @@ async function loadTags() {
     li.append(name, n);
     li.title = [t.implied ? "implied by another tag of the caption" : "", t.unknown ? "unknown to the vocabulary" : ""]
       .filter(Boolean).join("; ");
-    li.addEventListener("click", () => { $("q").value = t.tag.replaceAll("_", " "); state.page = 1; load(); });
-    list.append(li);
+    const pick = () => { $("q").value = t.tag.replaceAll("_", " "); state.page = 1; load(); };
+    li.addEventListener("click", pick);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") pick(); });
+    rows.push(li);
   }
+  const spacer = document.createElement("div");
+  spacer.style.height = `${tags.length * ROW}px`;
+  list.replaceChildren(spacer, ...rows);
 }
 
 function dirty() { return !READ_ONLY && state.current !== null && $("caption").value !== state.shown; }
@@ -181,7 +204,7 @@ async function save(anyway = false) {
   state.shown = $("caption").value = result.data.text;  // what was written, as it will be read back
   $("conflict").hidden = true;
   say("saved (tag undo reverts it)");
-  await load();
+  await load({ tags: true });
 }
 
 async function complete() {
@@ -210,7 +233,7 @@ async function bulk(event) {
   if (!confirm(`Change the captions of the ${$("bulk-count").textContent} shown images?`)) return;
   const done = await post("bulk", body);
   result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
-  load();
+  load({ tags: true });
 }
 
 async function loadExcluded() {
@@ -223,7 +246,7 @@ async function loadExcluded() {
     if (!READ_ONLY) {
       const button = document.createElement("button");
       button.textContent = "restore";
-      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load(); });
+      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load({ tags: true }); });
       li.append(button);
     }
     list.append(li);
@@ -238,6 +261,7 @@ for (const id of ["folder", "no_caption", "flagged", "duplicates", "unreadable",
 $("prev").addEventListener("click", () => { if (state.page > 1) { state.page--; load(); } });
 $("next").addEventListener("click", () => { if (state.page < state.pages) { state.page++; load(); } });
 $("close").addEventListener("click", closeDetail);
+$("tags").addEventListener("scroll", drawTags);
 for (const id of ["prev-top", "next-top"]) {
   $(id).addEventListener("click", () => $(id.replace("-top", "")).click());
 }
@@ -274,11 +298,11 @@ if (!READ_ONLY) {
     if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions go back.\n${list}${warn}`)) return;
     const done = await post("undo", { force: conflicts.length > 0 });
     result(done.ok ? `undo: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
-    load();
+    load({ tags: true });
   });
   $("exclude").addEventListener("click", async () => {
     const result = await post("exclude", { rel: state.current.rel });
-    if (result.ok) { $("detail").hidden = true; load(); loadExcluded(); } else { say(result.data.error); }
+    if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); } else { say(result.data.error); }
   });
   $("take-disk").addEventListener("click", () => openDetail(state.current.rel, { force: true }));
 }
