@@ -52,7 +52,7 @@ def train(run: Run, stop_at: int | None = None, progress=None) -> dict:
     images = 0  # trained since this process started, by all processes (for img/s)
     step = run.step
     stopped = None
-    if step >= run.total and run.dist.main and all(p.is_file() for p in run.saver.final_files()):
+    if step >= run.total and run.dist.main and run.saver.record.has_final(run.saver.final_files()):
         return finish(run, step, losses, None, rewrite=False)  # a resume of a finished run: nothing to do
     with Interrupt() as interrupt:
         while step < run.total and (stop_at is None or step < stop_at) and not stopped:

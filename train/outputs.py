@@ -94,6 +94,7 @@ class Record:
         self.out_dir, self.path = out_dir, out_dir / RECORD
         self.saves: list[dict] = []
         self.state: dict | None = None
+        self.final: dict[str, list[int]] = {}  # the final files, once the run has written them
         if resumed_at is not None:
             self._read()
             if self.state is None or self.state["step"] != resumed_at:  # killed before the record caught up
@@ -108,6 +109,9 @@ class Record:
             return  # unreadable: nothing is known to be ours, so nothing will be deleted
         if _valid(data):
             self.saves, self.state = data["saves"], data["state"]
+            final = data.get("final", {})
+            if isinstance(final, dict) and all(isinstance(n, str) and _ours(n) for n in final):
+                self.final = final
 
     def wrote(self, label: str, step: int, paths: list[Path]) -> None:
         self.saves.append({"label": label, "step": step, "files": {}})
@@ -150,7 +154,26 @@ class Record:
     def write(self) -> None:
         own_folder(self.out_dir, RECORD.parent)  # never through a link out of the output folder
         with landing(self.path):
-            write_text(self.path, json.dumps({"saves": self.saves, "state": self.state}, indent=1))
+            write_text(self.path, json.dumps({"saves": self.saves, "state": self.state, "final": self.final},
+                                             indent=1))
+
+    def finished(self, paths: list[Path]) -> None:
+        """The run wrote its final files: a resume of it then has nothing to do."""
+        self.final = {}
+        for path in paths:
+            st = path.stat()
+            self.final[path.relative_to(self.out_dir).as_posix()] = [st.st_size, st.st_mtime_ns]
+
+    def has_final(self, paths: list[Path]) -> bool:
+        """Whether these final files are there as this run wrote them (a file of the same name
+        that it did not write, or that changed, is no reason to stop)."""
+        def stamp(path: Path) -> list[int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return [st.st_size, st.st_mtime_ns]
+        return bool(paths) and all(self.final.get(p.relative_to(self.out_dir).as_posix()) == stamp(p) for p in paths)
 
 
 def _no_state(out_dir: Path) -> UserError:

@@ -98,7 +98,9 @@ class Saver:
         if label:
             self.record.wrote(label, step, [Path(p) for p in self.saved[before:]])
             self.record.prune(self.config.saving.keep_last_n)
-            self.record.write()
+        else:
+            self.record.finished(self.final_files())
+        self.record.write()
         if self.config.output.log_dir:
             self._log(step)
 
