@@ -19,16 +19,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class QueryParams(BaseModel):
-    """The gallery's filters (query string values, or a bulk body's `query`)."""
-    model_config = ConfigDict(extra="ignore")  # the page's other parameters (page, per_page) pass by
+class _Filters(BaseModel):
+    """The gallery's filters: the page's query string, or a bulk edit's `query`."""
     q: str = ""
     folder: str = ""
     no_caption: str = ""
     flagged: str = ""
     duplicates: str = ""
     unreadable: str = ""
-    smaller_than: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # the page sends the field's text, in a query string and in a bulk body alike
+    smaller_than: Annotated[int, Field(ge=1, le=1_000_000, strict=False)] | None = None
+
+
+class QueryParams(_Filters):
+    model_config = ConfigDict(extra="ignore")  # the page's other parameters (page, per_page) pass by
 
 
 class Paging(BaseModel):
@@ -52,14 +56,8 @@ class CaptionBody(_Strict):
     caption: Annotated[str, Field(max_length=1_000_000)]
 
 
-class BulkFilter(_Strict):
-    q: str = ""
-    folder: str = ""
-    no_caption: str = ""
-    flagged: str = ""
-    duplicates: str = ""
-    unreadable: str = ""
-    smaller_than: Annotated[int, Field(ge=1, strict=False)] | None = None  # the page sends the field's text
+class BulkFilter(_Filters):
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class BulkBody(_Strict):
