@@ -65,6 +65,7 @@ class BulkBody(_Strict):
     add: list[Tag] = []
     remove: list[Tag] = []
     replace: list[Annotated[list[Tag], Field(min_length=2, max_length=2)]] = []  # [old, new] pairs
+    dry_run: bool = False  # the page shows how many captions change, and how, before it writes
 
 
 class ImageBody(_Strict):

@@ -222,7 +222,8 @@ class Review:
             ops = EditOps(add=[t for t in body.add if t.strip()], remove=[t for t in body.remove if t.strip()],
                           replace=[(a, b) for a, b in body.replace if a.strip() and b.strip()])
             chosen = [rel for rel in self.data.select(self._query(body.query)) if self._entry(rel) is not None]
-            return {"changed": writes.bulk_edit(self.data, chosen, ops), "of": len(chosen)}
+            changed, diff = writes.bulk_edit(self.data, chosen, ops, body.dry_run)
+            return {"changed": changed, "of": len(chosen), "sample": diff[:5]}
         if action == "exclude":
             rel = body.rel
             if self._entry(rel) is None:

@@ -13,6 +13,7 @@ from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_
 from lorakit.errors import UserError
 from lorakit.fsio import move_file, own_folder, write_text
 from lorakit.locks import folder_lock
+from lorakit.report import PLANNED
 from lorakit.review.dataset import Dataset, caption_text, caption_version
 from lorakit.tagging.backups import Backup
 from lorakit.tagging.edit import EditOps, apply
@@ -78,21 +79,23 @@ def caption_bytes(old: bytes | None, text: str) -> bytes:
     return join_caption(bom, tags, rest)
 
 
-def bulk_edit(data: Dataset, rels: list[str], ops: EditOps) -> list[str]:
+def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = False) -> tuple[list[str], list]:
     """`tag edit`'s operations on these images' captions, through `tag edit`'s own rewrite (one
-    backup, written before any caption); the images whose caption changed. Images without a
-    caption get one only when tags are added."""
+    backup, written before any caption): the images whose caption changed (`dry_run`: would
+    change), and the diff rows (caption, removed, added). Images without a caption get one only
+    when tags are added."""
     chosen = set(rels)
     report = rewrite(data.root, "review-bulk", lambda image, tags: apply(tags, ops) if image.as_posix() in chosen
-                     else None, dry_run=False, create=bool(ops.add))
+                     else None, dry_run=dry_run, create=bool(ops.add))
     if report.failed:
-        raise UserError(f"{len(report.failed)} captions could not be written: "
-                        + "; ".join(o.message for o in report.failed))
+        raise UserError(f"{len(report.failed)} captions could not be {'read' if dry_run else 'written'}: "
+                        + "; ".join(o.message for o in report.failed[:5]))
     by_caption = {data.entries[rel].caption_rel: rel for rel in rels}
-    changed = [by_caption[o.path] for o in report.outcomes if o.status in (CHANGED, CREATED)]
-    for rel in changed:
-        data.refresh(rel)
-    return changed
+    changed = [by_caption[o.path] for o in report.outcomes if o.status in (CHANGED, CREATED, PLANNED)]
+    if not dry_run:
+        for rel in changed:
+            data.refresh(rel)
+    return changed, report.sections[0].rows if report.sections else []
 
 
 def _siblings(image: Path) -> list[Path]:

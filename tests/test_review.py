@@ -106,6 +106,12 @@ def test_edit_conflict_bulk_and_undo(site):
     assert stale.status_code == 409 and stale.json()["disk"] == "kitchan, changed elsewhere"
     assert stale.json()["yours"] == "kitchan, mine" and caption.read_text() == "kitchan, changed elsewhere\n"
 
+    before = {p.name: p.read_bytes() for p in (root / "10_kit").glob("*.txt")}
+    preview = client.post("/api/bulk", json={"query": {"folder": "10_kit"}, "add": ["solo"], "remove": ["hat"],
+                                             "dry_run": True})
+    assert preview.json()["of"] == 3 and len(preview.json()["changed"]) == 3
+    assert ["10_kit/a.txt", "hat", "solo"] in preview.json()["sample"]  # how each changes, before it does
+    assert {p.name: p.read_bytes() for p in (root / "10_kit").glob("*.txt")} == before
     bulk = client.post("/api/bulk", json={"query": {"folder": "10_kit"}, "add": ["solo"], "remove": ["hat"]})
     assert sorted(bulk.json()["changed"]) == ["10_kit/a.png", "10_kit/b.png", "10_kit/c.png"]
     assert (root / "10_kit" / "a.txt").read_text() == "kitchan, red hair, solo\n"

@@ -74,10 +74,11 @@ def test_filter_edit_and_undo_in_chromium(served, tmp_path):
     assert "stopped" in proc.stderr.read()
 
 
-def _wait_for(predicate, seconds=10):
+def _wait_for(page, predicate, seconds=10):
+    """Wait on the page's own clock: Playwright hands events (a dialog) over only while it is called."""
     deadline = time.time() + seconds
     while not predicate() and time.time() < deadline:
-        time.sleep(0.05)
+        page.wait_for_timeout(50)
     return predicate()
 
 
@@ -165,7 +166,7 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         page.fill("#caption", "kitchan, unsaved")
         answers.append(False)
         page.keyboard.press("Escape")
-        assert _wait_for(lambda: len(dialogs) >= 1) and "unsaved" in dialogs[-1]
+        assert _wait_for(page, lambda: len(dialogs) >= 1) and "unsaved" in dialogs[-1]
         assert page.is_visible("#detail") and page.input_value("#caption") == "kitchan, unsaved"
 
         # Alt+→ moves on even from the caption box (asking first); → alone moves when it is not focused
@@ -181,6 +182,19 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         assert page.inner_text("#info") != first
         page.keyboard.press("Escape")
         page.wait_for_selector("#detail", state="hidden")
+
+        # bulk: how many matching captions change, and how, is shown before anything is written
+        page.fill("#q", "kitchan")
+        page.wait_for_function("document.querySelector('#count').textContent.startsWith('2 of')")
+        page.fill("#bulk-add", "solo")
+        answers.append(False)
+        page.click("#bulk-apply")
+        assert _wait_for(page, lambda: dialogs and "will change" in dialogs[-1])
+        assert "2 of the 2 matching captions will change" in dialogs[-1] and "+solo" in dialogs[-1]
+        assert b.read_bytes() == b"kitchan, mine\nline two\n"  # said no: nothing written
+        page.fill("#bulk-add", "")
+        page.fill("#q", "")
+        page.wait_for_function("document.querySelector('#count').textContent === '8 of 8 images'")
 
         # undo shows what it reverts before it runs, and its result stays on screen
         answers.append(True)

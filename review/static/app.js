@@ -230,7 +230,12 @@ async function bulk(event) {
     .filter((pair) => pair.length === 2);
   const body = { query: query(), add: list($("bulk-add").value), remove: list($("bulk-remove").value), replace };
   if (!body.add.length && !body.remove.length && !body.replace.length) return;
-  if (!confirm(`Change the captions of the ${$("bulk-count").textContent} shown images?`)) return;
+  const preview = await post("bulk", { ...body, dry_run: true });  // how many change, and how, first
+  if (!preview.ok) { result(preview.data.error); return; }
+  const sample = preview.data.sample.map(([caption, removed, added]) =>
+    `${caption}: ${removed ? "−" + removed : ""}${removed && added ? " " : ""}${added ? "+" + added : ""}`).join("\n");
+  if (!preview.data.changed.length) { result(`bulk: none of the ${preview.data.of} matching captions would change`); return; }
+  if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} matching captions will change, e.g.\n${sample}`)) return;
   const done = await post("bulk", body);
   result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
   load({ tags: true });
