@@ -66,6 +66,7 @@ class BulkBody(_Strict):
     remove: list[Tag] = []
     replace: list[Annotated[list[Tag], Field(min_length=2, max_length=2)]] = []  # [old, new] pairs
     dry_run: bool = False  # the page shows how many captions change, and how, before it writes
+    rels: list[str] | None = None  # images picked by hand: these, not the query's
 
 
 class ImageBody(_Strict):

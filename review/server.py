@@ -221,7 +221,8 @@ class Review:
         if action == "bulk":
             ops = EditOps(add=[t for t in body.add if t.strip()], remove=[t for t in body.remove if t.strip()],
                           replace=[(a, b) for a, b in body.replace if a.strip() and b.strip()])
-            chosen = [rel for rel in self.data.select(self._query(body.query)) if self._entry(rel) is not None]
+            asked = body.rels if body.rels is not None else self.data.select(self._query(body.query))
+            chosen = [rel for rel in dict.fromkeys(asked) if self._entry(rel) is not None]
             changed, diff = writes.bulk_edit(self.data, chosen, ops, body.dry_run)
             return {"changed": changed, "of": len(chosen), "sample": diff[:5]}
         if action == "exclude":

@@ -326,3 +326,14 @@ def test_a_linked_caption_is_not_written_through_and_a_linked_lorakit_folder_is_
     (root / ".lorakit" / "excluded").symlink_to(outside)
     assert client.post("/api/exclude", json={"rel": "10_kit/b.png"}).status_code == 400
     assert list(outside.iterdir()) == [] and (root / "10_kit" / "b.png").is_file()
+
+
+def test_a_bulk_edit_of_images_picked_by_hand_changes_only_those(site):
+    root, _, client = site
+    before = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.txt")}
+    body = {"rels": ["5_bg/big.png", "10_kit/a.png", "../../etc/passwd", "5_bg/big.png"], "add": ["picked"]}
+    done = client.post("/api/bulk", json=body)
+    assert done.status_code == 200 and sorted(done.json()["changed"]) == ["10_kit/a.png", "5_bg/big.png"]
+    after = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.txt")}
+    assert {k for k in after if after[k] != before.get(k)} == {"10_kit/a.txt", "5_bg/big.txt"}
+    assert client.post("/api/bulk", json={"rels": "10_kit/a.png", "add": ["x"]}).status_code == 400

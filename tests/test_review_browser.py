@@ -192,9 +192,30 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         assert _wait_for(page, lambda: dialogs and "will change" in dialogs[-1])
         assert "2 of the 2 matching captions will change" in dialogs[-1] and "+solo" in dialogs[-1]
         assert b.read_bytes() == b"kitchan, mine\nline two\n"  # said no: nothing written
-        page.fill("#bulk-add", "")
         page.fill("#q", "")
         page.wait_for_function("document.querySelector('#count').textContent === '8 of 8 images'")
+
+        # picked by hand: a click, then a shift-click picks the range; the bulk edit changes only those
+        cards = page.locator(".card .pick")
+        cards.nth(0).click()
+        cards.nth(2).click(modifiers=["Shift"])
+        assert page.inner_text("#bulk-what") == "3 picked"
+        picked = page.evaluate("[...state.picked]")
+        untouched = {p: p.read_bytes() for p in root.rglob("*.txt") if p.relative_to(root).with_suffix(".png").as_posix()
+                     not in picked}
+        answers.append(True)
+        page.click("#bulk-apply")
+        page.wait_for_function("document.querySelector('#result').textContent.startsWith('bulk')")
+        assert "of the 3 picked captions will change" in dialogs[-1]
+        for rel in picked:
+            caption_file = (root / rel).with_suffix(".txt")
+            assert caption_file.read_text().split("\n")[0].endswith("solo"), rel
+        assert {p: p.read_bytes() for p in untouched} == untouched
+        page.click("#unpick")
+        assert page.inner_text("#bulk-what") == "8 matching"
+        run_undo = subprocess.run([str(BIN / "tag"), "undo", str(root)], capture_output=True)
+        assert run_undo.returncode == 0
+        page.fill("#bulk-add", "")
 
         # undo shows what it reverts before it runs, and its result stays on screen
         answers.append(True)

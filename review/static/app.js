@@ -3,7 +3,7 @@
 const TOKEN = document.body.dataset.token;
 const READ_ONLY = document.body.dataset.readOnly === "true";
 const $ = (id) => document.getElementById(id);
-const state = { page: 1, pages: 1, current: null, items: [], shown: "", diskVersion: "" };
+const state = { page: 1, pages: 1, current: null, items: [], shown: "", diskVersion: "", picked: new Set(), lastPick: null };
 
 function params(extra = {}) {
   const p = new URLSearchParams({ q: $("q").value, folder: $("folder").value, page: state.page });
@@ -37,7 +37,7 @@ async function load({ tags = false } = {}) {
   const data = await response.json();
   state.pages = data.pages; state.items = data.items;
   $("count").textContent = `${data.count} of ${data.total} images`;
-  if ($("bulk-count")) $("bulk-count").textContent = data.count;
+  if ($("bulk-count")) { $("bulk-count").textContent = data.count; showPicked(); }
   $("page").textContent = data.page; $("pages").textContent = data.pages;
   const folder = $("folder");
   if (folder.options.length === 1) {
@@ -82,6 +82,13 @@ function render(items) {
       img.src = `/thumb?rel=${encodeURIComponent(item.rel)}`;
       card.append(img, caption);
     }
+    if (!READ_ONLY) {  // picked by hand (shift: the range from the last one), for a bulk edit of just these
+      const pick = document.createElement("input");
+      pick.type = "checkbox"; pick.className = "pick"; pick.checked = state.picked.has(item.rel);
+      pick.setAttribute("aria-label", `pick ${item.rel}`);
+      pick.addEventListener("click", (e) => { e.stopPropagation(); picked(item.rel, pick.checked, e.shiftKey); });
+      card.prepend(pick);
+    }
     card.addEventListener("click", () => openDetail(item.rel));
     card.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(item.rel); });
     grid.append(card);
@@ -89,6 +96,25 @@ function render(items) {
 }
 
 const ROW = 22;  // px: the tag list shows only the rows in view, however many tags there are
+
+function picked(rel, on, range) {
+  const rels = state.items.map((i) => i.rel);
+  const from = rels.indexOf(state.lastPick), to = rels.indexOf(rel);
+  const span = range && from >= 0 ? rels.slice(Math.min(from, to), Math.max(from, to) + 1) : [rel];
+  for (const r of span) { if (on) state.picked.add(r); else state.picked.delete(r); }
+  state.lastPick = rel;
+  for (const box of document.querySelectorAll(".card .pick")) {
+    box.checked = state.picked.has(box.closest(".card").dataset.rel);
+  }
+  showPicked();
+}
+
+function showPicked() {
+  if (!$("bulk-what")) return;
+  const n = state.picked.size;
+  $("bulk-what").textContent = n ? `${n} picked` : `${$("bulk-count").textContent} matching`;
+  $("unpick").hidden = !n;
+}
 
 async function loadTags() {
   const key = new URLSearchParams(query()).toString();
@@ -229,13 +255,15 @@ async function bulk(event) {
   const replace = list($("bulk-replace").value).map((pair) => pair.split("=").map((s) => s.trim()))
     .filter((pair) => pair.length === 2);
   const body = { query: query(), add: list($("bulk-add").value), remove: list($("bulk-remove").value), replace };
+  if (state.picked.size) body.rels = [...state.picked];
   if (!body.add.length && !body.remove.length && !body.replace.length) return;
   const preview = await post("bulk", { ...body, dry_run: true });  // how many change, and how, first
   if (!preview.ok) { result(preview.data.error); return; }
   const sample = preview.data.sample.map(([caption, removed, added]) =>
     `${caption}: ${removed ? "−" + removed : ""}${removed && added ? " " : ""}${added ? "+" + added : ""}`).join("\n");
   if (!preview.data.changed.length) { result(`bulk: none of the ${preview.data.of} matching captions would change`); return; }
-  if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} matching captions will change, e.g.\n${sample}`)) return;
+  const which = state.picked.size ? "picked" : "matching";
+  if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} ${which} captions will change, e.g.\n${sample}`)) return;
   const done = await post("bulk", body);
   result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
   load({ tags: true });
@@ -293,6 +321,7 @@ if (!READ_ONLY) {
   $("add-tag").addEventListener("change", addTag);
   $("add-tag").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); addTag(); } });
   $("bulk").addEventListener("submit", bulk);
+  $("unpick").addEventListener("click", () => { state.picked.clear(); picked(null, false, false); });
   $("undo").addEventListener("click", async () => {  // what it will revert is shown before it runs
     const preview = await post("undo", { dry_run: true });
     if (!preview.ok) { result(preview.data.error); return; }
