@@ -47,6 +47,13 @@ class Completion(BaseModel):
     limit: Annotated[int, Field(ge=1, le=50)] = 20
 
 
+class Rethreshold(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    rel: str = ""
+    general: Annotated[float, Field(ge=0, le=1)] = 0.35
+    character: Annotated[float, Field(ge=0, le=1)] = 0.85
+
+
 Tag = Annotated[str, Field(max_length=500)]
 
 

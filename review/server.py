@@ -178,6 +178,25 @@ class Review:
         return {"model": model, "tags": [{"tag": info.names[i].replace("_", " "), "p": round(float(row[i]), 4),
                                           "category": info.categories[i]} for i in order if row[i] >= 0.05][:200]}
 
+    async def rethreshold(self, request: Request) -> Response:
+        """The caption `tag auto --rethreshold` would write for this image at these thresholds:
+        the same selection and composition (trigger first, implied tags pruned), from its sidecar."""
+        from lorakit.captions import instance_token
+        from lorakit.tagging.auto import SIDECAR, load_sidecar
+        from lorakit.tagging.compose import Thresholds, Writing, compose, select
+
+        asked = schema.Rethreshold.model_validate(dict(request.query_params))
+        if self._entry(asked.rel) is None:
+            return JSONResponse({"error": "no such image"}, 404)
+        name = Path(asked.rel).name
+        found = load_sidecar((self.data.root / asked.rel).parent / SIDECAR, only=name)
+        if found is None or name not in found[2]:
+            return JSONResponse({"error": "the tagger left no probabilities for this image"}, 404)
+        info, _, rows = found
+        chosen = select(rows[name], info, Thresholds(asked.general, asked.character))
+        tags = compose(chosen, [], Writing(), self.relations, instance_token(Path(asked.rel)))
+        return JSONResponse({"tags": tags or [], "rating": chosen.rating})
+
     async def file(self, request: Request) -> Response:
         rel = request.query_params.get("rel", "")
         if self._entry(rel) is None:
@@ -256,6 +275,7 @@ class Review:
             Route("/", self.page), Route("/api/images", self.images), Route("/api/tags", self.tags),
             Route("/api/complete", self.complete), Route("/api/image", self.detail),
             Route("/api/excluded", self.excluded), Route("/api/{action}", self.write, methods=["POST"]),
+            Route("/api/rethreshold", self.rethreshold),
             Route("/file", self.file), Route("/thumb", self.thumb),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]

@@ -177,6 +177,14 @@ def test_detail_shows_the_taggers_probabilities(site):
     assert [t["tag"] for t in detail["probabilities"]["tags"]] == ["general", "red hair", "hat"]
     assert detail["width"] == 160 and detail["format"] == "PNG"
     assert client.get("/api/image", params={"rel": "10_kit/b.png"}).json()["probabilities"] is None
+    # the threshold slider's caption, composed as `tag auto --rethreshold` writes it: the folder's
+    # trigger first, the rating kept apart, tags under the threshold left out
+    at = client.get("/api/rethreshold", params={"rel": "10_kit/a.png", "general": 0.5}).json()
+    assert at == {"tags": ["kit", "red hair"], "rating": "general"}
+    assert client.get("/api/rethreshold", params={"rel": "10_kit/a.png", "general": 0.2}).json()["tags"] == [
+        "kit", "red hair", "hat"]
+    assert client.get("/api/rethreshold", params={"rel": "10_kit/b.png"}).status_code == 404
+    assert client.get("/api/rethreshold", params={"rel": "10_kit/a.png", "general": "x"}).status_code == 400
 
 
 def test_duplicates_come_with_their_group_and_a_foreign_host_is_refused(site):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import BIN, OFFLINE, ROOT
@@ -89,6 +90,13 @@ def served_lines(tmp_path):
     (root / "10_kit" / "b.txt").write_bytes(b"kitchan, red hair\r\nA girl with red hair.\r\n")
     (root / "5_bg" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     (root / "5_bg" / "tiny.txt").write_text(", ".join(f"extra {k:03d}" for k in range(400)) + "\n")
+    import numpy as np
+
+    from lorakit.tagging.auto import save_sidecars
+    from lorakit.tagging.models import TagInfo
+
+    info = TagInfo(("general", "red_hair", "hat", "smile"), (9, 0, 0, 0))
+    save_sidecars(root, {Path("10_kit/a.png"): np.array([0.9, 0.8, 0.6, 0.2], np.float32)}, info, "wd")
     env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
     proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "1"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -225,6 +233,23 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         assert b.read_bytes() == b"kitchan, changed elsewhere\n"
         time.sleep(0.3)  # a reload must not wipe the result
         assert page.inner_text("#result").startswith("undo")
+
+        # the tagger from the page: the slider's caption is composed by the server as tag auto would
+        # (the folder's trigger first, the rating apart); a probability row adds its tag to line 1
+        (root / "10_kit" / "a.txt").write_text("kitchan, red hair, hat\nA sentence.\n")
+        page.locator('.card[data-rel="10_kit/a.png"]').click()
+        page.wait_for_function("document.querySelector('#preview').textContent === 'kit, red hair, hat'")
+        assert page.inner_text("#rating").startswith("general 0.90")
+        page.locator("#prob-list li", has_text="smile").click()
+        assert page.input_value("#caption") == "kitchan, red hair, hat, smile\nA sentence."
+        page.eval_on_selector("#threshold", "el => { el.value = 0.7; el.dispatchEvent(new Event('input')); }")
+        page.wait_for_function("document.querySelector('#preview').textContent === 'kit, red hair'")
+        page.click("#use-preview")
+        assert page.input_value("#caption") == "kit, red hair\nA sentence."
+        answers.append(True)  # discard: nothing was saved
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#detail", state="hidden")
+        assert (root / "10_kit" / "a.txt").read_text() == "kitchan, red hair, hat\nA sentence.\n"
 
         # at phone size the detail fills the width and its close stays on screen
         page.set_viewport_size({"width": 390, "height": 800})

@@ -200,16 +200,41 @@ async function step(delta) {  // the next or previous image, across page boundar
 function showProbabilities(probs) {
   const list = $("prob-list");
   list.replaceChildren();
-  for (const t of probs.tags.slice(0, 60)) {
-    const li = document.createElement("li"); li.textContent = `${t.tag} ${t.p.toFixed(2)}`; list.append(li);
+  const ratings = probs.tags.filter((t) => t.category === 9);  // kept apart: not a caption tag here
+  $("rating").textContent = ratings.map((t) => `${t.tag} ${t.p.toFixed(2)}`).join(", ") || "(none)";
+  for (const t of probs.tags.filter((t) => t.category !== 9).slice(0, 60)) {
+    const li = document.createElement("li");
+    li.textContent = `${t.tag} ${t.p.toFixed(2)}`;
+    li.tabIndex = 0;
+    const add = () => addToLine1([t.tag]);
+    li.addEventListener("click", add);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") add(); });
+    list.append(li);
   }
+  let timer = null;
   const update = () => {
     const th = parseFloat($("threshold").value);
     $("threshold-value").textContent = th.toFixed(2);
-    $("preview").textContent = probs.tags.filter((t) => t.category !== 9 && t.p >= th).map((t) => t.tag).join(", ");
+    clearTimeout(timer);
+    timer = setTimeout(async () => {  // the server composes it, as tag auto would: trigger, pruning
+      const rel = state.current.rel;
+      const answer = await (await fetch(`/api/rethreshold?${new URLSearchParams({ rel, general: th })}`)).json();
+      if (state.current && state.current.rel === rel) { state.preview = answer.tags || []; $("preview").textContent = state.preview.join(", "); }
+    }, 120);
   };
   $("threshold").oninput = update;
   update();
+}
+
+function addToLine1(tags, replace = false) {  // the caption's other lines stay as they are
+  const [first, ...rest] = $("caption").value.split("\n");
+  const have = replace ? [] : first.split(",").map((t) => t.trim()).filter(Boolean);
+  const keys = new Set(have.map((t) => t.toLowerCase().replaceAll(" ", "_")));
+  for (const tag of tags) {
+    const k = tag.toLowerCase().replaceAll(" ", "_");
+    if (!keys.has(k)) { have.push(tag); keys.add(k); }
+  }
+  $("caption").value = [have.join(", "), ...rest].join("\n");
 }
 
 async function save(anyway = false) {
@@ -243,8 +268,7 @@ async function complete() {
 function addTag() {
   const tag = $("add-tag").value.trim();
   if (!tag) return;
-  const text = $("caption").value.trim();
-  $("caption").value = text ? `${text}, ${tag}` : tag;
+  addToLine1([tag]);  // the tags are line 1, whatever lines follow
   $("add-tag").value = "";
 }
 
@@ -339,6 +363,7 @@ if (!READ_ONLY) {
     if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); } else { say(result.data.error); }
   });
   $("take-disk").addEventListener("click", () => openDetail(state.current.rel, { force: true }));
+  $("use-preview").addEventListener("click", () => addToLine1(state.preview || [], true));
 }
 load();
 loadExcluded();
