@@ -86,7 +86,8 @@ class UndoBody(_Strict):
 
 
 BODIES: dict[str, type[BaseModel]] = {"caption": CaptionBody, "bulk": BulkBody, "exclude": ImageBody,
-                                      "restore": ImageBody, "undo": UndoBody}
+                                      "restore": ImageBody, "undo": UndoBody,
+                                      "redo": UndoBody}
 
 
 def body(action: str, data) -> BaseModel:

@@ -253,10 +253,10 @@ class Review:
         if action == "restore":
             writes.restore(self.data, body.rel)
             return {"restored": body.rel}
-        if action == "undo":
-            from lorakit.tagging.backups import undo
+        if action in ("undo", "redo"):
+            from lorakit.tagging.backups import redo, undo
 
-            report = undo(self.data.root, body.dry_run, body.force)
+            report = (undo if action == "undo" else redo)(self.data.root, body.dry_run, body.force)
             if not body.dry_run:
                 self.data.reload()
             conflicts = [o.path for o in report.failed if o.details.get("changed_since")]

@@ -25,6 +25,8 @@ from lorakit.locks import folder_lock
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report
 
 BACKUPS = Path(".lorakit") / "backups"
+UNDONE = BACKUPS / "undone"  # backups an undo used, with what it overwrote: `tag redo` puts it back
+REDO = ".redo.json"
 
 
 class Backup:
@@ -63,8 +65,17 @@ class Backup:
         own_folder(self.root, BACKUPS)  # never through a link out of the dataset
         try:
             write_text(self.path, json.dumps(manifest), durable=True)
+            _forget_undone(self.root)
         except OSError as e:
             raise UserError(f"cannot write the backup {self.path}: {e.strerror or e}; no caption was changed") from None
+
+
+def _forget_undone(root: Path) -> None:
+    """A new edit: what was undone can no longer be redone over it."""
+    folder = root / UNDONE
+    if os.path.isdir(folder) and not os.path.islink(folder):
+        for path in folder.glob("*.json"):
+            path.unlink()
 
 
 def digest(data: bytes) -> str:
@@ -139,9 +150,22 @@ def _undo(root: Path, dry_run: bool, force: bool) -> Report:
         report.outcomes.append(Outcome(str(name), FAILED, f"this backup cannot be read ({e})"))
         return report
     report.notes.append(f"undoing `{manifest['command']}` ({last.name})")
-    restores, outcomes = [], {}
+    redo = _apply(root, manifest, dry_run, force, report, "tag undo --force")
+    if not dry_run and not report.failed:
+        sync_folder(root)
+        # kept for `tag redo` (with what the undo overwrote), not deleted: the next new edit clears it
+        undone = own_folder(root, UNDONE)
+        os.replace(last, undone / last.name)
+        write_text(undone / (last.stem + REDO), json.dumps(redo), durable=True)
+    return report
+
+
+def _apply(root: Path, manifest: dict, dry_run: bool, force: bool, report: Report, forced: str) -> dict:
+    """Put back what `manifest` holds (restore its captions, remove the ones it created); the
+    outcomes go to `report`. Returns the manifest that puts back what this overwrote (a redo)."""
+    restores, outcomes, before = [], {}, {}
     written = manifest["written"]
-    since = f"changed since `{manifest['command']}` wrote it: not restored (`tag undo --force` restores it anyway)"
+    since = f"changed since `{manifest['command']}` wrote it: not restored (`{forced}` restores it anyway)"
     for rel, data in manifest["changed"].items():
         path = _inside(root, rel)
         if _holds(path, data):  # never written (its write failed) or already restored
@@ -153,6 +177,7 @@ def _undo(root: Path, dry_run: bool, force: bool) -> Report:
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "restored"))
         outcomes[path] = report.outcomes[-1]
         restores.append((path, data))
+        before[rel] = _read(path)
     if not dry_run:
         mark_failed(outcomes, write_texts(restores))
     for rel in manifest["created"]:
@@ -160,6 +185,7 @@ def _undo(root: Path, dry_run: bool, force: bool) -> Report:
         if not force and os.path.lexists(path) and _changed_since(path, written.get(rel)):
             report.outcomes.append(Outcome(rel, FAILED, since.replace("restored", "removed"), {"changed_since": True}))
             continue
+        before[rel] = _read(path)
         try:
             if not dry_run:
                 os.unlink(path)
@@ -169,9 +195,53 @@ def _undo(root: Path, dry_run: bool, force: bool) -> Report:
             report.outcomes.append(Outcome(rel, FAILED, f"cannot remove: {e.strerror or e}"))
             continue
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "removed"))
+    back = {rel: data for rel, data in before.items() if data is not None}
+    return {"command": f"redo {manifest['command']}", "changed": {rel: _stored(d) for rel, d in back.items()},
+            "created": [rel for rel, data in before.items() if data is None],
+            "written": {rel: digest(manifest["changed"][rel]) for rel in back if rel in manifest["changed"]}}
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def redo(root: Path, dry_run: bool = False, force: bool = False) -> Report:
+    """Put back what the last `tag undo` reverted (its backup goes back too, so it can be undone
+    again). A new caption edit clears what can be redone, as in any editor."""
+    root = check_source(root)
+    if dry_run:
+        return _redo(root, dry_run, force)
+    with folder_lock(root, "tag redo"):
+        return _redo(root, dry_run, force)
+
+
+def _redo(root: Path, dry_run: bool, force: bool) -> Report:
+    folder = root / UNDONE
+    if os.path.lexists(folder):
+        own_folder(root, UNDONE)
+    records = sorted(folder.glob("*" + REDO)) if folder.is_dir() else []
+    if not records:
+        raise UserError(f"nothing to redo in {root}: no undo since the last edit")
+    last = records[0]  # undo walks back in time, redo forward: the oldest undone edit comes first
+    original = last.with_name(last.name[:-len(REDO)] + ".json")
+    report = Report("redo", str(root))
+    try:
+        manifest = _manifest(last)
+        if any(_inside(root, rel) is None for rel in [*manifest["changed"], *manifest["created"]]):
+            raise ValueError("it names files outside the dataset")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{last}: cannot be redone ({e})") from None
+    report.notes.append(f"redoing `{manifest['command'][len('redo '):]}` ({original.name})")
+    _apply(root, manifest, dry_run, force, report, "tag redo --force")
     if not dry_run and not report.failed:
         sync_folder(root)
-        last.unlink()  # kept while a caption could not be restored, so undo can be run again
+        if original.is_file():
+            os.replace(original, own_folder(root, BACKUPS) / original.name)  # `tag undo` undoes it again
+        last.unlink()
     return report
 
 

@@ -172,6 +172,20 @@ def undo(
 
 
 @app.command()
+def redo(
+    dir: Dir, dry_run: DryRun = False,
+    force: Annotated[bool, typer.Option("--force", help="Also over captions changed since the undo.")] = False,
+    json: Json = False,
+) -> None:
+    """Put back what the last `tag undo` reverted (until a new edit is made)."""
+    from lorakit.tagging.backups import redo as redo_last
+
+    with user_errors():
+        report = redo_last(dir, dry_run, force)
+    emit(report, json)
+
+
+@app.command()
 def translate(
     dir: Dir,
     to: Annotated[Vocabulary, typer.Option("--to", help="The vocabulary to write.")],

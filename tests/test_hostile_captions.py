@@ -312,3 +312,34 @@ def test_undo_leaves_a_caption_changed_since_the_edit_unless_forced(tmp_path):
     assert len(backups(root)) == 1  # kept for the forced undo
     run_json("tag", "undo", root, "--force")
     assert (root / "a.txt").read_bytes() == b"a\n" and not (root / "c.txt").exists() and backups(root) == []
+
+
+def test_redo_puts_back_what_undo_reverted_until_a_new_edit(tmp_path):
+    root = dataset(tmp_path / "data", {"a.txt": b"a\r\nline two\r\n", "b.txt": b"b\n"})
+    (root / "c.png").write_bytes(b"")
+    original = digest(root)
+    run_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
+    edited = digest(root)
+    run_json("tag", "undo", root)
+    assert digest(root) == original
+    assert run_json("tag", "redo", root, "--dry-run")["counts"] == {"planned": 3}
+    run_json("tag", "redo", root)
+    assert digest(root) == edited  # byte for byte, the created caption too
+    run_json("tag", "undo", root)  # the edit's backup came back with the redo
+    assert digest(root) == original
+    run_json("tag", "edit", root, "--add", "y")  # a new edit: nothing to redo over it
+    proc = run("tag", "redo", root, check=2)
+    assert "nothing to redo" in proc.stderr
+
+
+def test_two_undos_are_redone_in_the_order_the_edits_were_made(tmp_path):
+    root = dataset(tmp_path / "data", {"a.txt": b"a\n"})
+    run_json("tag", "edit", root, "--add", "one")
+    run_json("tag", "edit", root, "--add", "two")
+    run_json("tag", "undo", root)
+    run_json("tag", "undo", root)
+    assert (root / "a.txt").read_bytes() == b"a\n"
+    run_json("tag", "redo", root)
+    assert (root / "a.txt").read_bytes() == b"a, one\n"
+    run_json("tag", "redo", root)
+    assert (root / "a.txt").read_bytes() == b"a, one, two\n"

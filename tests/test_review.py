@@ -127,6 +127,8 @@ def test_edit_conflict_bulk_and_undo(site):
     assert caption.read_text() == "kitchan, changed elsewhere\n"
     undone = client.post("/api/undo", json={"force": True})
     assert undone.status_code == 200 and caption.read_text() == "kitchan, red hair\n"
+    redone = client.post("/api/redo", json={})  # and back again
+    assert redone.status_code == 200 and caption.read_text() == "kitchan, changed elsewhere\n"
 
 
 def test_exclude_moves_and_restore_brings_back(site):

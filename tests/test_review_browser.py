@@ -233,6 +233,14 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         assert b.read_bytes() == b"kitchan, changed elsewhere\n"
         time.sleep(0.3)  # a reload must not wipe the result
         assert page.inner_text("#result").startswith("undo")
+        answers.append(True)  # and Redo puts it back, saying first what it changes
+        page.click("#redo")
+        page.wait_for_function("document.querySelector('#result').textContent.startsWith('redo')")
+        assert "10_kit/b.txt" in dialogs[-1] and b.read_bytes() == b"kitchan, mine\nline two\n"
+        answers.append(True)
+        page.click("#undo")
+        page.wait_for_function("document.querySelector('#result').textContent.startsWith('undo')")
+        assert b.read_bytes() == b"kitchan, changed elsewhere\n"
 
         # the tagger from the page: the slider's caption is composed by the server as tag auto would
         # (the folder's trigger first, the rating apart); a probability row adds its tag to line 1

@@ -346,18 +346,20 @@ if (!READ_ONLY) {
   $("add-tag").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); addTag(); } });
   $("bulk").addEventListener("submit", bulk);
   $("unpick").addEventListener("click", () => { state.picked.clear(); picked(null, false, false); });
-  $("undo").addEventListener("click", async () => {  // what it will revert is shown before it runs
-    const preview = await post("undo", { dry_run: true });
-    if (!preview.ok) { result(preview.data.error); return; }
-    const files = preview.data.restored, conflicts = preview.data.conflicts;
-    const list = files.slice(0, 10).join("\n") + (files.length > 10 ? `\n… and ${files.length - 10} more` : "");
-    const warn = conflicts.length ? `\n\n${conflicts.length} of them changed since that command wrote them ` +
-      `(${conflicts.slice(0, 3).join(", ")}): undo overwrites those changes.` : "";
-    if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions go back.\n${list}${warn}`)) return;
-    const done = await post("undo", { force: conflicts.length > 0 });
-    result(done.ok ? `undo: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
-    load({ tags: true });
-  });
+  for (const action of ["undo", "redo"]) {  // what it will change is shown before it runs
+    $(action).addEventListener("click", async () => {
+      const preview = await post(action, { dry_run: true });
+      if (!preview.ok) { result(preview.data.error); return; }
+      const files = preview.data.restored, conflicts = preview.data.conflicts;
+      const list = files.slice(0, 10).join("\n") + (files.length > 10 ? `\n… and ${files.length - 10} more` : "");
+      const warn = conflicts.length ? `\n\n${conflicts.length} of them changed since ` +
+        `(${conflicts.slice(0, 3).join(", ")}): ${action} overwrites those changes.` : "";
+      if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions change.\n${list}${warn}`)) return;
+      const done = await post(action, { force: conflicts.length > 0 });
+      result(done.ok ? `${action}: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
+      load({ tags: true });
+    });
+  }
   $("exclude").addEventListener("click", async () => {
     const result = await post("exclude", { rel: state.current.rel });
     if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); } else { say(result.data.error); }
