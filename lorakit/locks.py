@@ -2,8 +2,7 @@
 
 Two `tag edit` on one dataset would each read the captions, then each write its own result: one
 edit silently gone. Two `train run` into one output folder would interleave checkpoints and logs.
-A command that writes a folder holds `FOLDER/.lorakit/lock` (or another file it names) for as
-long as it writes; a second one waits a short while, then refuses, naming the holder.
+A command that writes a folder holds `FOLDER/.lorakit/lock` for as long as it writes; a second one waits a short while, then refuses, naming the holder.
 
 The lock is `flock` on an open file: the kernel drops it when the process ends, however it ends
 (a kill or a crash leaves no stale lock to clean up by hand). The file records who holds it, for
@@ -40,13 +39,13 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path, command: str, wait: float = 2.0, file: Path | None = None) -> Iterator[None]:
-    """Hold the lock of `folder` (its `.lorakit/lock`, or `file`) while the block runs. Waits up
-    to `wait` seconds for another holder, then raises UserError naming it."""
+def folder_lock(folder: Path, command: str, wait: float = 2.0) -> Iterator[None]:
+    """Hold the lock of `folder` (its `.lorakit/lock`) while the block runs. Waits up to `wait`
+    seconds for another holder, then raises UserError naming it."""
     if fcntl is None:
         yield
         return
-    path = file if file is not None else own_folder(folder, LOCK.parent) / LOCK.name
+    path = own_folder(folder, LOCK.parent) / LOCK.name
     try:  # never through a link: the lock file is written, and a link would lead it elsewhere
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:

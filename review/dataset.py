@@ -117,11 +117,10 @@ class Dataset:
         except OSError:
             entry.caption, entry.tags, entry.version, entry.text = None, [], "", ""
             return
-        text = data.decode("utf-8-sig", errors="replace")
         entry.version = caption_version(data)  # what the page sees: an edit is checked against it
-        entry.caption = text.lstrip("\ufeff").split("\n", 1)[0].strip()  # line 1: the tags
-        entry.tags = parse_tags(text)
         entry.text = caption_text(data)
+        entry.caption = entry.text.split("\n", 1)[0].strip()  # line 1: the tags
+        entry.tags = parse_tags(entry.text)
 
     def changed_on_disk(self, rel: str) -> bool:
         """Whether the caption file changed since it was read (one stat: another program's edit

@@ -22,14 +22,6 @@ from lorakit.tagging.rewrite import CHANGED, CREATED, rewrite
 EXCLUDED = Path(".lorakit") / "excluded"
 
 
-def version(path: Path) -> str:
-    """The caption on disk now, as the page's versions are made ("" for no caption file)."""
-    try:
-        return caption_version(path.read_bytes())
-    except FileNotFoundError:
-        return ""
-
-
 @dataclass
 class Conflict(Exception):
     disk: str | None  # the caption as it is now (None: deleted)
@@ -45,10 +37,13 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
     if path.is_symlink():  # as tag edit: the write would replace the link, or land where it leads
         raise UserError(f"{entry.caption_rel} is a link: not edited (replace it with a copy of its file)")
     with folder_lock(data.root, "lorakit review"):
-        if version(path) != seen:
+        try:
+            old = path.read_bytes()  # read once: checked against the page's version, then backed up
+        except FileNotFoundError:
+            old = None
+        if (caption_version(old) if old is not None else "") != seen:
             data.refresh(rel)  # the page is shown the disk's caption, and may save over it knowingly
             raise Conflict(entry.text if entry.version else None, text)
-        old = path.read_bytes() if path.exists() else None
         new = caption_bytes(old, text)
         if old == new:
             return seen
@@ -56,8 +51,8 @@ def save_caption(data: Dataset, rel: str, seen: str, text: str) -> str:
         backup.save(entry.caption_rel, old, new)
         backup.commit()
         write_text(path, new, like=path.stat() if old is not None else None)
-    data.refresh(rel)
-    return version(path)
+    data.refresh(rel)  # reads what was written: its version is the one returned
+    return entry.version
 
 
 def caption_bytes(old: bytes | None, text: str) -> bytes:

@@ -115,15 +115,11 @@ def undo(root: Path, dry_run: bool = False, force: bool = False) -> Report:
         return _undo(root, dry_run, force)
 
 
-def _changed_since(path: str, written: str | None) -> bool:
-    """Whether the file is no longer what the command wrote (None: the backup predates the check)."""
-    if written is None:
-        return False
-    try:
-        with open(path, "rb") as f:
-            return digest(f.read()) != written
-    except OSError:
-        return False  # gone (restoring it overwrites nothing) or unreadable (the restore says why)
+def _changed_since(current: bytes | None, written: str | None) -> bool:
+    """Whether the file (its bytes now; None: gone or unreadable) is no longer what the command
+    wrote (`written` None: the backup predates the check). A file that is gone overwrites nothing
+    when restored; one that cannot be read fails in the restore, which says why."""
+    return written is not None and current is not None and digest(current) != written
 
 
 def _undo(root: Path, dry_run: bool, force: bool) -> Report:
@@ -168,24 +164,26 @@ def _apply(root: Path, manifest: dict, dry_run: bool, force: bool, report: Repor
     since = f"changed since `{manifest['command']}` wrote it: not restored (`{forced}` restores it anyway)"
     for rel, data in manifest["changed"].items():
         path = _inside(root, rel)
-        if _holds(path, data):  # never written (its write failed) or already restored
+        current = _read(path)  # read once: compared with the backup and the digest, kept for a redo
+        if current == data:  # never written (its write failed) or already restored
             report.outcomes.append(Outcome(rel, OK, "unchanged"))
             continue
-        if not force and _changed_since(path, written.get(rel)):
+        if not force and _changed_since(current, written.get(rel)):
             report.outcomes.append(Outcome(rel, FAILED, since, {"changed_since": True}))
             continue
         report.outcomes.append(Outcome(rel, PLANNED if dry_run else "restored"))
         outcomes[path] = report.outcomes[-1]
         restores.append((path, data))
-        before[rel] = _read(path)
+        before[rel] = current
     if not dry_run:
         mark_failed(outcomes, write_texts(restores))
     for rel in manifest["created"]:
         path = _inside(root, rel)
-        if not force and os.path.lexists(path) and _changed_since(path, written.get(rel)):
+        current = _read(path)
+        if not force and _changed_since(current, written.get(rel)):
             report.outcomes.append(Outcome(rel, FAILED, since.replace("restored", "removed"), {"changed_since": True}))
             continue
-        before[rel] = _read(path)
+        before[rel] = current
         try:
             if not dry_run:
                 os.unlink(path)
@@ -243,14 +241,6 @@ def _redo(root: Path, dry_run: bool, force: bool) -> Report:
             os.replace(original, own_folder(root, BACKUPS) / original.name)  # `tag undo` undoes it again
         last.unlink()
     return report
-
-
-def _holds(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(data) + 1) == data
-    except OSError:
-        return False
 
 
 def _manifest(path: Path) -> dict:
