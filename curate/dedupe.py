@@ -86,8 +86,9 @@ class Fingerprinter:
         return fingerprint_file(path, self.max_pixels)
 
 
-def group_duplicates(prints: list[Fingerprint], threshold: int) -> list[list[int]]:
-    """Groups (lists of indices into `prints`, keeper first) of two or more near-duplicates."""
+def group_duplicates(prints: list[Fingerprint], threshold: int, progress=None) -> list[list[int]]:
+    """Groups (lists of indices into `prints`, keeper first) of two or more near-duplicates.
+    `progress(stage, done, total)`: told every 256 images (the review page shows it)."""
     n = len(prints)
     if n < 2:
         return []
@@ -102,6 +103,8 @@ def group_duplicates(prints: list[Fingerprint], threshold: int) -> list[list[int
         return i
 
     for i in range(n - 1):
+        if progress is not None and i % 256 == 0:
+            progress("comparing images", i, n)
         dist = np.minimum(np.bitwise_count(h[i] ^ h[i + 1:]), np.bitwise_count(h[i] ^ m[i + 1:]))
         for j in np.nonzero(dist <= threshold)[0] + i + 1:
             if prints[i].colour_difference(prints[j]) <= COLOR_TOLERANCE:

@@ -4,7 +4,7 @@ facts are made first, in a process pool with a progress bar, and kept for the ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -48,6 +48,13 @@ def review(
     vocab: Annotated[Vocabulary, typer.Option(help="Marks tags unknown to, or implied in, this vocabulary.")]
         = "danbooru",
     open_: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="A train config (lora.toml): the page shows each image's bucket, scale and token count "
+        "as this config trains it. Default: lorakit's defaults (512 px, buckets 256-1024 by 64, 75 tokens).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The tagger the page's 'Tag with the tagger' runs (as tag auto --model).")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder with model.onnx and its tag list, for the page's tagger (as tag auto --model-dir).")] = None,
     jobs: Jobs = DEFAULT_JOBS,
 ) -> None:
     """Look at the dataset and fix its captions in a browser: gallery by folder, tag filters,
@@ -59,12 +66,21 @@ def review(
 
     from lorakit.discovery import check_source
     from lorakit.review.server import Review
+    from lorakit.review.trainer import TrainerView
+    from lorakit.tagging.auto import AutoOptions
     from lorakit.tagging.relations import load
 
     with user_errors():
         root = check_source(dir)
+        trainer = None
+        if config is not None:
+            from lorakit.train.config_toml import load as load_config
+
+            trainer = TrainerView(root, load_config(config), str(config))
         data = prepare(root, jobs, err_console.is_terminal)
-        server = Review(data, read_only, load(vocab), vocab)
+        server = Review(data, read_only, load(vocab), vocab, trainer or TrainerView(root),
+                        AutoOptions(vocab, model, model_dir))
+        server.trainer.warm()
     if host not in LOOPBACK:  # any name may reach it: every request needs the key the address carries
         import secrets
 

@@ -165,7 +165,7 @@ class Dataset:
             return found
         return self.by_tag.get(pattern, set())
 
-    def select(self, query: Query) -> list[str]:
+    def select(self, query: Query, progress=None) -> list[str]:
         """The images the query keeps, in path order (duplicates: group by group)."""
         include, exclude = parse_query(query.text)
         chosen = set(self.entries) if not include else set.intersection(*(self._matching(p) for p in include))
@@ -184,23 +184,23 @@ class Dataset:
         if query.unreadable:
             chosen = {r for r in chosen if (f := self.entries[r].facts) and f.error}
         if query.duplicates:
-            return [r for group in self.duplicate_groups() for r in group if r in chosen]
+            return [r for group in self.duplicate_groups(progress) for r in group if r in chosen]
         return sorted(chosen)
 
-    def duplicate_groups(self) -> list[list[str]]:
+    def duplicate_groups(self, progress=None) -> list[list[str]]:
         """curate dedupe's groups (its hashes, distance and colour check), largest image first;
         kept until the images are read again (a caption edit changes no image)."""
         if self._groups is None:
-            self._groups = self._duplicate_groups()
+            self._groups = self._duplicate_groups(progress)
         return self._groups
 
-    def _duplicate_groups(self) -> list[list[str]]:
+    def _duplicate_groups(self, progress=None) -> list[list[str]]:
         from lorakit.curate.dedupe import Fingerprint, group_duplicates
 
         rels = [r for r, e in self.entries.items() if e.facts and not e.facts.error]
         prints = [Fingerprint(f.width, f.height, f.file_size, f.hash, f.mirror, bytes.fromhex(f.colours))
                   for f in (self.entries[r].facts for r in rels)]
-        return [[rels[i] for i in group] for group in group_duplicates(prints, DEDUPE_DISTANCE)]
+        return [[rels[i] for i in group] for group in group_duplicates(prints, DEDUPE_DISTANCE, progress)]
 
     # --- tags ----------------------------------------------------------------------------------
 

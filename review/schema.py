@@ -5,7 +5,7 @@ traceback, and never a string taken as a list of its letters."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -55,6 +55,12 @@ class Rethreshold(BaseModel):
 
 
 Tag = Annotated[str, Field(max_length=500)]
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]  # the page's name for a long request
+
+
+class ProgressQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    job: JobId | None = None
 
 
 class CaptionBody(_Strict):
@@ -74,6 +80,16 @@ class BulkBody(_Strict):
     replace: list[Annotated[list[Tag], Field(min_length=2, max_length=2)]] = []  # [old, new] pairs
     dry_run: bool = False  # the page shows how many captions change, and how, before it writes
     rels: list[str] | None = None  # images picked by hand: these, not the query's
+    job: JobId | None = None  # progress is told under this id (GET /api/progress?job=)
+
+
+class TagAutoBody(_Strict):
+    """`tag auto` on the picked images, or on those the filters keep."""
+    query: BulkFilter = BulkFilter()
+    rels: list[str] | None = None
+    mode: Literal["merge", "overwrite", "append", "skip"] = "merge"  # merge: hand-written tags stay
+    general: Annotated[float, Field(ge=0.01, le=1)] | None = None  # None: the model's threshold
+    job: JobId | None = None
 
 
 class ImageBody(_Strict):
@@ -87,7 +103,7 @@ class UndoBody(_Strict):
 
 BODIES: dict[str, type[BaseModel]] = {"caption": CaptionBody, "bulk": BulkBody, "exclude": ImageBody,
                                       "restore": ImageBody, "undo": UndoBody,
-                                      "redo": UndoBody}
+                                      "redo": UndoBody, "tag-auto": TagAutoBody}
 
 
 def body(action: str, data) -> BaseModel:

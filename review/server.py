@@ -19,6 +19,7 @@ a browser that holds it. Every request body and query value is checked against a
 from __future__ import annotations
 
 import secrets
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -32,14 +33,22 @@ from starlette.staticfiles import StaticFiles
 from lorakit.errors import UserError
 from lorakit.review import schema, writes
 from lorakit.review.dataset import Dataset, Query
+from lorakit.review.trainer import TrainerView
+from lorakit.tagging.auto import AutoOptions
 from lorakit.tagging.edit import EditOps
 
 HERE = Path(__file__).parent
 
 
 class Review:
-    def __init__(self, data: Dataset, read_only: bool = False, relations=None, vocab: str = "danbooru"):
+    def __init__(self, data: Dataset, read_only: bool = False, relations=None, vocab: str = "danbooru",
+                 trainer: TrainerView | None = None, tagger: AutoOptions | None = None):
         self.data, self.read_only, self.relations, self.vocab = data, read_only, relations, vocab
+        self.trainer = trainer or TrainerView(data.root)
+        self.tagger = tagger or AutoOptions(vocab)  # `tag auto` from the page: the CLI's defaults, or review's options
+        self.progress: dict[str, dict] = {}  # job id (the page's) -> what a long request has done so far
+        self._folders: tuple[int, list] | None = None  # the trainer's per-folder view, for one set of entries
+        self._writing = threading.Lock()  # writes run on worker threads, one at a time
         self.token = secrets.token_urlsafe(32)
         self.allowed_hosts: set[str] = set()  # host:port the server answers as (set when it binds)
         self.key: str | None = None  # beyond loopback: the secret the printed address carries
@@ -125,7 +134,11 @@ class Review:
         return await run_in_threadpool(self._images, request)  # grouping 20,000 images must not stop the server
 
     def _images(self, request: Request) -> Response:
-        chosen = self.data.select(self._query(request.query_params))
+        job = schema.ProgressQuery.model_validate(dict(request.query_params)).job
+        try:
+            chosen = self.data.select(self._query(request.query_params), self._reporter(job, "near-duplicates"))
+        finally:
+            self.progress.pop(job, None)
         paging = schema.Paging.model_validate(dict(request.query_params))
         page, per_page = paging.page, paging.per_page
         items = [self._item(r) for r in chosen[(page - 1) * per_page: page * per_page]]
@@ -163,7 +176,36 @@ class Review:
         f = self.data.entries[rel].facts
         item.update({"format": f.format if f else None, "score": f.score if f else None,
                      "file_size": f.file_size if f else None, "probabilities": self._probabilities(rel)})
+        if f is not None and not f.error:
+            item["trainer"] = await run_in_threadpool(self.trainer.image, rel, f.width, f.height, item["text"])
         return JSONResponse(item)
+
+    async def training(self, request: Request) -> Response:
+        """The trainer's settings and its per-folder view (images x repeats, bucket histogram)."""
+        return JSONResponse({"settings": self.trainer.settings(),
+                             "folders": await run_in_threadpool(self._training_folders)})
+
+    def _training_folders(self) -> list:
+        entries = self.data.entries  # a new dict after every reload: the view is made again for it
+        if self._folders is None or self._folders[0] != id(entries):
+            sizes = {rel: (e.folder, e.facts.width, e.facts.height) for rel, e in entries.items()
+                     if e.facts and not e.facts.error}
+            self._folders = (id(entries), self.trainer.folders(sizes))
+        return self._folders[1]
+
+    async def progress_of(self, request: Request) -> Response:
+        asked = schema.ProgressQuery.model_validate(dict(request.query_params))
+        return JSONResponse(self.progress.get(asked.job, {}))
+
+    def _reporter(self, job: str | None, what: str):
+        """A callback (stage, done, total) that a long request calls as it goes: the page polls
+        /api/progress with the job id it sent."""
+        if not job:
+            return None
+
+        def report(stage: str, done: int, total: int) -> None:
+            self.progress[job] = {"what": what, "stage": stage, "done": done, "total": total}
+        return report
 
     def _probabilities(self, rel: str) -> dict | None:
         """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05."""
@@ -221,15 +263,23 @@ class Review:
             body = await request.json()
         except ValueError:
             return JSONResponse({"error": "not JSON"}, 400)
+        parsed = None
         try:
             parsed = schema.body(action, body)
-            return JSONResponse(self._do(action, parsed))
+            # off the event loop, so the page can ask how far it got; one write at a time
+            return JSONResponse(await run_in_threadpool(self._one_write, action, parsed))
         except writes.Conflict as c:  # the entry was read again: its version lets "save mine anyway" through
             entry = self.data.entries.get(parsed.rel)
             return JSONResponse({"error": "the caption changed on disk since the page read it; nothing was written",
                                  "disk": c.disk, "yours": c.yours, "version": entry.version if entry else ""}, 409)
         except (UserError, OSError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
+        finally:
+            self.progress.pop(getattr(parsed, "job", None), None)
+
+    def _one_write(self, action: str, body) -> dict:
+        with self._writing:
+            return self._do(action, body)
 
     def _do(self, action: str, body) -> dict:
         if action == "caption":
@@ -242,8 +292,14 @@ class Review:
                           replace=[(a, b) for a, b in body.replace if a.strip() and b.strip()])
             asked = body.rels if body.rels is not None else self.data.select(self._query(body.query))
             chosen = [rel for rel in dict.fromkeys(asked) if self._entry(rel) is not None]
-            changed, diff = writes.bulk_edit(self.data, chosen, ops, body.dry_run)
+            changed, diff = writes.bulk_edit(self.data, chosen, ops, body.dry_run,
+                                             self._reporter(body.job, "bulk edit"))
             return {"changed": changed, "of": len(chosen), "sample": diff[:5]}
+        if action == "tag-auto":
+            asked = body.rels if body.rels is not None else self.data.select(self._query(body.query))
+            chosen = [rel for rel in dict.fromkeys(asked) if self._entry(rel) is not None]
+            return writes.tag_auto(self.data, chosen, self.tagger, body.mode, body.general,
+                                   self._reporter(body.job, "tag auto"))
         if action == "exclude":
             rel = body.rel
             if self._entry(rel) is None:
@@ -275,7 +331,8 @@ class Review:
             Route("/", self.page), Route("/api/images", self.images), Route("/api/tags", self.tags),
             Route("/api/complete", self.complete), Route("/api/image", self.detail),
             Route("/api/excluded", self.excluded), Route("/api/{action}", self.write, methods=["POST"]),
-            Route("/api/rethreshold", self.rethreshold),
+            Route("/api/rethreshold", self.rethreshold), Route("/api/training", self.training),
+            Route("/api/progress", self.progress_of),
             Route("/file", self.file), Route("/thumb", self.thumb),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]

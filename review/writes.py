@@ -74,14 +74,15 @@ def caption_bytes(old: bytes | None, text: str) -> bytes:
     return join_caption(bom, tags, rest)
 
 
-def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = False) -> tuple[list[str], list]:
+def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = False,
+              progress=None) -> tuple[list[str], list]:
     """`tag edit`'s operations on these images' captions, through `tag edit`'s own rewrite (one
     backup, written before any caption): the images whose caption changed (`dry_run`: would
     change), and the diff rows (caption, removed, added). Images without a caption get one only
     when tags are added."""
     chosen = set(rels)
     report = rewrite(data.root, "review-bulk", lambda image, tags: apply(tags, ops) if image.as_posix() in chosen
-                     else None, dry_run=dry_run, create=bool(ops.add))
+                     else None, dry_run=dry_run, create=bool(ops.add), progress=progress)
     if report.failed:
         raise UserError(f"{len(report.failed)} captions could not be {'read' if dry_run else 'written'}: "
                         + "; ".join(o.message for o in report.failed[:5]))
@@ -91,6 +92,26 @@ def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = Fals
         for rel in changed:
             data.refresh(rel)
     return changed, report.sections[0].rows if report.sections else []
+
+
+def tag_auto(data: Dataset, rels: list[str], options, mode: str, general: float | None, progress=None) -> dict:
+    """`tag auto` on these images, as the command runs it (its composition, its backup: `tag
+    undo` reverts it), with the review's tagger options; `mode`: how a caption that exists
+    takes the tags (merge keeps the hand-written ones)."""
+    from dataclasses import replace
+
+    from lorakit.tagging.auto import auto_tag
+
+    if not rels:
+        raise UserError("no images to tag")
+    opts = replace(options, writing=replace(options.writing, mode=mode), only=[Path(r) for r in rels],
+                   general=general if general is not None else options.general, dry_run=False,
+                   progress=False, on_progress=progress)
+    report = auto_tag(data.root, opts)
+    data.reload()
+    changed = [o.path for o in report.outcomes if o.status in (CHANGED, CREATED)]
+    failed = [f"{o.path}: {o.message}" for o in report.failed]
+    return {"changed": changed, "of": len(rels), "failed": failed[:20], "notes": report.notes}
 
 
 def _siblings(image: Path) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,6 +50,8 @@ class AutoOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = False
     console: object = None
+    only: list[Path] | None = None  # these images (relative to the folder) rather than all of them
+    on_progress: Callable[[str, int, int], None] | None = None  # (stage, done, total): the review page's
 
 
 # --- the probability sidecars ------------------------------------------------------------------
@@ -112,11 +115,18 @@ def _run_model(root: Path, rels: list[Path], opts: AutoOptions, report: Report):
     report.data.update(batch=batch, workers=workers)
     report.data.update(model=files.name, providers=session.providers, input_size=session.size,
                        precision=opts.precision, session_seconds=round(time.perf_counter() - started, 3))
+    done = [0]
+
+    def advance(n: int) -> None:
+        bar.advance(task, n)
+        done[0] += n
+        if opts.on_progress is not None:
+            opts.on_progress("tagging", done[0], len(rels))
+
     with make_progress(opts.console, opts.progress) as bar:
         task = bar.add_task(f"tag auto ({files.name})", total=len(rels))
         raw = tag_all(session, [root / r for r in rels], batch, workers, opts.max_pixels,
-                      lambda n: bar.advance(task, n), on_first_batch=lambda: report.data.setdefault(
-                          "first_batch_at", time.time()))
+                      advance, on_first_batch=lambda: report.data.setdefault("first_batch_at", time.time()))
     probs = {rel: raw[root / rel] for rel in rels}
     good = {rel: p for rel, p in probs.items() if not isinstance(p, str)}
     if good and len(next(iter(good.values()))) != len(info.names):
@@ -149,6 +159,9 @@ def _stored(root: Path, rels: list[Path]):
 def auto_tag(root: Path, opts: AutoOptions) -> Report:
     root = check_source(root)
     rels = discover(root)
+    if opts.only is not None:
+        wanted = set(opts.only)
+        rels = [r for r in rels if r in wanted]
     report = Report("auto", str(root))
     if not rels:
         return report
@@ -171,7 +184,7 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
             return None
         return compose(found[image], existing, opts.writing, rel_data, instance_token(image))
 
-    written = rewrite(root, "auto", write, opts.dry_run, create=True)
+    written = rewrite(root, "auto", write, opts.dry_run, create=True, progress=opts.on_progress)
     report.outcomes = written.outcomes + [
         Outcome(rel.as_posix(), FAILED, p) for rel, p in probs.items() if isinstance(p, str)]
     report.sections = written.sections

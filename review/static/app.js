@@ -29,11 +29,16 @@ async function post(action, body) {
   return { ok: response.ok, status: response.status, data };
 }
 
+// the caption box was filled by the page, not typed in (editor.js redraws its chips on this)
+function captionSet(text) { $("caption").value = text; $("caption").dispatchEvent(new Event("lorakit:caption")); }
+
 function say(text) { $("message").textContent = text; }
 function result(text) { $("result").textContent = text; }  // stays until the next bulk edit or undo
 
 async function load({ tags = false } = {}) {
-  const response = await fetch(`/api/images?${params()}`);
+  const job = jobId();  // grouping near-duplicates of 20,000 images takes a while: its progress shows
+  const request = fetch(`/api/images?${params({ job })}`);
+  const response = $("duplicates").checked ? await withProgress(job, "near-duplicates", request) : await request;
   const data = await response.json();
   state.pages = data.pages; state.items = data.items;
   $("count").textContent = `${data.count} of ${data.total} images`;
@@ -172,7 +177,8 @@ async function openDetail(rel, { force = false } = {}) {
     `${rel} · ${item.width}×${item.height} ${item.format || ""} · ` +
     `${item.file_size ? Math.round(item.file_size / 1024) + " KiB" : ""}` +
     (item.score !== null && item.score !== undefined ? ` · scan score ${item.score.toFixed(2)}` : "");
-  state.shown = $("caption").value = item.text || "";
+  state.shown = item.text || ""; captionSet(state.shown);
+  showTrainer(item);
   const probs = item.probabilities;
   $("probs").hidden = !probs;
   if (probs) { showProbabilities(probs); }
@@ -234,7 +240,7 @@ function addToLine1(tags, replace = false) {  // the caption's other lines stay 
     const k = tag.toLowerCase().replaceAll(" ", "_");
     if (!keys.has(k)) { have.push(tag); keys.add(k); }
   }
-  $("caption").value = [have.join(", "), ...rest].join("\n");
+  captionSet([have.join(", "), ...rest].join("\n"));
 }
 
 async function save(anyway = false) {
@@ -252,7 +258,7 @@ async function save(anyway = false) {
   }
   if (!result.ok) { say(result.data.error); return; }
   state.current = result.data;
-  state.shown = $("caption").value = result.data.text;  // what was written, as it will be read back
+  state.shown = result.data.text; captionSet(state.shown);  // what was written, as it will be read back
   $("conflict").hidden = true;
   say("saved (tag undo reverts it)");
   await load({ tags: true });
@@ -281,14 +287,15 @@ async function bulk(event) {
   const body = { query: query(), add: list($("bulk-add").value), remove: list($("bulk-remove").value), replace };
   if (state.picked.size) body.rels = [...state.picked];
   if (!body.add.length && !body.remove.length && !body.replace.length) return;
-  const preview = await post("bulk", { ...body, dry_run: true });  // how many change, and how, first
+  const job = jobId();  // 20,000 captions are read, then written: the progress shows meanwhile
+  const preview = await withProgress(job, "bulk preview", post("bulk", { ...body, job, dry_run: true }));
   if (!preview.ok) { result(preview.data.error); return; }
   const sample = preview.data.sample.map(([caption, removed, added]) =>
     `${caption}: ${removed ? "−" + removed : ""}${removed && added ? " " : ""}${added ? "+" + added : ""}`).join("\n");
   if (!preview.data.changed.length) { result(`bulk: none of the ${preview.data.of} matching captions would change`); return; }
   const which = state.picked.size ? "picked" : "matching";
   if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} ${which} captions will change, e.g.\n${sample}`)) return;
-  const done = await post("bulk", body);
+  const done = await withProgress(job, "bulk edit", post("bulk", { ...body, job }));
   result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
   load({ tags: true });
 }
@@ -303,7 +310,7 @@ async function loadExcluded() {
     if (!READ_ONLY) {
       const button = document.createElement("button");
       button.textContent = "restore";
-      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load({ tags: true }); });
+      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load({ tags: true }); loadTraining(); });
       li.append(button);
     }
     list.append(li);
@@ -362,10 +369,10 @@ if (!READ_ONLY) {
   }
   $("exclude").addEventListener("click", async () => {
     const result = await post("exclude", { rel: state.current.rel });
-    if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); } else { say(result.data.error); }
+    if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); loadTraining(); } else { say(result.data.error); }
   });
   $("take-disk").addEventListener("click", () => openDetail(state.current.rel, { force: true }));
   $("use-preview").addEventListener("click", () => addToLine1(state.preview || [], true));
 }
-load();
-loadExcluded();
+// after every script of the page has run (tasks.js, editor.js and trainer.js define what load uses)
+window.addEventListener("DOMContentLoaded", () => { load(); loadExcluded(); });

@@ -1,0 +1,105 @@
+"""What the trainer will see of the dataset, for the review page: each image's bucket and the
+scale that brings it there, its caption's CLIP token count against data.max_token_length, and
+per folder its images x repeats and a bucket histogram. From train's own code, so the page and
+`train plan` agree: the folders and their options come from train/data.subsets, the bucket from
+train/data.bucket_of, the tokens from the tokenizer train counts with (train/clip_tokens.py).
+
+The settings are a train config's (`lorakit review DIR --config lora.toml`), else lorakit's
+defaults with data.image_root = DIR. An image no folder of the config trains (a plain folder, or
+one the config does not name) is still given the bucket [data]'s settings would give it, and
+marked as not trained.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+from lorakit.errors import UserError
+from lorakit.train.clip_tokens import count, model_tokenizer
+from lorakit.train.config import Config
+from lorakit.train.data import Subset, bucket_of, resolution_pair, subsets
+from lorakit.train.subset_options import buckets, caption_options
+
+
+def default_config(root: Path) -> Config:
+    config = Config()
+    config.data.image_root = str(root)
+    return config
+
+
+class TrainerView:
+    def __init__(self, root: Path, config: Config | None = None, source: str = ""):
+        self.root = root
+        self.config = config or default_config(root)
+        self.source = source or "lorakit's defaults"
+        data = self.config.data
+        try:
+            found = subsets(self.config)
+        except UserError as exc:  # nothing trains as configured: every image gets [data]'s bucket
+            found, self.problem = [], str(exc)
+        else:
+            self.problem = ""
+        self.by_image = {image.resolve(): s for s in found for image in s.images}
+        self.fallback = Subset(root, 0, None, False, resolution_pair(data.resolution), data.batch_size,
+                               data.caption_extension, captions=caption_options(data), buckets=buckets(data))
+        self._tokenizer = None
+        self._making = threading.Lock()
+
+    def warm(self) -> None:
+        """Make the tokenizer in the background (importing transformers takes a second or two),
+        so the first image the page opens does not wait on it."""
+        threading.Thread(target=lambda: self.tokenizer, daemon=True).start()
+
+    @property
+    def tokenizer(self):
+        with self._making:
+            if self._tokenizer is None:
+                self._tokenizer = model_tokenizer(self.config.model.base)
+            return self._tokenizer
+
+    def settings(self) -> dict:
+        d = self.config.data
+        b = buckets(d)
+        return {"source": self.source, "resolution": list(resolution_pair(d.resolution)),
+                "buckets": b.enable, "min": b.min_reso, "max": b.max_reso, "step": b.reso_steps,
+                "no_upscale": b.no_upscale, "max_tokens": d.max_token_length, "problem": self.problem}
+
+    def _subset(self, rel: str) -> Subset | None:
+        return self.by_image.get((self.root / rel).resolve())
+
+    def bucket(self, rel: str, width: int, height: int) -> tuple[int, int]:
+        return bucket_of((width, height), self._subset(rel) or self.fallback, self.config)
+
+    def image(self, rel: str, width: int, height: int, text: str) -> dict:
+        """This image as the trainer sees it: bucket, scale (over 1: enlarged), repeats, and the
+        CLIP tokens of each caption line (line 1 is what trains today)."""
+        subset = self._subset(rel)
+        bw, bh = self.bucket(rel, width, height)
+        scale = max(bw / width, bh / height)  # train/data.pixels: scaled to cover the bucket, then cropped
+        lines = [line.strip() for line in text.split("\n")] if text else []
+        tokens = [count(self.tokenizer, line) if line else 0 for line in lines]
+        return {"trains": subset is not None, "repeats": subset.repeats if subset else 0,
+                "regularisation": bool(subset and subset.is_reg), "bucket": [bw, bh], "scale": round(scale, 3),
+                "upscaled": scale > 1, "tokens": tokens, "max_tokens": self.config.data.max_token_length}
+
+    def folders(self, sizes: dict[str, tuple[str, int, int]]) -> list[dict]:
+        """Per top folder of DIR: images, repeats, images x repeats, how many are enlarged, and a
+        bucket histogram. `sizes`: rel -> (folder, width, height) of the readable images."""
+        out: dict[str, dict] = {}
+        for rel, (folder, width, height) in sizes.items():
+            subset = self._subset(rel)
+            row = out.setdefault(folder, {"folder": folder, "images": 0, "trained": 0, "weighted": 0,
+                                          "upscaled": 0, "buckets": Counter()})
+            bw, bh = self.bucket(rel, width, height)
+            row["images"] += 1
+            if subset is not None:
+                row["trained"] += 1
+                row["weighted"] += subset.repeats
+                row["repeats"] = subset.repeats
+            row["upscaled"] += max(bw / width, bh / height) > 1
+            row["buckets"][f"{bw}x{bh}"] += 1
+        for row in out.values():
+            row["buckets"] = sorted(row["buckets"].items(), key=lambda kv: -kv[1])
+        return [out[f] for f in sorted(out)]
