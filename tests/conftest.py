@@ -163,3 +163,25 @@ name = "kit"
 {extra}
 ''')
     return path
+
+
+def serve_review(root: Path, *args) -> tuple[subprocess.Popen, str]:
+    """`lorakit review ROOT ARGS` started as a user starts it: the process and the address it printed."""
+    import time
+
+    env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
+    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "2", *map(str, args)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    url, lines = None, []
+    deadline = time.time() + 60
+    while url is None and time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("http://"):
+            url = line.split()[0]
+        if proc.poll() is not None:
+            break
+    if url is None:
+        proc.kill()
+    assert url, "".join(lines)
+    return proc, url
