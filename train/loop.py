@@ -33,6 +33,7 @@ from lorakit.train.data import epoch_batches
 from lorakit.train.interrupt import Interrupt
 from lorakit.train.models import encode_text
 from lorakit.train.setup import Run, prompt, setup
+from lorakit.train.subset_options import with_affixes
 from lorakit.train.templates import fill
 
 
@@ -173,7 +174,7 @@ def training_step(latents: torch.Tensor, text: torch.Tensor, weights: torch.Tens
         if loss_cfg.min_snr_gamma:
             loss = loss * L.min_snr_weight(snr_t, loss_cfg.min_snr_gamma, v_prediction)
         if loss_cfg.debiased_estimation:
-            loss = loss * L.debiased_weight(snr_t)
+            loss = loss * L.debiased_weight(snr_t, v_prediction)
     return loss.mean()
 
 
@@ -214,7 +215,7 @@ def validate(run: Run, step: int, epoch: int) -> None:
 
     def encode(batch):
         texts = [fill(run.templates[0], run.placeholder, i.caption) if run.templates else i.caption for i in batch]
-        texts = [f"{i.captions.prefix}{t}{i.captions.suffix}" for i, t in zip(batch, texts)]
+        texts = [with_affixes(t, i.captions.prefix, i.captions.suffix) for i, t in zip(batch, texts)]
         return encode_text(models, [run.embeddings.substitute(t) if run.embeddings else t for t in texts],
                            config.model.clip_skip, config.data.max_token_length)
 

@@ -18,9 +18,11 @@ def min_snr_weight(snr_t: torch.Tensor, gamma: float, v_prediction: bool) -> tor
     return torch.clamp(snr_t, max=gamma) / (snr_t + 1 if v_prediction else snr_t)
 
 
-def debiased_weight(snr_t: torch.Tensor) -> torch.Tensor:
-    """Debiased estimation (kohya): 1 / sqrt(SNR), capped at 1000 for the smallest SNRs."""
-    return 1 / torch.sqrt(torch.clamp(snr_t, min=1e-3))
+def debiased_weight(snr_t: torch.Tensor, v_prediction: bool = False) -> torch.Tensor:
+    """Debiased estimation (Yu et al. 2023, arXiv 2310.08442, as kohya applies it): 1 / sqrt(SNR)
+    for epsilon, 1 / (SNR + 1) for v-prediction; the SNR capped at 1000 (step 0's is over 1000)."""
+    capped = torch.clamp(snr_t, max=1000)
+    return 1 / (capped + 1) if v_prediction else 1 / torch.sqrt(capped)
 
 
 def offset_noise(noise: torch.Tensor, offset: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -66,8 +66,8 @@ def curve(config: Config, total: int):
     shape = SCHEDULES[s.type]
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
+        if step < warmup:  # kohya's (diffusers') warm-up: 0, 1/w, 2/w, ... then the curve at 1
+            return step / max(1, warmup)
         return shape((step - warmup) / max(1, total - warmup), s)
     return factor
 

@@ -90,11 +90,19 @@ def own_options(subset: Any, data: Any) -> str:
     return ", ".join(differs)
 
 
+def with_affixes(text: str, prefix: str, suffix: str) -> str:
+    """kohya's process_caption: the prefix and the suffix joined to the caption by one space each
+    (and only where set), before anything is shuffled."""
+    if prefix:
+        text = f"{prefix} {text}"
+    return f"{text} {suffix}" if suffix else text
+
+
 def caption_for_step(text: str, options: CaptionOptions, rng: random.Random, epoch: int) -> str:
     """kohya's order: prefix/suffix, caption dropout, then shuffle past the kept tokens (or past
     the keep separator) with tag dropout."""
     o = options
-    text = f"{o.prefix}{text}{o.suffix}"
+    text = with_affixes(text, o.prefix, o.suffix)
     if o.dropout_rate and rng.random() < o.dropout_rate:
         return ""
     # kohya counts epochs from 1: every 2 drops the 2nd, 4th... (epoch here counts from 0)

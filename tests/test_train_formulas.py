@@ -1,0 +1,41 @@
+"""Formulas that must give kohya's numbers (its users compare runs step by step): the debiased
+estimation weight, the warm-up, and where a caption's prefix and suffix go."""
+
+import random
+
+import pytest
+import torch
+
+from lorakit.train import loss as L
+from lorakit.train.config import Config
+from lorakit.train.schedule import curve
+from lorakit.train.subset_options import CaptionOptions, caption_for_step, with_affixes
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """SD's scaled-linear schedule (beta 0.00085 to 0.012 over 1000 steps)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def test_debiased_estimation_weighs_v_prediction_by_one_over_snr_plus_one():
+    snr = L.snr(sd_alphas_cumprod(), torch.tensor([900, 0]))
+    eps, v = L.debiased_weight(snr, False), L.debiased_weight(snr, True)
+    # kohya at t = 900: 1/sqrt(SNR) = 8.35 for epsilon, 1/(SNR + 1) = 0.99 for v-prediction
+    assert float(eps[0]) == pytest.approx(8.35, abs=0.01) and float(v[0]) == pytest.approx(0.986, abs=0.001)
+    # t = 0: SNR is over 1000, capped there as kohya caps it
+    assert float(eps[1]) == pytest.approx(1000 ** -0.5) and float(v[1]) == pytest.approx(1 / 1001)
+
+
+def test_warm_up_starts_from_zero_as_kohyas_schedulers():
+    config = Config()
+    config.scheduler.warmup_steps = 3
+    factor = curve(config, 10)
+    assert [factor(s) for s in range(4)] == [0, 1 / 3, 2 / 3, 1]
+
+
+def test_caption_prefix_and_suffix_are_joined_by_a_space_before_shuffling():
+    assert with_affixes("1girl, smile", "kitchan,", "masterpiece") == "kitchan, 1girl, smile masterpiece"
+    assert with_affixes("1girl", "", "") == "1girl"
+    options = CaptionOptions(prefix="kitchan", suffix="", shuffle=False)
+    assert caption_for_step("1girl", options, random.Random(0), 0) == "kitchan 1girl"
