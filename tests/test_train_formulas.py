@@ -39,3 +39,16 @@ def test_caption_prefix_and_suffix_are_joined_by_a_space_before_shuffling():
     assert with_affixes("1girl", "", "") == "1girl"
     options = CaptionOptions(prefix="kitchan", suffix="", shuffle=False)
     assert caption_for_step("1girl", options, random.Random(0), 0) == "kitchan 1girl"
+
+
+@pytest.mark.parametrize("algo", ["ia3", "glora"])
+def test_rank_dropout_that_would_do_nothing_is_refused(algo):
+    from lorakit.errors import UserError
+    from lorakit.train.lycoris_net import check_args
+
+    with pytest.raises(UserError, match="drops no ranks.*module_dropout"):
+        check_args(algo, {}, 4, 0, rank_dropout=0.1)
+    with pytest.raises(UserError) as refused:  # and the dropout refusal does not send the user there
+        check_args(algo, {}, 4, 0, dropout=0.1)
+    assert "rank_dropout" not in str(refused.value) and "module_dropout" in str(refused.value)
+    check_args("loha", {}, 4, 0, rank_dropout=0.1)  # LoHa does drop ranks

@@ -53,15 +53,21 @@ def dylora_unit(args: dict) -> int:
 # lycoris-lora's modules that take network.dropout and do nothing with it (LoHa and LoKr also print
 # a notice on stdout): refused, not ignored
 NO_DROPOUT = ("loha", "lokr", "ia3", "glora")
+# lycoris-lora drops IA3's ranks nowhere, and GLoRA's only in its bypass mode, which lorakit does not
+# use: rank_dropout would train exactly as 0 (measured: identical losses)
+NO_RANK_DROPOUT = ("ia3", "glora")
 
 
 def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: float = 0.0,
                dropout: float = 0.0) -> None:
     """What `train plan` can tell before a model loads."""
+    instead = "module_dropout" if algo in NO_RANK_DROPOUT or algo == "lokr" else "rank_dropout or module_dropout"
     if algo in NO_DROPOUT and dropout:
         raise UserError(f"network.dropout = {dropout}: {algo} has no dropout on its hidden activations in "
-                        "lycoris-lora (it would be ignored); set network.dropout = 0, and use rank_dropout or "
-                        "module_dropout instead" + (" (module_dropout only for lokr)" if algo == "lokr" else ""))
+                        f"lycoris-lora (it would be ignored); set network.dropout = 0, and use {instead} instead")
+    if algo in NO_RANK_DROPOUT and rank_dropout:
+        raise UserError(f"network.rank_dropout = {rank_dropout}: lycoris-lora's {algo} drops no ranks (it would be "
+                        "ignored); set network.rank_dropout = 0, and use module_dropout instead")
     known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else BLOCK_ARGS | {"dora_wd"}
     if algo in ("lora", "locon") and args.get("dora_wd") and (dropout or rank_dropout):
         raise UserError("network.dropout and rank_dropout act on LoRA's hidden ranks, which DoRA (dora_wd) folds "
