@@ -1,4 +1,4 @@
-"""Formulas that must give kohya's numbers (its users compare runs step by step): the debiased
+"""Formulas and spellings that must give kohya's numbers (its users compare runs step by step): the debiased
 estimation weight, the warm-up, and where a caption's prefix and suffix go."""
 
 import random
@@ -52,3 +52,16 @@ def test_rank_dropout_that_would_do_nothing_is_refused(algo):
         check_args(algo, {}, 4, 0, dropout=0.1)
     assert "rank_dropout" not in str(refused.value) and "module_dropout" in str(refused.value)
     check_args("loha", {}, 4, 0, rank_dropout=0.1)  # LoHa does drop ranks
+
+
+def test_kohyas_spellings_are_read_or_pointed_at(tmp_path):
+    from lorakit.train.blocks import settings
+    from lorakit.train.config_toml import ConfigError, load
+
+    config = tmp_path / "lora.toml"
+    config.write_text("[network]\nargs = {mid_lr_weight = 0.5}\n")  # a TOML number, as kohya's "0.5"
+    weights = settings(load(config).network.args, False, 4, 1).lr_weight
+    assert weights[12] == 0.5 and weights[1] == 1.0  # the mid block; the others as they were
+    config.write_text("[training]\nfull_fp16 = true\n")
+    with pytest.raises(ConfigError, match='full_fp16 is training.weights_dtype = "fp16"'):
+        load(config)

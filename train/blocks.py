@@ -49,6 +49,8 @@ def block_index(name: str, sdxl: bool) -> int:
 def _numbers(value, key: str, cast=float) -> list:
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # mid_lr_weight = 1: one block, one number
+        value = [value]
     if not isinstance(value, list):
         raise UserError(f"network.args.{key}: a list of numbers, or them comma-separated")
     try:

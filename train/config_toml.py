@@ -53,12 +53,21 @@ KOHYA_REFUSED = {
 }
 
 
+# kohya keys that lorakit spells another way: the key to write instead
+KOHYA_RENAMED = {
+    "full_fp16": 'training.weights_dtype = "fp16" (with training.mixed_precision = "fp16")',
+    "full_bf16": 'training.weights_dtype = "bf16"',
+}
+
+
 def _unknown(key: str, where: str, cls: type) -> ConfigError:
     """Name the closest key: first among the table's own keys, then anywhere in the config
     (a key put in the wrong table: `[training] learning_rate`)."""
     full = f"{where}{key}"
     if key in KOHYA_REFUSED and cls.__name__ in ("SubsetConfig", "DatasetConfig", "DataConfig"):
         return ConfigError(f"'{full}' (a kohya dataset option) is not supported: {KOHYA_REFUSED[key]}")
+    if key in KOHYA_RENAMED:
+        return ConfigError(f"unknown key '{full}': kohya's {key} is {KOHYA_RENAMED[key]} here")
     local = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1, cutoff=0.6)
     if local:
         return ConfigError(f"unknown key '{full}'; did you mean '{where}{local[0]}'?")
