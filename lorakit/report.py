@@ -41,6 +41,7 @@ class Section:
     title: str
     columns: list[str]
     rows: list[list[Any]]
+    whole: bool = False  # a reference table (the glossary): every row on the terminal too
 
 
 @dataclass
@@ -100,9 +101,10 @@ def print_report(report: Report, as_json: bool, out: Console, err: Console) -> N
         table = Table(title=section.title, title_justify="left")
         for column in section.columns:
             table.add_column(column)
-        for row in section.rows[:SHOWN_ROWS]:
+        shown = len(section.rows) if section.whole else SHOWN_ROWS
+        for row in section.rows[:shown]:
             table.add_row(*(escape(str(v)) for v in row))
-        if len(section.rows) > SHOWN_ROWS:
+        if len(section.rows) > shown:
             table.add_row(f"… and {len(section.rows) - SHOWN_ROWS} more (--json lists all)")
         out.print(table)
     out.print(f"[bold]{report.stage}[/bold] {escape(report.src)}" + (f" → {escape(report.dst)}" if report.dst else ""),

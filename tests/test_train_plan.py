@@ -136,4 +136,7 @@ def test_every_glossary_term_maps_to_a_real_key_or_a_reason():
                  "buckets xformers use_8bit_adam cache_latents color_aug flip_aug random_crop vae "
                  "no_meta log_dir bucket_reso_steps bucket_no_upscale v2 v_parameterization").split()
     assert set(reference) <= set(GLOSSARY)
-    assert "network.dim" in run("train", "glossary").stdout
+    shown = run("train", "glossary").stdout
+    assert "network.dim" in shown and "more (--json lists all)" not in shown
+    assert all(term in shown for term in list(GLOSSARY)[-3:])  # every term on the terminal, not the first 50
+    assert key_of(GLOSSARY["lora_model_for_resume"]) == "network.weights"

@@ -64,7 +64,7 @@ def glossary(json: Json = False) -> None:
 
     report = Report("glossary", "the LoRA parameter glossary", about_files=False)
     report.sections.append(Section("terms", ["term", "lorakit config"],
-                                   [[t, v.lstrip("- ")] for t, v in GLOSSARY.items()]))
+                                   [[t, v.lstrip("- ")] for t, v in GLOSSARY.items()], whole=True))
     emit(report, json)
 
 

@@ -40,7 +40,8 @@ GLOSSARY: dict[str, str] = {
     "train_resolution": "data.resolution",
     "min_bucket_resolution": "data.min_bucket_reso",
     "max_bucket_resolution": "data.max_bucket_reso",
-    "lora_model_for_resume": "- not supported yet: continue a run exactly with saving.save_state and `train resume`",
+    "lora_model_for_resume": "network.weights = \"previous.safetensors\" (start from a LoRA / LoCon file; "
+                             "`train resume OUTPUT_DIR` continues a run exactly, with saving.save_state)",
     "save_state": "saving.save_state",
     "load_previous_save_state": "- `train resume OUTPUT_DIR` (a command, with the trainer)",
     "training_comment": "output.comment",

@@ -77,7 +77,7 @@ COMMENTS = {
     "network.module": "lora | locon | loha | lokr | ia3 | dylora | glora | diag-oft | none",
     "network.alpha": "the guide: alpha = dim for Adam; 1 for adaptive optimisers (Prodigy, DAdapt)",
     "network.dim": "32 is a good start; 8 for concepts the model nearly knows; 16 for SDXL",
-    "network.dropout": "network_dropout 0.1 (the guide)",
+    "network.dropout": "kohya's network_dropout: the guide uses 0.1 for LoRA; 0 for LoHa, LoKr, IA3, GLoRA (refused)",
     "optimizer.learning_rate": "with Prodigy/DAdapt: 1.0, they find the rate themselves",
     "scheduler.warmup_ratio": "share of the steps spent warming up (the guide: 10%, SDXL 20%)",
     "loss.min_snr_gamma": "Min-SNR weighting, gamma 5 (Hang et al. 2023)",
