@@ -65,3 +65,17 @@ def test_kohyas_spellings_are_read_or_pointed_at(tmp_path):
     config.write_text("[training]\nfull_fp16 = true\n")
     with pytest.raises(ConfigError, match='full_fp16 is training.weights_dtype = "fp16"'):
         load(config)
+
+
+@pytest.mark.parametrize("key,kind", [("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr")])
+def test_a_lycoris_file_is_named_where_a_lora_is_needed(tmp_path, key, kind):
+    from safetensors.torch import save_file
+
+    from lorakit.errors import UserError
+    from lorakit.train.lora_files import modules
+
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    tensors = {f"{name}.alpha": torch.tensor(4.0), f"{name}.{key}": torch.zeros(4, 4)}  # alpha comes first
+    save_file(tensors, tmp_path / "x.safetensors")
+    with pytest.raises(UserError, match=f"a {kind} file; {kind} files are not supported here"):
+        modules(tensors, tmp_path / "x.safetensors")

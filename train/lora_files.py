@@ -55,10 +55,20 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+# what a LyCORIS file's keys hold where a LoRA's hold lora_down / lora_up: named, so the refusal says what the file is
+LYCORIS_MARKERS = {".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".oft_blocks": "Diag-OFT", ".a1.weight": "GLoRA",
+                   ".on_input": "IA3"}
+
+
 def modules(tensors: dict[str, torch.Tensor], path: Path | str = "") -> dict[str, Module]:
     """The LoRA / LoCon modules by key prefix. Any other network key (LyCORIS LoHa, LoKr, …)
     is refused: their factors are not a product of two matrices that these tools can rewrite."""
     found: dict[str, Module] = {}
+    for key in tensors:
+        kind = next((k for marker, k in LYCORIS_MARKERS.items() if marker in key), None)
+        if kind is not None:
+            raise UserError(f"{path}: a {kind} file; {kind} files are not supported here (resize, merge and "
+                            "network.weights read LoRA, LoCon and DyLoRA files)")
     for key in tensors:
         if not key.startswith(PREFIXES):
             continue
