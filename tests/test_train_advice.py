@@ -96,3 +96,29 @@ def test_a_hub_model_on_an_unreachable_hub_fails_at_once(tmp_path, base):
     message = " ".join(proc.stderr.split())
     assert "cannot load the model someone/some-model" in message
     assert f"127.0.0.1:{port} cannot be reached" in message and "Retry" not in proc.stderr
+
+
+@pytest.mark.parametrize("setting,said", [
+    ("data.keep_tokens=4", "4 keeps the first 4 tags (set 2 for the guide's 2)"),
+    ("data.prior_loss_weight=0.5", "this config has none"),
+    ("data.resolution=768", "\"you should not set this higher than your model can generate natively\""),
+    ("data.keep_tokens=3", None), ("data.keep_tokens=1", None),
+])
+def test_the_guides_values_that_kohya_reads_otherwise_are_said_once(tmp_path, setting, said):
+    path = _plan_config(tmp_path, 20)
+    warnings = train_json("plan", path, "--set", 'model.family="sd1"', "--set", setting)["warnings"]
+    guide = [w for w in warnings if "the guide" in w or "does nothing" in w]
+    if said is None:
+        assert guide == []
+    else:
+        assert len(guide) == 1 and said in guide[0], warnings
+
+
+def test_prior_loss_weight_with_regularisation_images_says_which_way_it_pulls(tmp_path):
+    path = _plan_config(tmp_path, 20)
+    reg = tmp_path / "reg" / "1_person"
+    reg.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(reg / "r.png")
+    warnings = " ".join(train_json("plan", path, "--set", f'data.reg_root="{tmp_path / "reg"}"',
+                                   "--set", "data.prior_loss_weight=0.5")["warnings"])
+    assert "under 1 they hold the model back less" in warnings and "does nothing" not in warnings

@@ -16,6 +16,7 @@ from lorakit.train.config import Config
 from lorakit.train.data import Item, caption_path, epoch_batches, load_items, other_captions, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.embeddings import check_encoder_rates
+from lorakit.train.guide_notes import guide_notes
 from lorakit.train.lycoris_net import check_args
 from lorakit.train.models import sdxl_clip_skip
 from lorakit.train.network import MODULES
@@ -138,8 +139,10 @@ def _advice(config: Config, family: str | None, counts: list) -> list[str]:
             warnings.append(f"{s.folder.name}: only {count} training images; the guide suggests about {about} "
                             f"for {family or 'SD1.5'} (at least {least})")
     longest = max(resolution_pair(config.data.resolution))
-    if family and longest > NATIVE[family]:
-        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at")
+    if family and longest > NATIVE[family]:  # the guide's 768,768 is for models that make 768 natively
+        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at; the guide: "
+                        "\"you should not set this higher than your model can generate natively\" (its 768,768 is "
+                        "for models that do)")
     if family == "sdxl" and longest < NATIVE["sdxl"]:
         warnings.append(f"resolution {longest} is under 1024 px: the guide never trains SDXL below 1024")
     n, o = config.network, config.optimizer
@@ -149,6 +152,7 @@ def _advice(config: Config, family: str | None, counts: list) -> list[str]:
                         "barely trains: see train init for the guide's values")
     if family == "sdxl" and config.model.clip_skip > 1:
         warnings.append(sdxl_clip_skip(config.model.clip_skip))
+    warnings += guide_notes(config, any(s.is_reg for s, _ in counts))
     return warnings
 
 
