@@ -80,7 +80,7 @@ def test_tag_panel_marks_implied_and_unknown_tags_and_completes(site):
     tags = {t["tag"]: t for t in client.get("/api/tags", params={"folder": "5_bg"}).json()["tags"]}
     assert tags["hairband"]["implied"] and not tags["red_hairband"]["implied"]  # red_hairband implies hairband
     assert tags["hairband"]["images"] == 4
-    completions = client.get("/api/complete", params={"prefix": "red"}).json()["tags"]
+    completions = [t["tag"] for t in client.get("/api/complete", params={"prefix": "red"}).json()["tags"]]
     assert completions[:2] == ["red hairband", "red hair"]  # the dataset's, most frequent first
 
     from lorakit.tagging.relations import Relations
@@ -89,7 +89,33 @@ def test_tag_panel_marks_implied_and_unknown_tags_and_completes(site):
                                  categories={"red_hair": 0, "hat": 0, "hairband": 0, "red_hairband": 0, "red_eyes": 0})
     tags = {t["tag"]: t for t in client.get("/api/tags").json()["tags"]}
     assert tags["kitchan"]["unknown"] and tags["simple_background"]["unknown"] and not tags["red_hair"]["unknown"]
-    assert "red eyes" in client.get("/api/complete", params={"prefix": "red"}).json()["tags"]  # then the vocabulary's
+    assert {"tag": "red eyes"} in client.get("/api/complete", params={"prefix": "red"}).json()["tags"]  # then the vocabulary's
+
+
+def test_completion_order_aliases_and_word_starts(site):
+    _, review, client = site
+    from lorakit.tagging.relations import Relations
+
+    # the tag list's own order is its ranking; golden_hair -> yellow_hair -> blonde_hair is a chain
+    review.relations = Relations("danbooru", categories=dict.fromkeys(
+        ["hair_ornament", "hairband", "blonde_hair", "hair_bow", "red_eyes", "red_hair", "long_hair"], 0),
+        aliases={"yellow_hair": "blonde_hair", "golden_hair": "yellow_hair", "blond_hair": "blonde_hair"})
+
+    def complete(prefix, **more):
+        return client.get("/api/complete", params={"prefix": prefix, **more}).json()["tags"]
+
+    # tags that start with it (the dataset's most used first, then the list's in its order), then
+    # those with a later word that does (the same two groups); each once, aliases folded into their tag
+    assert [t["tag"] for t in complete("hair")] == ["hairband", "hair ornament", "hair bow", "red hairband", "red hair",
+                                                    "blonde hair", "long hair"]
+    assert complete("Hair  B") == [{"tag": "hair bow"}]  # spelled as a caption spells it
+    assert complete("yell") == [{"tag": "blonde hair", "alias": "yellow hair"}]
+    assert complete("gold") == [{"tag": "blonde hair", "alias": "golden hair"}]  # a chain is followed
+    assert complete("blond") == [{"tag": "blonde hair"}]  # its own name matched too: no alias to show
+    assert complete("bow") == [{"tag": "hair bow"}]
+    assert complete("red", limit=2) == [{"tag": "red hairband"}, {"tag": "red hair"}]
+    assert complete("zzz") == [] and [t["tag"] for t in complete("")][:3] == ["hairband", "red hairband",
+                                                                            "simple background"]
 
 
 def test_edit_conflict_bulk_and_undo(site):

@@ -270,3 +270,61 @@ def test_every_line_kept_conflicts_unsaved_edits_and_the_keyboard(served_lines):
         page.click("#close")
         page.wait_for_selector("#detail", state="hidden")
         browser.close()
+
+
+def test_caption_chips_and_completion_in_the_box(served):
+    """Line 1's tags as chips (× removes, drag and the keyboard reorder, a click filters) and the
+    box's own completion (the keyboard accepts); the sentence lines are written back byte for byte."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    root, url, _ = served
+    a = root / "10_kit" / "a.txt"
+    a.write_bytes(b"kitchan, red hair, hat, smile\r\nA girl with red hair.\r\n")
+    names = "[...document.querySelectorAll('#chips .chip-name')].map(n => n.textContent).join('|')"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        dialogs = []  # app.js asks before leaving unsaved text: a key it also took would show here
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#count').textContent === '7 of 7 images'")
+        page.locator('.card[data-rel="10_kit/a.png"]').click()
+        page.wait_for_function(f"{names} === 'kitchan|red hair|hat|smile'")
+        chips = page.locator("#chips li")
+
+        chips.nth(2).locator(".chip-x").click()  # × on "hat": line 1 loses it, the sentence stays
+        assert page.input_value("#caption") == "kitchan, red hair, smile\nA girl with red hair."
+        chips.nth(2).drag_to(chips.nth(0))  # "smile" dropped on "kitchan" takes its place
+        assert page.evaluate(names) == "smile|kitchan|red hair"
+        chips.nth(1).focus()
+        page.keyboard.press("Alt+Shift+ArrowRight")  # moves the chip, not on to the next image
+        assert page.evaluate(names) == "smile|red hair|kitchan"
+        assert page.evaluate("document.activeElement.textContent").startswith("kitchan")
+        assert page.inner_text("#info").startswith("10_kit/a.png")
+
+        # completion in the box: a tag line 1 has is not offered; Escape closes only the list
+        page.click("#caption")
+        page.keyboard.press("Control+Home")
+        page.keyboard.press("End")
+        page.keyboard.type(", red h")
+        page.wait_for_selector("#suggest:not([hidden])")
+        offered = page.locator("#suggest [role=option]").all_inner_texts()
+        assert offered[0] == "red hairband" and "red hair" not in offered
+        page.keyboard.press("Escape")
+        assert page.is_hidden("#suggest") and page.is_visible("#detail")
+        page.keyboard.type("a")
+        page.wait_for_selector("#suggest:not([hidden])")
+        page.keyboard.press("ArrowDown")
+        assert page.get_attribute("#caption", "aria-activedescendant") == "suggest-0"
+        page.keyboard.press("Enter")
+        assert page.input_value("#caption") == "smile, red hair, kitchan, red hairband, \nA girl with red hair."
+        assert page.evaluate(names) == "smile|red hair|kitchan|red hairband"
+        assert page.inner_text("#info").startswith("10_kit/a.png") and page.is_hidden("#suggest") and not dialogs
+
+        page.keyboard.press("Control+s")
+        page.wait_for_function("document.querySelector('#message').textContent.startsWith('saved')")
+        assert a.read_bytes() == b"smile, red hair, kitchan, red hairband\r\nA girl with red hair.\r\n"
+
+        page.locator("#chips .chip-name", has_text="kitchan").click()  # as the side panel's tag list does
+        page.wait_for_function("document.querySelector('#count').textContent === '2 of 7 images'")
+        assert page.input_value("#q") == "kitchan"
+        browser.close()

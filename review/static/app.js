@@ -268,7 +268,7 @@ async function complete() {
   const prefix = $("add-tag").value;
   if (!prefix) return;
   const data = await (await fetch(`/api/complete?${new URLSearchParams({ prefix })}`)).json();
-  $("complete").replaceChildren(...data.tags.map((t) => new Option(t)));
+  $("complete").replaceChildren(...data.tags.map((t) => new Option(t.tag)));
 }
 
 function addTag() {
