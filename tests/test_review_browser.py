@@ -58,8 +58,6 @@ def test_filter_edit_and_undo_in_chromium(served, tmp_path):
         page.wait_for_function("document.querySelector('#message').textContent.startsWith('saved')")
         assert (root / "10_kit" / "b.txt").read_text() == "kitchan, red hair, smile\n"
         page.screenshot(path=str(tmp_path / "review.png"), full_page=False)
-        if os.environ.get("LORAKIT_SCREENSHOT"):  # the README's picture: LORAKIT_SCREENSHOT=docs/review.png
-            page.screenshot(path=os.environ["LORAKIT_SCREENSHOT"])
         page.click("#close")
         page.on("dialog", lambda dialog: dialog.accept())  # undo shows what it reverts first
         page.click("#undo")
