@@ -234,6 +234,12 @@ def load(path: Path, overrides: list[str] = ()) -> Config:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    for section in ("optimizer", "network"):  # kohya's "decouple=True betas=0.9,0.99", pasted from a guide
+        table = data.get(section)
+        if isinstance(table, dict) and isinstance(table.get("args"), str):
+            from lorakit.train.kohya_args import string_args_error
+
+            raise ConfigError(f"{path}: {string_args_error(section, table['args'])}")
     if "general" in data:  # kohya dataset configs: [general] holds dataset-wide defaults = [data]
         data["data"] = {**data.pop("general"), **data.get("data", {})}
     version = data.get("version", VERSION)
