@@ -217,7 +217,7 @@ def test_import_kohya_training_config_reports_every_key(tmp_path, base):
     assert report["mapped"]["network_dim"] == "network.dim" and report["mapped"]["metadata_author"] == "output.metadata.author"
     assert report["mapped"]["network_args down_lr_weight"].startswith("network.args.down_lr_weight")
     assert report["not_mapped"]["shiny_new_option"] == "not mapped: lorakit has no such option"
-    assert "max_train_epochs wins" in report["mapped"]["max_train_steps"]
+    assert "max_train_epochs wins" in report["dropped"]["max_train_steps"]
     assert report["datasets"] == 2
 
     loaded = load(out)

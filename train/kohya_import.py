@@ -3,9 +3,11 @@ of `--config_file`, its sections flattened as kohya does, or the JSON kohya_ss s
 lorakit config, with a report of every key: where it went, or why it went nowhere.
 
 Each kohya key is a row of KEYS (train/kohya_keys.py): the lorakit key it sets and how its value converts, or the
-reason it has none (an option lorakit lacks is said, never dropped silently). The dataset config
-(`--dataset`, or the config's own `dataset_config`) is copied as it is: lorakit reads kohya's
-dataset TOML, `[general]` included.
+reason it has none (an option lorakit lacks is said, never dropped silently). Each row of the
+report says where its key went, or that it is off (0, false, empty: nothing kohya would pass),
+dropped (a value kohya would not use, with why) or not mapped (lorakit lacks it, or refuses the
+value). The dataset config (`--dataset`, or the config's own `dataset_config`) is copied as it
+is: lorakit reads kohya's dataset TOML, `[general]` included.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import tomllib
 
 from lorakit.errors import UserError
 from lorakit.report import WRITTEN, Outcome, Report, Section
-from lorakit.train.kohya_keys import KEYS, To, truthy
+from lorakit.train.kohya_args import command_line, optimizer_table, parse
+from lorakit.train.kohya_gui import dropped_by_noise_type, family, off, zero, zero_rate
+from lorakit.train.kohya_keys import KEYS, To
+from lorakit.train.kohya_network import GUI_FIELDS, drop, fit, network, put
 
 # read together with others below, each with its own report rows
 HANDLED = {"lr_warmup_steps", "lr_warmup", "network_module", "LoRA_type", "network_args", "optimizer_args"}
+KINDS = ("off", "dropped", "not mapped")  # a row's "where" starts with one of these, or is where it went
 
 
 def _flatten(data: dict) -> dict[str, Any]:
@@ -35,107 +42,72 @@ def _flatten(data: dict) -> dict[str, Any]:
     return flat
 
 
-def _args(value: Any) -> dict[str, Any]:
-    """kohya's `key=value` list (or kohya_ss's one space-separated string) into a dict."""
-    items = value if isinstance(value, list) else str(value).split()
-    out = {}
-    for item in items:
-        if "=" not in str(item):
-            continue
-        key, raw = str(item).split("=", 1)
-        try:
-            parsed: Any = json.loads(raw.lower() if raw.lower() in ("true", "false") else raw)
-        except json.JSONDecodeError:
-            parsed = raw.strip("\"'")
-        out[key.strip()] = parsed
-    return out
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *path, last = dotted.split(".")
-    node = tree
-    for part in path:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-MODULES = {"networks.lora": "lora", "networks.dylora": "dylora"}
-LORA_TYPES = {"standard": "lora", "locon": "locon", "kohya locon": "locon", "lycoris/locon": "locon",
-              "lycoris/loha": "loha", "lycoris/lokr": "lokr", "lycoris/ia3": "ia3", "lycoris/glora": "glora",
-              "lycoris/diag-oft": "diag-oft", "kohya dylora": "dylora"}
-LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3", "glora": "glora",
-                 "diag-oft": "diag-oft"}
-NETWORK_ARGS = {"conv_dim": ("network.conv_dim", int), "conv_alpha": ("network.conv_alpha", float),
-                "rank_dropout": ("network.rank_dropout", float), "module_dropout": ("network.module_dropout", float),
-                "dropout": ("network.dropout", float), "unit": ("network.args.unit", int)}
-BLOCKWISE = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
-             "block_alphas", "conv_block_dims", "conv_block_alphas")
-
-
-def _network(flat: dict, tree: dict, rows: list) -> None:
-    args = _args(flat.get("network_args") or [])
-    module = MODULES.get(str(flat.get("network_module", "networks.lora")))
-    if flat.get("LoRA_type"):
-        module = LORA_TYPES.get(str(flat["LoRA_type"]).lower())
-    if flat.get("network_module") == "lycoris.kohya" or "algo" in args:
-        module = LYCORIS_ALGOS.get(str(args.pop("algo", "lora")).lower())
-    if module is None:
-        rows.append(["network_module", str(flat.get("network_module") or flat.get("LoRA_type")),
-                     "not mapped: lorakit trains LoRA, LoCon, DyLoRA and lycoris's LoHa, LoKr, IA3, GLoRA, Diag-OFT"])
-        return
-    conv = args.get("conv_dim", flat.get("conv_dim"))
-    if module == "lora" and conv not in (None, "", 0, "0"):
-        module = "locon"  # kohya's LoRA with conv_dim in its args is what lorakit calls LoCon
-    _set(tree, "network.module", module)
-    rows.append(["network_module", str(flat.get("LoRA_type") or flat.get("network_module") or "networks.lora"),
-                 f'network.module = "{module}"'])
-    for key, value in args.items():
-        if key in NETWORK_ARGS:
-            target, convert = NETWORK_ARGS[key]
-            _set(tree, target, convert(value))
-            rows.append([f"network_args {key}", str(value), target])
-        elif key in BLOCKWISE and module in ("lora", "locon"):
-            _set(tree, f"network.args.{key}", value)
-            rows.append([f"network_args {key}", str(value), f"network.args.{key} (kohya's block indexing)"])
-        elif key in BLOCKWISE:
-            rows.append([f"network_args {key}", str(value), f"not mapped: block-wise settings are for LoRA and LoCon, "
-                                                            f"not {module}"])
-        elif key == "dora_wd" and module in ("lora", "locon"):
-            _set(tree, "network.args.dora_wd", truthy(value))
-            rows.append([f"network_args {key}", str(value), "network.args.dora_wd (DoRA)"])
-        elif module not in ("lora", "locon", "dylora"):
-            _set(tree, f"network.args.{key}", value)
-            rows.append([f"network_args {key}", str(value), f"network.args.{key} (for lycoris)"])
-        else:
-            rows.append([f"network_args {key}", str(value), "not mapped: no such LoRA option in lorakit"])
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _optimizer(flat: dict, tree: dict, rows: list) -> None:
-    for key, value in _args(flat.get("optimizer_args") or []).items():
-        if key == "betas":
-            betas = [float(b) for b in (value if isinstance(value, list) else str(value).strip("()[]").split(","))]
-            _set(tree, "optimizer.betas", betas)
-            rows.append(["optimizer_args betas", str(value), "optimizer.betas"])
-        elif key == "weight_decay":
-            _set(tree, "optimizer.weight_decay", float(value))
-            rows.append(["optimizer_args weight_decay", str(value), "optimizer.weight_decay"])
-        else:
-            _set(tree, f"optimizer.args.{key}", value)
-            rows.append([f"optimizer_args {key}", str(value), f"optimizer.args.{key}"])
+    from lorakit.train.config_toml import ConfigError
+
+    if "optimizer_args" not in flat:
+        return
+    args, bad = parse(flat["optimizer_args"] or [])
+    if not args and not bad:
+        rows.append(["optimizer_args", _shown(flat["optimizer_args"]), "off: empty"])
+    rows += [["optimizer_args", item, "not mapped: not key=value"] for item in bad]
+    table = optimizer_table(args)
+    for key, value in args.items():
+        target = f"optimizer.{key}" if key in ("betas", "weight_decay") else f"optimizer.args.{key}"
+        if value is None:
+            rows.append([f"optimizer_args {key}", "None", "off: None is the optimizer's default"])
+            continue
+        try:
+            put(tree, target, table[key] if key in table else value)
+            rows.append([f"optimizer_args {key}", _shown(value), target])
+        except (TypeError, ValueError, ConfigError) as exc:
+            rows.append([f"optimizer_args {key}", _shown(value), f"not mapped: {exc}"])
 
 
 def _warmup(flat: dict, tree: dict, rows: list) -> None:
     steps, percent = flat.get("lr_warmup_steps"), flat.get("lr_warmup")
     if isinstance(steps, (int, float)) and steps:
         if steps < 1:  # kohya reads a fraction as a share of the steps
-            _set(tree, "scheduler.warmup_ratio", float(steps))
+            put(tree, "scheduler.warmup_ratio", float(steps))
             rows.append(["lr_warmup_steps", str(steps), "scheduler.warmup_ratio (under 1: a ratio)"])
         else:
-            _set(tree, "scheduler.warmup_steps", int(steps))
+            put(tree, "scheduler.warmup_steps", int(steps))
             rows.append(["lr_warmup_steps", str(steps), "scheduler.warmup_steps"])
+    elif "lr_warmup_steps" in flat:
+        rows.append(["lr_warmup_steps", _shown(steps), "off: no warmup steps"])
     if percent not in (None, "", 0) and not (isinstance(steps, (int, float)) and steps):
-        _set(tree, "scheduler.warmup_ratio", float(percent) / 100)
+        put(tree, "scheduler.warmup_ratio", float(percent) / 100)
         rows.append(["lr_warmup", str(percent), "scheduler.warmup_ratio (percent / 100)"])
+    elif "lr_warmup" in flat:
+        rows.append(["lr_warmup", _shown(percent), "off: no warmup" if not percent else
+                     "dropped: lr_warmup_steps wins, as in kohya_ss"])
+
+
+def _additional(flat: dict, rows: list) -> set[str]:
+    """kohya_ss's additional_parameters, flag by flag, as keys of the config: on kohya's
+    command line they come after --config_file, so each wins over the config's own value."""
+    if "additional_parameters" not in flat:
+        return set()
+    text = flat.pop("additional_parameters")
+    if not str(text or "").strip():
+        rows.append(["additional_parameters", _shown(text), "off: empty"])
+        return set()
+    rows.append(["additional_parameters", str(text), "read flag by flag: the --flag rows"])
+    given = set()
+    for name, value in command_line(str(text)):
+        if not name:
+            rows.append(["additional_parameters", " ".join(value), "not mapped: words before any --flag"])
+            continue
+        if name in flat and name not in given:
+            rows.append([name, _shown(flat[name]), f"dropped: additional_parameters --{name} replaces it "
+                                                   "(kohya's command line wins over its config)"])
+        flat[name] = value
+        given.add(name)
+    return given
 
 
 def read_kohya(path: Path) -> dict[str, Any]:
@@ -153,22 +125,34 @@ def read_kohya(path: Path) -> dict[str, Any]:
 
 def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | None, list[list[str]]]:
     """(lorakit config tree, the dataset tables, report rows [kohya key, value, where it went])."""
-    from lorakit.train.config_toml import ConfigError, coerce_key
+    from lorakit.train.config_toml import ConfigError
 
     flat = read_kohya(config)
-    tree: dict = {}
+    # kohya_ss's own save (not sd-scripts' options written as JSON): its LoRA_type, its defaults
+    gui = config.suffix.lower() == ".json" and ("LoRA_type" in flat or "network_module" not in flat)
     rows: list[list[str]] = []
+    given = _additional(flat, rows)
+    found = family(flat, gui)
+    if found:
+        raise UserError(f"{config}: a {found[0]} config ({found[1]}); lorakit trains LoRAs for SD1.x, SD2.x and "
+                        "SDXL only, so nothing was written")
+    tree: dict = {}
     for key, value in flat.items():
-        shown = json.dumps(value) if not isinstance(value, str) else value
-        if key in HANDLED:
+        shown = _shown(value)
+        if key in HANDLED or (gui and key in GUI_FIELDS):
             continue
-        if value in ("", None, []):
-            rows.append([key, shown, "empty: skipped"])
-            continue
-        rule = KEYS.get(key)
-        if isinstance(rule, To):
+        why = off(key, value, gui) or dropped_by_noise_type(key, flat)
+        rate = gui and key in ("text_encoder_lr", "unet_lr") and zero_rate(key, flat)
+        if rate:
+            put(tree, rate[0], rate[1])
+            rows.append([key, shown, f"{rate[0]} = false: {rate[2]}"])
+        elif key == "network_alpha" and zero(value) and value not in ("", None):
+            _alpha(flat, tree, rows, gui)
+        elif why:
+            rows.append([key, shown, why])
+        elif isinstance(rule := KEYS.get(key), To):
             try:  # a value its lorakit key refuses (a path as output.name, network.dim = 0) is reported
-                _set(tree, rule.key, coerce_key(rule.key, rule.convert(value)))
+                put(tree, rule.key, rule.convert(value))
                 rows.append([key, shown, rule.key])
             except (ValueError, TypeError, ConfigError) as exc:
                 rows.append([key, shown, f"not mapped: {exc}"])
@@ -179,13 +163,32 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
     _warmup(flat, tree, rows)
     training = tree.get("training", {})
     if "max_epochs" in training and "max_steps" in training:
-        training.pop("max_steps")  # kohya: max_train_epochs wins
-        rows.append(["max_train_steps", str(flat.get("max_train_steps")), "dropped: max_train_epochs wins, as in kohya"])
-    _network(flat, tree, rows)
+        drop(tree, rows, "training.max_steps", "max_train_epochs wins, as in kohya")
+    network(flat, tree, rows, gui)
     _optimizer(flat, tree, rows)
+    fit(tree, rows)
+    for row in rows:  # the flags of additional_parameters, named as the user wrote them
+        if row[0].split(" ")[0] in given and "additional_parameters --" not in row[2]:
+            row[0] = f"additional_parameters --{row[0]}"
     source = dataset or (Path(flat["dataset_config"]) if flat.get("dataset_config") else None)
     tables = _dataset(source) if source else None
     return tree, tables, rows
+
+
+def _alpha(flat: dict, tree: dict, rows: list, gui: bool) -> None:
+    """network_alpha = 0: kohya_ss passes no 0, so sd-scripts' default 1 applies; sd-scripts
+    itself reads an alpha of 0 as the rank."""
+    shown = _shown(flat["network_alpha"])
+    if gui:
+        put(tree, "network.alpha", 1.0)
+        rows.append(["network_alpha", shown, "network.alpha = 1: kohya_ss passes no 0, so sd-scripts' default 1 "
+                                             "applies"])
+    elif not off("network_dim", flat.get("network_dim"), gui) and flat.get("network_dim") is not None:
+        dim = float(flat["network_dim"])
+        put(tree, "network.alpha", dim)
+        rows.append(["network_alpha", shown, f"network.alpha = {dim:g}: kohya reads alpha 0 as network_dim"])
+    else:
+        rows.append(["network_alpha", shown, "off: 0 is kohya's network_dim, which is not set"])
 
 
 def _dataset(path: Path) -> dict:
@@ -204,58 +207,82 @@ def _dataset(path: Path) -> dict:
 
 
 def render(tree: dict, tables: dict | None, source: Path) -> str:
-    """The lorakit config as TOML: its sections in the config's order, then the dataset tables."""
+    """The lorakit config as TOML, written by tomli_w: its sections in the config's order, then
+    the dataset tables ([general], then each [[datasets]] with its [[datasets.subsets]])."""
     from lorakit.train.config import Config
-    from lorakit.train.presets import _toml_value
 
-    lines = [f"# imported from {source.name} by `train import kohya`; `train plan` checks it", "", "version = 1"]
+    name = "".join(c if c.isprintable() else "?" for c in source.name)
+    header = f"# imported from {name} by `train import kohya`; `train plan` checks it\n"
     order = [f.name for f in Config.__dataclass_fields__.values()]
+    main: dict[str, Any] = {"version": 1, **{section: tree[section] for section in sorted(tree, key=order.index)}}
+    if tables and tables.get("general"):
+        main["general"] = tables["general"]
+    datasets = (tables or {}).get("datasets", [])
+    parts = [header, tomli_w.dumps(main)]
+    for table in datasets:
+        parts.append("\n[[datasets]]\n" + tomli_w.dumps({k: v for k, v in table.items() if k != "subsets"}))
+        parts += ["\n[[datasets.subsets]]\n" + tomli_w.dumps(subset) for subset in table.get("subsets", [])]
+    text = "".join(parts)
+    whole = {**main, **({"datasets": datasets} if datasets else {})}
+    if tomllib.loads(text) != whole:  # a table nested in a dataset: the library lays the whole file out
+        text = header + tomli_w.dumps(whole)
+    return text
 
-    def table(name: str, values: dict) -> None:
-        lines.extend(["", f"[{name}]"])
-        nested = {k: v for k, v in values.items() if isinstance(v, dict) and k not in ("args",)}
-        for key, value in values.items():
-            if key not in nested:
-                lines.append(f"{key} = {_toml_value(value)}")
-        for key, value in nested.items():
-            table(f"{name}.{key}", value)
 
-    for section in sorted(tree, key=order.index):
-        table(section, tree[section])
-    if tables:
-        if tables.get("general"):
-            table("general", tables["general"])
-        for dataset in tables.get("datasets", []):
-            lines.extend(["", "[[datasets]]"])
-            lines += [f"{k} = {_toml_value(v)}" for k, v in dataset.items() if k != "subsets"]
-            for subset in dataset.get("subsets", []):
-                lines.extend(["", "  [[datasets.subsets]]"])
-                lines += [f"  {k} = {_toml_value(v)}" for k, v in subset.items()]
-    return "\n".join(lines) + "\n"
+def _kind(row: list[str]) -> str:
+    return next((kind for kind in KINDS if row[2].startswith(f"{kind}:")), "mapped")
 
 
 def import_kohya(config: Path, out: Path, dataset: Path | None = None, force: bool = False) -> Report:
     """Write the lorakit config to `out` (never over a file unless `force`), checked by loading it."""
     from lorakit.fsio import write_text
     from lorakit.train.config_toml import load
+    from lorakit.train.lycoris_net import check_args
 
     if out.exists() and not force:
         raise UserError(f"{out} exists: choose another --out, or pass --force to replace it")
     tree, tables, rows = convert(config, dataset)
+    prompts = tree.get("sampling", {}).get("prompts")
+    side = out.with_name(f"{out.stem}.prompts.txt")
+    if config.suffix.lower() == ".json" and prompts and not Path(prompts).is_file():
+        # kohya_ss's sample_prompts is the prompts' text, which it writes to a file for sd-scripts
+        if side.exists() and not force:
+            raise UserError(f"{side} exists (for the config's sample prompts): pass --force to replace it")
+        write_text(side, prompts if prompts.endswith("\n") else prompts + "\n")
+        tree["sampling"]["prompts"] = side.name
+        for row in rows:
+            if row[2] == "sampling.prompts":
+                row[2] = f"sampling.prompts = {side.name!r}: kohya_ss's prompts are text; written to that file"
+    else:
+        side = None
     text = render(tree, tables, config)
     write_text(out, text)
-    try:
-        load(out)
+    pickle = str(tree.get("model", {}).get("base", "")).lower().endswith(".ckpt")
+    try:  # a .ckpt base is refused until the user opts in; the rest must load now
+        loaded = load(out, ["model.allow_pickle=true"] if pickle else [])
     except UserError as exc:
         out.unlink()
+        if side:
+            side.unlink()
         raise UserError(f"the imported config does not load, so it was not kept: {exc}") from None
     report = Report("import kohya", str(config), str(out))
-    report.outcomes.append(Outcome(out.name, WRITTEN))
-    mapped = [r for r in rows if not r[2].startswith(("not mapped", "empty"))]
-    unmapped = [r for r in rows if r[2].startswith("not mapped")]
-    report.sections += [Section("mapped", ["kohya key", "value", "lorakit"], mapped),
-                        Section("not mapped", ["kohya key", "value", "why"], unmapped)]
-    report.data.update({"mapped": {r[0]: r[2] for r in mapped}, "not_mapped": {r[0]: r[2] for r in unmapped},
-                        "datasets": len(tables.get("datasets", [])) if tables else 0})
-    report.notes.append(f"{len(mapped)} keys mapped, {len(unmapped)} not; check it with `train plan {out}`")
+    report.outcomes += [Outcome(out.name, WRITTEN)] + ([Outcome(side.name, WRITTEN)] if side else [])
+    groups = {kind: [r for r in rows if _kind(r) == kind] for kind in ("mapped", *KINDS)}
+    report.sections += [Section("mapped", ["kohya key", "value", "lorakit"], groups["mapped"]),
+                        Section("dropped", ["kohya key", "value", "why"], groups["dropped"]),
+                        Section("not mapped", ["kohya key", "value", "why"], groups["not mapped"])]
+    report.data.update({kind.replace(" ", "_"): {r[0]: r[2] for r in group} for kind, group in groups.items()})
+    report.data["datasets"] = len(tables.get("datasets", [])) if tables else 0
+    counts = ", ".join(f"{len(group)} {kind}" for kind, group in groups.items())
+    report.notes.append(f"{counts} (off: 0, false or empty in kohya, nothing to set; --json lists them); "
+                        f"check it with `train plan {out}`")
+    if pickle:
+        report.notes.append("warning: model.base is a .ckpt file, a pickle that can run code when loaded: lorakit "
+                            "refuses it until you set model.allow_pickle = true (only for a file you trust), or "
+                            "use a .safetensors copy")
+    n = loaded.network
+    try:
+        check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout, n.dropout)
+    except UserError as exc:
+        report.notes.append(f"warning: `train plan` refuses it as imported: {exc}")
     return report

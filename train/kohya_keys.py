@@ -40,6 +40,24 @@ def falsy(value: Any) -> bool:
     return not truthy(value)
 
 
+def _rate(value: Any) -> float:
+    """A learning rate; sd-scripts' list of one per text encoder only when they agree."""
+    if isinstance(value, list):
+        if len(set(map(float, value))) != 1:
+            raise ValueError(f"a rate per text encoder ({value}) is not supported: lorakit trains them at one rate")
+        value = value[0]
+    return float(value)
+
+
+def _attention(value: Any) -> str:
+    """kohya_ss's menu ("xformers", "sdpa", "none") or sd-scripts' --xformers flag."""
+    if str(value).lower() == "sdpa":
+        return "sdpa"
+    if value is True or str(value).lower() in ("xformers", "true"):
+        return "xformers"
+    raise ValueError(f"xformers {value!r}: lorakit's attention is sdpa, xformers or math")
+
+
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy", "dadaptadam": "dadaptadam",
               "dadaptation": "dadaptadam", "lion": "lion", "adafactor": "adafactor"}
 SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine",
@@ -58,12 +76,8 @@ KEYS: dict[str, To | str] = {
     "network_dim": To("network.dim", int),
     "network_alpha": To("network.alpha", float),
     "network_dropout": To("network.dropout", float),
-    "conv_dim": To("network.conv_dim", int),  # kohya_ss
-    "conv_alpha": To("network.conv_alpha", float),
-    "rank_dropout": To("network.rank_dropout", float),
-    "module_dropout": To("network.module_dropout", float),
     "unet_lr": To("network.unet_lr", float),
-    "text_encoder_lr": To("network.text_encoder_lr", float),
+    "text_encoder_lr": To("network.text_encoder_lr", _rate),
     "network_train_unet_only": To("network.train_text_encoder", falsy),
     "network_train_text_encoder_only": To("network.train_unet", falsy),
     "network_weights": To("network.weights"),
@@ -89,7 +103,8 @@ KEYS: dict[str, To | str] = {
     "no_half_vae": To("training.no_half_vae", truthy),
     "seed": To("training.seed", int),
     "sdpa": To("training.attention", lambda v: "sdpa" if truthy(v) else "math"),
-    "xformers": To("training.attention", lambda v: "xformers" if truthy(v) else "sdpa"),
+    "xformers": To("training.attention", _attention),
+    "sdxl_no_half_vae": To("training.no_half_vae", truthy),  # kohya_ss
     "save_precision": To("saving.precision", _choice(PRECISIONS, "save_precision")),
     "save_every_n_epochs": To("saving.every_n_epochs", int),
     "save_every_n_steps": To("saving.every_n_steps", int),
@@ -159,6 +174,14 @@ KEYS: dict[str, To | str] = {
     "log_with": "- lorakit logs to log.jsonl and TensorBoard", "log_prefix": "- lorakit logs to log.jsonl",
     "wandb_api_key": "- Weights & Biases is not supported", "wandb_run_name": "- Weights & Biases is not supported",
     "LoRA_type": "- read with the network keys (Standard, LoCon, LyCORIS/…)",
+    "num_cpu_threads_per_process": "- accelerate launch's CPU threads: not a training option",
+    "noise_offset_type": "- decides which noise settings apply: Original, noise_offset; Multires, multires_noise_*",
+    "model_list": "- kohya_ss's model menu: pretrained_model_name_or_path is the model",
+    "lr_scheduler_type": "- not mapped: lorakit has no scheduler by class name; scheduler.type is lr_scheduler's",
+    "lr_scheduler_args": "- not mapped: lorakit's schedulers take no other arguments",
+    # sd-scripts reads these in network_args only; kohya_ss's own fields are read with LoRA_type
+    **{key: "- not mapped: sd-scripts reads it only in network_args" for key in
+       ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")},
 }
 
 
