@@ -95,6 +95,15 @@ def test_gui_defaults_are_off_not_refused(tmp_path, base):
     assert written["network"]["alpha"] == 1.0  # kohya_ss passes no alpha 0: sd-scripts' default 1
     load(out)
 
+    # a 0 kohya_ss does not pass leaves sd-scripts' default, which is lorakit's too
+    report, written = imported(gui_save(tmp_path, base, noise_offset_type="Multires", multires_noise_discount=0,
+                                        lr_scheduler_power=0, max_grad_norm=0), out)
+    assert report["off"]["multires_noise_discount"] == ("off: kohya_ss passes no 0, so sd-scripts' default 0.3 "
+                                                        "applies, as lorakit's")
+    assert "lr_scheduler_power" in report["off"] and "max_grad_norm" in report["off"]
+    loaded = load(out)
+    assert (loaded.loss.multires_noise_discount, loaded.scheduler.power, loaded.loss.max_grad_norm) == (0.3, 1.0, 1.0)
+
 
 QUOTED = ['d0=1e-5 "d_coef=1.0" decouple=True', '"d0=1e-5" "d_coef=1.0" "decouple=True"']
 
@@ -195,10 +204,11 @@ def test_lycoris_fields_map_for_the_types_they_apply_to(tmp_path, base):
 def test_additional_parameters_flag_by_flag(tmp_path, base):
     out = tmp_path / "lora.toml"
     extra = ("--zero_terminal_snr --lr_scheduler_type CosineAnnealingLR --lr_scheduler_args T_max=100 "
-             '--min_snr_gamma 5 --network_args "conv_dim=4" conv_alpha=2 --keep_tokens 2')
+             '--min_snr_gamma 5 --network_args "conv_dim=4" conv_alpha=2 --keep_tokens 2 --max_grad_norm=0')
     report, written = imported(gui_save(tmp_path, base, additional_parameters=extra, keep_tokens=1), out)
     assert (written["loss"]["zero_terminal_snr"], written["loss"]["min_snr_gamma"]) == (True, 5.0)
     assert written["data"]["keep_tokens"] == 2  # the command line wins over the config
+    assert written["loss"]["max_grad_norm"] == 0.0  # argparse's --key=value; a 0 on the command line is passed
     assert report["dropped"]["keep_tokens"].startswith("dropped: additional_parameters --keep_tokens replaces it")
     assert report["mapped"]["additional_parameters --zero_terminal_snr"] == "loss.zero_terminal_snr"
     assert report["mapped"]["additional_parameters --network_args conv_dim"] == "network.conv_dim"

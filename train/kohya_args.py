@@ -69,7 +69,8 @@ def command_line(text: str) -> list[tuple[str, Any]]:
     stray: list[str] = []
     for word in words(text):
         if word.startswith("-") and not _number(word):
-            flags.append((word.lstrip("-"), []))
+            name, sep, value = word.lstrip("-").partition("=")  # argparse's --key=value
+            flags.append((name, [value] if sep else []))
         elif flags:
             flags[-1][1].append(word)
         else:

@@ -55,8 +55,12 @@ OFF_AT_ZERO = {
     "network_dropout", "rank_dropout", "module_dropout", "conv_dim", "lr_scheduler_num_cycles", "huber_c",
     "save_every_n_steps", "sample_every_n_steps", "sample_every_n_epochs", "save_last_n_epochs", "dim_from_weights",
     "network_train_unet_only", "network_train_text_encoder_only", "full_fp16", "full_bf16", "sdpa", "xformers",
-    "v2", "sdxl", "sdxl_no_half_vae", "lr_warmup_steps", "lr_warmup",
+    "v2", "sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "lr_warmup_steps", "lr_warmup",
 }
+# sd-scripts' defaults where kohya_ss's save holds a 0 it does not pass (so the default applies)
+SD_SCRIPTS_DEFAULTS = {"max_grad_norm": 1.0, "multires_noise_discount": 0.3, "prior_loss_weight": 1.0,
+                       "lr_scheduler_power": 1.0, "min_bucket_reso": 256, "max_bucket_reso": 1024,
+                       "bucket_reso_steps": 64, "train_batch_size": 1, "gradient_accumulation_steps": 1}
 # options lorakit lacks, at sd-scripts' defaults: nothing to carry over
 KOHYA_DEFAULTS: dict[str, Any] = {
     "huber_scale": 1, "huber_schedule": "snr", "max_timestep": 1000, "min_timestep": 0, "dynamo_backend": "no",
@@ -124,13 +128,22 @@ def off(key: str, value: Any, gui: bool) -> str | None:
     from lorakit.train.kohya_keys import KEYS, To
 
     shown = "false" if value is False else "0" if isinstance(value, (int, float)) else repr(value)
-    if gui and key == "max_grad_norm":
-        return "off: kohya_ss passes no 0, so sd-scripts clips at its default 1.0, as lorakit does"
+    if gui and key in SD_SCRIPTS_DEFAULTS and lorakit_default(KEYS[key].key) == SD_SCRIPTS_DEFAULTS[key]:
+        return f"off: kohya_ss passes no 0, so sd-scripts' default {SD_SCRIPTS_DEFAULTS[key]:g} applies, as lorakit's"
     if gui and key == "seed":
         return "off: kohya_ss passes no 0 (sd-scripts then draws a seed); lorakit's seed 42 applies"
     if key in OFF_AT_ZERO or not isinstance(KEYS.get(key), To):
         return f"off: {shown} is kohya's off"
     return None
+
+
+def lorakit_default(dotted: str) -> Any:
+    from lorakit.train.config import Config
+
+    node: Any = Config()
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def dropped_by_noise_type(key: str, flat: dict) -> str | None:

@@ -103,8 +103,9 @@ def _additional(flat: dict, rows: list) -> set[str]:
             rows.append(["additional_parameters", " ".join(value), "not mapped: words before any --flag"])
             continue
         if name in flat and name not in given:
-            rows.append([name, _shown(flat[name]), f"dropped: additional_parameters --{name} replaces it "
-                                                   "(kohya's command line wins over its config)"])
+            rows.append([name, _shown(flat[name]), f"off: additional_parameters --{name} sets it" if zero(flat[name])
+                         else f"dropped: additional_parameters --{name} replaces it (kohya's command line wins "
+                              "over its config)"])
         flat[name] = value
         given.add(name)
     return given
@@ -141,13 +142,14 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
         shown = _shown(value)
         if key in HANDLED or (gui and key in GUI_FIELDS):
             continue
-        why = off(key, value, gui) or dropped_by_noise_type(key, flat)
-        rate = gui and key in ("text_encoder_lr", "unet_lr") and zero_rate(key, flat)
+        saved = gui and key not in given  # a flag of additional_parameters reaches sd-scripts as written, 0 or not
+        why = off(key, value, saved) or dropped_by_noise_type(key, flat)
+        rate = saved and key in ("text_encoder_lr", "unet_lr") and zero_rate(key, flat)
         if rate:
             put(tree, rate[0], rate[1])
             rows.append([key, shown, f"{rate[0]} = false: {rate[2]}"])
         elif key == "network_alpha" and zero(value) and value not in ("", None):
-            _alpha(flat, tree, rows, gui)
+            _alpha(flat, tree, rows, saved)
         elif why:
             rows.append([key, shown, why])
         elif isinstance(rule := KEYS.get(key), To):

@@ -81,6 +81,7 @@ KEYS: dict[str, To | str] = {
     "network_train_unet_only": To("network.train_text_encoder", falsy),
     "network_train_text_encoder_only": To("network.train_unet", falsy),
     "network_weights": To("network.weights"),
+    "lora_network_weights": To("network.weights"),  # kohya_ss's older name for it
     "dim_from_weights": To("network.dim_from_weights", truthy),
     "scale_weight_norms": To("network.scale_weight_norms", float),
     "optimizer_type": To("optimizer.type", _choice(OPTIMIZERS, "optimizer_type")),
@@ -158,6 +159,7 @@ KEYS: dict[str, To | str] = {
     "cache_latents": To("data.cache_latents", truthy),
     "cache_latents_to_disk": To("data.cache_latents_to_disk", truthy),
     "cache_text_encoder_outputs": To("data.cache_text_encoder_outputs", truthy),
+    "sdxl_cache_text_encoder_outputs": To("data.cache_text_encoder_outputs", truthy),  # kohya_ss
     "max_data_loader_n_workers": To("data.num_workers", int),
     "sample_every_n_steps": To("sampling.every_n_steps", int),
     "sample_every_n_epochs": To("sampling.every_n_epochs", int),
