@@ -288,3 +288,12 @@ def test_sample_prompts_text_is_written_beside_the_config(tmp_path, base):
     assert (tmp_path / "lora.prompts.txt").read_text() == "kit, smile --w 64 --h 64\nkit, sitting\n"
     assert [item["path"] for item in report["items"]] == ["lora.toml", "lora.prompts.txt"]
     assert train_json("plan", out)["sample_prompts"] == 2
+
+
+def test_a_ckpt_base_is_kept_with_a_warning_not_refused(tmp_path, base):
+    """kohya loads a .ckpt without asking; lorakit asks first. The import keeps the file and says so."""
+    out = tmp_path / "lora.toml"
+    report, written = imported(gui_save(tmp_path, base, pretrained_model_name_or_path="/models/sd15.ckpt"), out)
+    assert written["model"]["base"] == "/models/sd15.ckpt" and "allow_pickle" not in written["model"]
+    assert any(note.startswith("warning: model.base is a .ckpt file") for note in report["notes"])
+    assert "model.allow_pickle = true" in " ".join(train("plan", out, check=2).stderr.split())

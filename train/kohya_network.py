@@ -53,8 +53,7 @@ NEUTRAL: dict[str, Any] = {"factor": -1, "unit": 1, "preset": "full", "constrain
                            "use_cp": False, "use_scalar": False, "rank_dropout_scale": False, "dora_wd": False,
                            "rescaled": False, "decompose_both": False, "train_norm": False, "bypass_mode": False}
 LACKED = {"train_norm": "training the normalisation layers", "bypass_mode": "LyCORIS's bypass mode",
-          "preset": "LyCORIS's presets: it trains the attention and MLP layers, and the 3x3 convolutions "
-                    "with conv_dim",
+          "preset": "LyCORIS's presets: it trains LoCon's set of layers, the 3x3 convolutions with conv_dim",
           "loraplus_lr_ratio": "LoRA+", "loraplus_unet_lr_ratio": "LoRA+", "loraplus_text_encoder_lr_ratio": "LoRA+"}
 TOP = {"conv_dim": ("network.conv_dim", int), "conv_alpha": ("network.conv_alpha", float),
        "dropout": ("network.dropout", float), "rank_dropout": ("network.rank_dropout", float),
