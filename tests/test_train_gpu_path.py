@@ -81,10 +81,11 @@ def test_every_tensor_of_a_step_follows_the_model_device(tmp_path, base, base_xl
 
 @pytest.mark.parametrize("module", ["locon", "dylora", "loha", "lokr", "ia3", "glora", "diag-oft"])
 def test_every_network_module_steps_on_the_model_device(tmp_path, base, module):
-    """With its dropouts (lycoris's LoKr drew its rank mask on the CPU: refused, see check_args)."""
+    """With the dropouts it takes (rank_dropout where its kind does not refuse it: train/network_kinds.py)."""
+    from lorakit.train.network_kinds import KINDS
     from lorakit.train.placement import check_step
 
-    dropouts = ["network.module_dropout=0.1"] + ([] if module in ("dylora", "lokr") else ["network.rank_dropout=0.1"])
+    dropouts = ["network.module_dropout=0.1"] + ([] if KINDS[module].rank_dropout else ["network.rank_dropout=0.1"])
     args = [f'network.module="{module}"', "network.conv_dim=4", *dropouts] + \
         (["network.args={unit = 2}"] if module == "dylora" else [])
     assert check_step(load(train_config(tmp_path, base, "m"), args))["on_device"]

@@ -15,6 +15,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 from lorakit.errors import UserError
+from lorakit.train.families import FAMILIES
 from lorakit.train.loss import LOSSES
 from lorakit.train.models import ATTENTION
 from lorakit.train.network import MODULES
@@ -33,6 +34,7 @@ def _choice(registry) -> Any:
 
 
 NetworkModule = _choice(MODULES)
+FamilyName = Literal[("auto", *FAMILIES)]
 OptimizerType = _choice(OPTIMIZERS)
 SchedulerType = _choice(SCHEDULES)
 LossType = _choice(LOSSES)
@@ -118,7 +120,7 @@ LearningRate = Annotated[float, Range(0)] | Annotated[str, Piecewise(Range(0))]
 @dataclass
 class ModelConfig:
     base: str = ""  # diffusers folder, hub repo id, or a single .safetensors file
-    family: Literal["auto", "sd1", "sd2", "sdxl"] = "auto"
+    family: FamilyName = "auto"
     v_parameterization: bool | None = None  # v-prediction; None: as the model's scheduler says (false for a single file)
     vae: str | None = None  # a separate VAE
     allow_pickle: bool = False  # .ckpt files run code when loaded: opt in explicitly

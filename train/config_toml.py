@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import tomllib
 
 from lorakit.train.config import NAME, VERSION, Config, ConfigError
+from lorakit.train.network_kinds import KINDS
+from lorakit.train.optimizers import OPTIMIZERS
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -151,10 +153,6 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
-# optimizers dividing by sqrt(second moment) + eps, with eps 1e-8 by default
-EPS_OPTIMIZERS = ("adamw", "prodigy", "dadaptadam")
-
-
 def check(config: Config) -> None:
     """What a config says that cannot work, refused when it loads (so by `train plan` too), before
     any model is read: options that would do nothing, or could not do what they say."""
@@ -165,7 +163,7 @@ def check(config: Config) -> None:
         if not extension.startswith(".") or len(extension) < 2 or NAME.problem(extension):
             raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")
     n = config.network
-    if n.weights and n.module not in ("lora", "locon", "dylora"):
+    if n.weights and not KINDS[n.module].continues:
         raise ConfigError(f"network.weights continues a LoRA, LoCon or DyLoRA file; network.module = {n.module!r} "
                           "keeps its weights in another layout")
     if n.dim_from_weights and not n.weights:
@@ -188,13 +186,13 @@ def check(config: Config) -> None:
                           f'"{t.weights_dtype}" (half-precision weights train under autocast in their own dtype, '
                           f'as kohya\'s full_{t.weights_dtype} needs mixed_precision {t.weights_dtype})')
     eps = config.optimizer.args.get("eps", 1e-8)
-    if t.weights_dtype == "fp16" and config.optimizer.type in EPS_OPTIMIZERS and isinstance(eps, float) and eps < 1e-6:
+    if t.weights_dtype == "fp16" and OPTIMIZERS[config.optimizer.type].eps and isinstance(eps, float) and eps < 1e-6:
         raise ConfigError(f"training.weights_dtype = \"fp16\" with {config.optimizer.type}: its eps {eps:g} is 0 in "
                           "fp16, and a zero gradient (every LoRA's down weights at the first step) then divides 0 by 0 "
                           "into NaN; set optimizer.args = {eps = 1e-6} or more, or use bf16")
     if config.loss.adaptive_noise_scale is not None and not config.loss.noise_offset:
         raise ConfigError("loss.adaptive_noise_scale adds to loss.noise_offset, which is 0: set noise_offset too")
-    if config.network.module == "none" and not any(e.train for e in config.embeddings):
+    if KINDS[config.network.module].builder is None and not any(e.train for e in config.embeddings):
         raise ConfigError("nothing to train: network.module = \"none\" needs at least one [[embeddings]] table "
                           "with train = true")
 

@@ -19,6 +19,7 @@ from torch import nn
 from lorakit.errors import UserError
 from lorakit.train.config import EmbeddingConfig
 from lorakit.train.embedding_files import read_embedding, vectors_for_encoders
+from lorakit.train.families import FAMILIES
 
 
 def safe_name(text: str) -> str:
@@ -45,7 +46,7 @@ class Embedding:
 
 def check_encoder_rates(configs: list[EmbeddingConfig], family: str | None) -> None:
     """clip_g_learning_rate on a model with one text encoder would be accepted and do nothing."""
-    if family in (None, "sdxl"):
+    if family is None or FAMILIES[family].two_encoders:
         return
     for cfg in configs:
         if cfg.clip_g_learning_rate is not None:

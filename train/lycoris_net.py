@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import UserError
-from lorakit.train.blocks import BLOCK_ARGS
 from lorakit.train.naming import Target
+from lorakit.train.network_kinds import ALGOS, ARGS, DYLORA_ARGS, KINDS, check_args, dylora_unit  # noqa: F401
 
 
 def _classes() -> dict[str, type]:
@@ -38,55 +38,8 @@ def _classes() -> dict[str, type]:
             "diag-oft": DiagOFTModule}
 
 
-ALGOS = ("loha", "lokr", "ia3", "glora", "diag-oft")
-# settings lycoris reads from network.args; anything else is a typo caught before a run starts
-ARGS = {"use_tucker", "use_scalar", "decompose_both", "factor", "full_matrix", "unbalanced_factorization",
-        "constraint", "rescaled", "train_on_input", "rank_dropout_scale", "weight_decompose",
-        "dora_wd", "wd_on_out", "rs_lora"}
-DYLORA_ARGS = {"unit", "block_size"}  # kohya's name and lycoris's for the same thing
-
-
-def dylora_unit(args: dict) -> int:
-    return int(args.get("unit", args.get("block_size", 1)))
-
-
-# lycoris-lora's modules that take network.dropout and do nothing with it (LoHa and LoKr also print
-# a notice on stdout): refused, not ignored
-NO_DROPOUT = ("loha", "lokr", "ia3", "glora")
-# lycoris-lora drops IA3's ranks nowhere, and GLoRA's only in its bypass mode, which lorakit does not
-# use: rank_dropout would train exactly as 0 (measured: identical losses)
-NO_RANK_DROPOUT = ("ia3", "glora")
-
-
-def check_args(algo: str, args: dict, dim: int, conv_dim: int, rank_dropout: float = 0.0,
-               dropout: float = 0.0) -> None:
-    """What `train plan` can tell before a model loads."""
-    instead = "module_dropout" if algo in NO_RANK_DROPOUT or algo == "lokr" else "rank_dropout or module_dropout"
-    if algo in NO_DROPOUT and dropout:
-        raise UserError(f"network.dropout = {dropout}: {algo} has no dropout on its hidden activations in "
-                        f"lycoris-lora (it would be ignored); set network.dropout = 0, and use {instead} instead")
-    if algo in NO_RANK_DROPOUT and rank_dropout:
-        raise UserError(f"network.rank_dropout = {rank_dropout}: lycoris-lora's {algo} drops no ranks (it would be "
-                        "ignored); set network.rank_dropout = 0, and use module_dropout instead")
-    known = DYLORA_ARGS if algo == "dylora" else ARGS if algo in ALGOS else BLOCK_ARGS | {"dora_wd"}
-    if algo in ("lora", "locon") and args.get("dora_wd") and (dropout or rank_dropout):
-        raise UserError("network.dropout and rank_dropout act on LoRA's hidden ranks, which DoRA (dora_wd) folds "
-                        "into the weight it rescales: set them to 0 (module_dropout works)")
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise UserError(f"network.args: unknown setting(s) {', '.join(unknown)} for {algo}; known: "
-                        + (", ".join(sorted(known)) or "none"))
-    if algo == "dylora":
-        unit = dylora_unit(args)
-        if unit < 1 or dim % unit or conv_dim % unit:
-            raise UserError(f"dylora trains ranks in blocks of network.args.unit = {unit}: network.dim "
-                            f"({dim}) and network.conv_dim ({conv_dim}) must be multiples of it")
-        if rank_dropout:
-            raise UserError("network.rank_dropout does not combine with dylora, which picks the ranks itself")
-    if algo == "lokr" and rank_dropout:
-        # found by the placement check (train/placement.py): a GPU run would fail at its first step
-        raise UserError("network.rank_dropout with lokr: lycoris-lora draws LoKr's rank mask on the CPU, which "
-                        "fails against the weights on a GPU; use rank_dropout with loha or locon, or module_dropout")
+# kept here for the modules that read them from this one
+NO_DROPOUT = tuple(name for name, kind in KINDS.items() if kind.hidden_dropout)
 
 
 class LycorisNetwork(nn.Module):

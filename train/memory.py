@@ -24,12 +24,12 @@ import torch
 
 from lorakit.train.config import Config
 from lorakit.train.data import resolution_pair
+from lorakit.train.families import FAMILIES, Family
+from lorakit.train.network_kinds import KINDS
+from lorakit.train.optimizers import OPTIMIZERS
 
 GIB = 2 ** 30
 OVERHEAD = int(0.8 * GIB)
-# bytes of optimizer state per trained parameter (their moments in float32; 8-bit Adam's in bytes;
-# Adafactor's are factored per row and column: next to nothing for LoRA's matrices)
-OPTIMIZER_STATE = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "dadaptadam": 12, "lion": 4, "adafactor": 0}
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 LEAVES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.SiLU, torch.nn.GELU,
           torch.nn.Dropout)
@@ -89,16 +89,17 @@ def _activations(unet, batch: int, width: int, height: int, checkpointing: bool,
     return boundaries + max(blocks.values())
 
 
-def _network_params(config: Config, unet, encoders: list, sdxl: bool) -> int:
+def _network_params(config: Config, unet, encoders: list, family: Family) -> int:
     from lorakit.train.naming import text_encoder_targets, unet_targets
 
     n = config.network
-    if n.module == "none":
+    kind = KINDS[n.module]
+    if kind.builder is None:
         return 0
-    locon = n.module != "lora"
-    targets = unet_targets(unet, locon=locon, sgm=sdxl) if n.train_unet else []
+    locon = kind.convolutions
+    targets = unet_targets(unet, locon=locon, sgm=family.sgm_unet) if n.train_unet else []
     if n.train_text_encoder:
-        for encoder, prefix in zip(encoders, ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]):
+        for encoder, prefix in zip(encoders, family.encoders):
             targets += text_encoder_targets(encoder, prefix)
     total = 0
     for t in targets:
@@ -126,13 +127,13 @@ def estimate(config: Config, family: str | None, configs: dict[str, dict] | None
         vae = AutoencoderKL.from_config(found["vae"]) if "vae" in found else None
         encoders = [kind(CLIPTextConfig.from_dict(found[p])) for p, kind in
                     (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection))
-                    if p in found and (p == "text_encoder" or family == "sdxl")]
+                    if p in found and (p == "text_encoder" or FAMILIES[family].two_encoders)]
     t, d = config.training, config.data
     frozen = BYTES[t.mixed_precision]
     vae_bytes = 4 if t.no_half_vae else frozen
     width, height = resolution_pair(d.resolution)
     batch = max([d.batch_size] + [ds.batch_size or d.batch_size for ds in config.datasets])
-    trained = _network_params(config, unet, encoders, family == "sdxl")
+    trained = _network_params(config, unet, encoders, FAMILIES[family])
     weight = {"fp32": 4, "bf16": 2, "fp16": 2}[t.weights_dtype]
     context = unet.config.cross_attention_dim
     context = context if isinstance(context, int) else context[0]
@@ -141,7 +142,7 @@ def estimate(config: Config, family: str | None, configs: dict[str, dict] | None
         "UNet (frozen)": _count(unet) * frozen,
         "text encoders": 0 if d.cache_text_encoder_outputs else sum(_count(e) for e in encoders) * frozen,
         "VAE": 0 if d.cache_latents else (_count(vae) if vae is not None else 0) * vae_bytes,
-        "network: weights, gradients, optimizer": trained * (2 * weight + OPTIMIZER_STATE.get(config.optimizer.type, 8)),
+        "network: weights, gradients, optimizer": trained * (2 * weight + OPTIMIZERS[config.optimizer.type].state_bytes),
         f"activations (batch {batch}, {width}x{height}"
         f"{', checkpointed' if t.gradient_checkpointing else ''})": activations * frozen,
         "CUDA context and workspaces": OVERHEAD,

@@ -27,6 +27,7 @@ import torch
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.report import WRITTEN, Outcome, Report, Section
+from lorakit.train.families import FAMILIES
 from lorakit.train.lora_files import Module, module_tensors, modules, read_lora, refuse_dora, write_lora
 from lorakit.train.precision import DTYPES
 from lorakit.train.resize import factor
@@ -179,8 +180,9 @@ def merge_into(base: Path, sources: list[Path], out: Path, ratios: list[float] |
     read = _read_all(sources)
     family, _, encoders, _, unet = load_single_file(base, "auto", False, False,
                                                        str(configs) if configs else None)
-    targets = {t.name: t.module for t in unet_targets(unet, locon=True, sgm=family == "sdxl")}
-    for encoder, prefix in zip(encoders, ["lora_te1", "lora_te2"] if family == "sdxl" else ["lora_te"]):
+    facts = FAMILIES[family]
+    targets = {t.name: t.module for t in unet_targets(unet, locon=True, sgm=facts.sgm_unet)}
+    for encoder, prefix in zip(encoders, facts.encoders):
         targets.update({t.name: t.module for t in text_encoder_targets(encoder, prefix)})
     wanted = {name for _, _, _, found in read for name in found}
     missing = sorted(wanted - set(targets))

@@ -10,23 +10,18 @@ from pathlib import Path
 
 from lorakit.train.config import Config
 from lorakit.train.data import Item, resolution_pair
-from lorakit.train.lycoris_net import dylora_unit
+from lorakit.train.families import FAMILIES
+from lorakit.train.network_kinds import KINDS, dylora_unit
 
 # kept with saving.private_metadata: what loaders need, and nothing about the dataset or paths
 PUBLIC = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
           "ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type")
-ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2-v": "stable-diffusion-v2-768-v",
-                 "sdxl": "stable-diffusion-xl-v1-base"}  # the modelspec standard's names
 
 
 def base_model_version(family: str, v_prediction: bool) -> str:
     """kohya's ss_base_model_version: sd_v1 / sd_v2, with _v for v-prediction; SDXL's one name."""
-    if family == "sdxl":
-        return "sdxl_base_v1-0"
-    return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
+    return FAMILIES[family].kohya(v_prediction)
 
-NETWORK_MODULES = {"lora": "networks.lora", "locon": "networks.lora", "none": "networks.lora",
-                   "dylora": "networks.dylora"}
 
 
 def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int, total: int,
@@ -34,7 +29,7 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
     """`family`: the model family the run found when it loaded the model (sd1, sd2, sdxl)."""
     n, o, d = config.network, config.optimizer, config.data
     v_prediction = bool(config.model.v_parameterization)  # resolved at load (train/setup.py)
-    architecture = ARCHITECTURES["sd2-v" if family == "sd2" and v_prediction else family]
+    architecture = FAMILIES[family].modelspec(v_prediction)
     frequency: dict[str, Counter] = {}
     dirs: dict[str, dict] = {}
     for item in items:
@@ -44,10 +39,11 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
         entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     # what kohya writes: LyCORIS runs as `lycoris.kohya` with the algorithm among the args
-    module = NETWORK_MODULES.get(n.module, "lycoris.kohya")
-    network_args = {"algo": n.module, **n.args} if module == "lycoris.kohya" else \
-        {"unit": dylora_unit(n.args)} if n.module == "dylora" else dict(n.args)  # lora/locon: dora_wd, blocks
-    if n.module != "lora":
+    kind = KINDS[n.module]
+    module = kind.file_module
+    network_args = {"algo": n.module, **n.args} if kind.builder == "lycoris" else \
+        {"unit": dylora_unit(n.args)} if kind.rank_blocks else dict(n.args)  # lora/locon: dora_wd, blocks
+    if kind.convolutions:
         network_args.update({"conv_dim": n.conv_dim, "conv_alpha": n.conv_alpha})
     network_args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})
     resolution = resolution_pair(d.resolution)

@@ -25,8 +25,10 @@ class Models:
     v_prediction: bool = False  # likewise (the run's config is given this value: train/setup.py)
 
     @property
-    def sdxl(self) -> bool:
-        return self.family == "sdxl"
+    def sdxl(self) -> bool:  # SDXL's layout: its UNet's blocks, its two text encoders, its size conditioning
+        from lorakit.train.families import FAMILIES
+
+        return FAMILIES[self.family].sgm_unet
 
 
 def family_of_unet(unet_config) -> str:

@@ -20,14 +20,13 @@ from torch import nn
 
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
-from lorakit.train.lycoris_net import ALGOS
 from lorakit.train.naming import Target
+from lorakit.train.network_kinds import KINDS
 
 # network.module: what trains on the targets: our LoRA module (lora: linear layers and 1x1
 # convolutions; locon: 3x3 convolutions too; dylora: ranks in blocks), one of lycoris-lora's
 # algorithms (train/lycoris_net.py), or no network (embeddings alone)
-MODULES = {"lora": "ours", "locon": "ours", "dylora": "ours", **{algo: "lycoris" for algo in ALGOS},
-           "none": None}
+MODULES = {name: kind.builder for name, kind in KINDS.items()}  # train/network_kinds.py: the facts of each
 
 
 def compose(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:

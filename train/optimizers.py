@@ -1,11 +1,14 @@
-"""Optimisers by name (docs/architecture.md: a registry, not an `if` chain). Each entry builds the
-optimiser from the parameter groups and the config; `optimizer.args` is passed through, so
-`args = { decouple = true }` reaches Prodigy as kohya's `--optimizer_args` does."""
+"""Optimisers by name (docs/architecture.md: a registry, not an `if` chain). Each entry is one
+record of everything lorakit knows of that optimiser: how to build it from the parameter groups
+and the config (`optimizer.args` is passed through, so `args = { decouple = true }` reaches
+Prodigy as kohya's `--optimizer_args` does), its state's size for the memory estimate, whether it
+finds its own rate, and whether an eps under fp16 breaks it. Adding one is one entry."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -54,9 +57,23 @@ def _adafactor(groups, o: OptimizerConfig):
     return Adafactor(groups, weight_decay=o.weight_decay, **args)
 
 
-OPTIMIZERS: dict[str, Callable] = {
-    "adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy, "dadaptadam": _dadaptadam,
-    "lion": _lion, "adafactor": _adafactor,
+@dataclass(frozen=True)
+class OptimizerSpec:
+    build: Callable
+    # bytes of state per trained parameter (moments in float32; 8-bit Adam's in bytes; Adafactor's
+    # are factored per row and column: next to nothing for LoRA's matrices)
+    state_bytes: int
+    adaptive: bool = False  # finds its own rate: the guide's lr 1 and alpha 1
+    eps: bool = False  # divides by sqrt(second moment) + eps, 1e-8 by default: 0 in fp16
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec(_adamw, 8, eps=True),
+    "adamw8bit": OptimizerSpec(_adamw8bit, 2),
+    "prodigy": OptimizerSpec(_prodigy, 16, adaptive=True, eps=True),
+    "dadaptadam": OptimizerSpec(_dadaptadam, 12, adaptive=True, eps=True),
+    "lion": OptimizerSpec(_lion, 4),
+    "adafactor": OptimizerSpec(_adafactor, 0),
 }
 
 
@@ -64,7 +81,7 @@ def build(groups: list[dict], o: OptimizerConfig) -> torch.optim.Optimizer:
     try:
         # some optimisers print their settings; stdout belongs to the report (--json)
         with contextlib.redirect_stdout(sys.stderr):
-            return OPTIMIZERS[o.type](groups, o)
+            return OPTIMIZERS[o.type].build(groups, o)
     except ImportError as exc:
         raise UserError(f"optimizer {o.type} needs {exc.name}: pip install {exc.name}") from None
     except TypeError as exc:

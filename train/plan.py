@@ -16,29 +16,26 @@ from lorakit.train.config import Config
 from lorakit.train.data import Item, caption_path, epoch_batches, load_items, other_captions, resolution_pair, subsets
 from lorakit.train.data import steps_per_epoch as data_steps
 from lorakit.train.embeddings import check_encoder_rates
+from lorakit.train.families import FAMILIES
 from lorakit.train.guide_notes import guide_notes
-from lorakit.train.lycoris_net import check_args
 from lorakit.train.models import sdxl_clip_skip
-from lorakit.train.network import MODULES
+from lorakit.train.network_kinds import KINDS
+from lorakit.train.optimizers import OPTIMIZERS
 from lorakit.train.sampling import read_prompts
 from lorakit.train.schedule import base_rate
 from lorakit.train.subset_options import own_options
+from lorakit.train.validate import validate
 from lorakit.train.validation import split
 
-NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # the resolution each family was trained at
 MAX_TAGS = 20
-# the training guide's images per concept: (at least, about), per family
-IMAGES_PER_CONCEPT = {"sd1": (15, 30), "sd2": (15, 30), "sdxl": (12, 20)}
-ADAPTIVE = ("prodigy", "dadaptadam")  # optimisers that find their own rate (lr 1, alpha 1)
 
 
 def plan(config: Config) -> Report:
     data = config.data
-    n = config.network
-    check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout, n.dropout)
     report = Report("plan", data.image_root or "datasets")
     warnings: list[str] = []
     found = subsets(config)
+    validate(config, found)  # every check train run makes before its model loads
 
     def failed(subset, image: Path, message: str) -> None:
         report.outcomes.append(Outcome(f"{subset.folder.name}/{image.relative_to(subset.folder).as_posix()}",
@@ -93,9 +90,9 @@ def plan(config: Config) -> Report:
     saves, save_steps = _saves(config, total, steps_per_epoch)
     family = _family(config)
     check_encoder_rates(config.embeddings, family)
-    if family and MODULES[config.network.module] == "ours":  # block counts depend on the family
+    if family and KINDS[config.network.module].builder == "ours":  # block counts depend on the family
         n = config.network
-        block_settings(n.args, family == "sdxl", n.alpha, n.conv_alpha)
+        block_settings(n.args, FAMILIES[family].sgm_unet, n.alpha, n.conv_alpha)
     v_prediction = _prediction(config)
     warnings += _advice(config, family, [(s, sum(1 for o, _ in owned if o is s)) for s in found])
     if config.embeddings:
@@ -133,24 +130,26 @@ def _advice(config: Config, family: str | None, counts: list) -> list[str]:
     """The training guide's advice that a config can break: images per concept, the resolution
     a family was trained at, kohya's alpha 1 / tiny learning rate trap; and what SDXL ignores."""
     warnings = []
-    least, about = IMAGES_PER_CONCEPT[family or "sd1"]
+    facts = FAMILIES[family or "sd1"]
+    least, about = facts.images_per_concept
     for s, count in counts:
         if not s.is_reg and count < least:
             warnings.append(f"{s.folder.name}: only {count} training images; the guide suggests about {about} "
                             f"for {family or 'SD1.5'} (at least {least})")
     longest = max(resolution_pair(config.data.resolution))
-    if family and longest > NATIVE[family]:  # the guide's 768,768 is for models that make 768 natively
-        warnings.append(f"resolution {longest} is above the {NATIVE[family]} px {family} was trained at; the guide: "
+    if family and longest > facts.native:  # the guide's 768,768 is for models that make 768 natively
+        warnings.append(f"resolution {longest} is above the {facts.native} px {family} was trained at; the guide: "
                         "\"you should not set this higher than your model can generate natively\" (its 768,768 is "
                         "for models that do)")
-    if family == "sdxl" and longest < NATIVE["sdxl"]:
-        warnings.append(f"resolution {longest} is under 1024 px: the guide never trains SDXL below 1024")
+    if family and facts.never_below_native and longest < facts.native:
+        warnings.append(f"resolution {longest} is under {facts.native} px: the guide never trains {family.upper()} "
+                        f"below {facts.native}")
     n, o = config.network, config.optimizer
     rates = [o.learning_rate] + [r for r in (n.unet_lr, n.text_encoder_lr) if r is not None]
-    if n.alpha / max(1, n.dim) < 0.1 and o.type not in ADAPTIVE and any(base_rate(r) < 1e-5 for r in rates):
+    if n.alpha / max(1, n.dim) < 0.1 and not OPTIMIZERS[o.type].adaptive and any(base_rate(r) < 1e-5 for r in rates):
         warnings.append("alpha much smaller than dim with a tiny learning rate (kohya's defaults) "
                         "barely trains: see train init for the guide's values")
-    if family == "sdxl" and config.model.clip_skip > 1:
+    if family and not facts.clip_skip and config.model.clip_skip > 1:
         warnings.append(sdxl_clip_skip(config.model.clip_skip))
     warnings += guide_notes(config, any(s.is_reg for s, _ in counts))
     return warnings

@@ -33,6 +33,7 @@ from lorakit.train.config import Config
 from lorakit.train.embedding_files import bundle_keys, save_png_with_embedding, save_standalone
 from lorakit.train.metadata import metadata
 from lorakit.train.network import save
+from lorakit.train.network_kinds import KINDS
 from lorakit.train.outputs import STATE, Record, landing, write_state
 from lorakit.train.precision import DTYPES
 from lorakit.train.sampling import generate, prompts_for, save_sample
@@ -47,7 +48,7 @@ class Saver:
         self.plan = plan  # steps_per_epoch, total, started
         self.fallback_prompt = fallback_prompt
         self.saved: list[str] = []
-        self.has_network = config.network.module != "none"
+        self.has_network = KINDS[config.network.module].builder is not None
         self.ext = "." + config.saving.embedding_format
         if not self.has_network and any(f"{i.name}{self.ext}" == "state.pt" for i in self._embedding_items()):
             raise UserError("an embedding named 'state' would be saved over the run's state.pt: give it another name")

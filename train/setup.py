@@ -19,21 +19,24 @@ from lorakit.train import optimizers, precision, seeds
 from lorakit.train.blocks import BlockSettings
 from lorakit.train.blocks import settings as block_settings
 from lorakit.train.config import Config
-from lorakit.train.data import Item, load_items, steps_per_epoch
+from lorakit.train.data import Item, load_items, steps_per_epoch, subsets
 from lorakit.train.distributed import Dist
 from lorakit.train.distributed import setup as distributed_setup
 from lorakit.train.embeddings import Embeddings, check_encoder_rates
+from lorakit.train.families import FAMILIES
 from lorakit.train.latents import Latents
 from lorakit.train.lycoris_net import LycorisNetwork, check_args, dylora_unit
 from lorakit.train.models import Models, encode_text, load_models, sdxl_clip_skip, set_attention
 from lorakit.train.naming import text_encoder_targets, unet_targets
-from lorakit.train.network import MODULES, LoRANetwork
+from lorakit.train.network import LoRANetwork
+from lorakit.train.network_kinds import KINDS
 from lorakit.train.offload import Parking
 from lorakit.train.outputs import CONFIG, STATE, Record, read_state
 from lorakit.train.saving import Saver
 from lorakit.train.schedule import base_rate, group_lambda
 from lorakit.train.subset_options import caption_for_step
 from lorakit.train.templates import fill, load_template
+from lorakit.train.validate import validate
 from lorakit.train.validation import Validation, split
 
 
@@ -100,6 +103,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     if resume and state is None:
         state = read_state(out_dir)
     seed = config.training.seed
+    validate(config, subsets(config))  # what needs no model is refused before one loads (as train plan does)
     models = models or load_models(config)
     check_encoder_rates(config.embeddings, models.family)
     # what the model is, decided once at load: every later reader of the config sees it
@@ -124,7 +128,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
             text_encoder.gradient_checkpointing_enable()
     torch.manual_seed(seeds.derive(seed, "init"))  # the network's initial weights
     n = config.network
-    blocks = block_settings(n.args, models.sdxl, n.alpha, n.conv_alpha) if MODULES[n.module] == "ours" else None
+    blocks = block_settings(n.args, models.sdxl, n.alpha, n.conv_alpha) if KINDS[n.module].builder == "ours" else None
     network, unet_t, te_t = _network(config, models, device, log, blocks)
     embeddings = Embeddings.build(config.embeddings, models.tokenizers, models.text_encoders) \
         if config.embeddings else None
@@ -135,7 +139,7 @@ def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log
     placeholder = config.embeddings[0].placeholder if config.embeddings else ""
     warnings = prompt_warnings(items, models.tokenizers[0], embeddings, templates, placeholder,
                                config.data.max_token_length)
-    if models.sdxl and config.model.clip_skip > 1:
+    if not FAMILIES[models.family].clip_skip and config.model.clip_skip > 1:
         warnings.append(sdxl_clip_skip(config.model.clip_skip))
     for warning in warnings:
         log(json.dumps({"warning": warning}))
@@ -237,15 +241,13 @@ def _network(config: Config, models: Models, device: torch.device, log=print, bl
     """The network and its UNet and text-encoder targets: our LoRA/LoCon module, or one of
     lycoris-lora's algorithms on the same targets (LoCon's set: attention and ResNet blocks)."""
     n = config.network
-    kind = MODULES[n.module]
+    kind = KINDS[n.module]
     unet_t, te_t = [], []
-    if kind is not None:
-        locon = n.module != "lora"
-        unet_t = unet_targets(models.unet, locon=locon, sgm=models.sdxl) if n.train_unet else []
-        prefixes = ["lora_te1", "lora_te2"] if models.sdxl else ["lora_te"]
-        te_t = [t for te, prefix in zip(models.text_encoders, prefixes)
+    if kind.builder is not None:
+        unet_t = unet_targets(models.unet, locon=kind.convolutions, sgm=models.sdxl) if n.train_unet else []
+        te_t = [t for te, prefix in zip(models.text_encoders, FAMILIES[models.family].encoders)
                 for t in text_encoder_targets(te, prefix)] if n.train_text_encoder else []
-    conv_rank = n.conv_dim if n.module != "lora" else 0
+    conv_rank = n.conv_dim if kind.convolutions else 0
     check_args(n.module, n.args, n.dim, conv_rank, n.rank_dropout, n.dropout)
     found = _continued(n.weights) if n.weights else None
     ranks = {name: (m.rank, m.alpha) for name, m in found.items()} if found and n.dim_from_weights else None
@@ -253,17 +255,17 @@ def _network(config: Config, models: Models, device: torch.device, log=print, bl
     if ranks and per_block:
         raise UserError("network.dim_from_weights takes every module's rank from the file; block_dims / "
                         "conv_block_dims would be ignored: use one or the other")
-    if (ranks or (blocks is not None and blocks.conv_dims is not None)) and n.train_unet and n.module == "lora":
+    if (ranks or (blocks is not None and blocks.conv_dims is not None)) and n.train_unet and not kind.convolutions:
         unet_t = unet_targets(models.unet, locon=True, sgm=models.sdxl)  # their 3x3 convolutions need targets
     if blocks is not None and ranks is None:  # a rank per block; blocks weighted 0 are not trained
         ranks = {t.name: r for t in unet_t + te_t
                  if (r := blocks.module(t.name, t.is_conv3x3, models.sdxl, n.dim, n.alpha, conv_rank, n.conv_alpha))}
-    if kind == "lycoris":
+    if kind.builder == "lycoris":
         network = LycorisNetwork(n.module, unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
                                  n.rank_dropout, n.module_dropout, n.args)
     else:
         network = LoRANetwork(unet_t + te_t, n.dim, n.alpha, conv_rank, n.conv_alpha, n.dropout,
-                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if n.module == "dylora" else None,
+                              n.rank_dropout, n.module_dropout, dylora_unit(n.args) if kind.rank_blocks else None,
                               ranks, dora=bool(n.args.get("dora_wd")))
     network.to(device, precision.DTYPES[config.training.weights_dtype])
     if found:

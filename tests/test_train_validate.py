@@ -1,0 +1,40 @@
+"""Every check that needs no model runs in `train plan` and before `train run` loads one: each
+case below used to pass plan and stop run only after its model loaded."""
+
+import pytest
+from conftest import train
+from PIL import Image
+
+
+def _config(tmp_path, text: str) -> str:
+    folder = tmp_path / "data" / "2_kit"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (64, 64), (k * 50, 40, 90)).save(folder / f"{k}.png")
+        (folder / f"{k}.txt").write_text("kit, smile\n")
+    path = tmp_path / "lora.toml"
+    path.write_text(f'[model]\nbase = "{tmp_path / "no-such-model"}"\n'
+                    f'[data]\nimage_root = "{tmp_path / "data"}"\nresolution = 64\nmin_bucket_reso = 64\n{text}')
+    return path
+
+
+CASES = [
+    ("cache_text_encoder_outputs = true\nshuffle_caption = true\n", "needs fixed captions and frozen text encoders"),
+    ("random_crop = true\n", "so their latents cannot be cached"),
+    ("cache_latents = false\ncache_latents_to_disk = true\n", "it needs data.cache_latents = true"),
+    ("[network]\ntrain_unet = false\ntrain_text_encoder = false\n", "nothing to train"),
+    ('[network]\nweights = "prev.safetensors"\ndim_from_weights = true\nargs = {block_dims = "4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4"}\n',
+     "use one or the other"),
+    ('[network]\nargs = {mid_lr_weight = 0.5}\n[optimizer]\nlearning_rate = "1e-4:10, 1e-5"\n', "has none to multiply"),
+    ("[optimizer]\nargs = {bogus = 1}\n", "optimizer.args do not fit adamw"),
+]
+
+
+@pytest.mark.parametrize("text,said", CASES)
+def test_plan_refuses_and_run_refuses_before_the_model_loads(tmp_path, text, said):
+    path = _config(tmp_path, text)
+    (tmp_path / "prev.safetensors").write_bytes(b"")  # read only once a model has loaded
+    planned = train("plan", path, check=2)
+    assert said in planned.stderr
+    ran = train("run", path, "--set", f"output.dir=\"{tmp_path / 'out'}\"", check=2)
+    assert said in ran.stderr and "cannot load the model" not in ran.stderr
