@@ -102,6 +102,8 @@ def review(
     if server.key is not None:
         url += f"?key={server.key}"
     err_console.print(f"lorakit review: {len(data.entries)} images in {root}\n{url}  (Ctrl-C stops)", highlight=False)
+    if host in ("0.0.0.0", "::"):  # any address of this machine: other machines use one of its own names
+        err_console.print(f"from other machines: {url.replace('127.0.0.1', socket.gethostname(), 1)}", highlight=False)
     if open_:
         import webbrowser
 

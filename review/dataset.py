@@ -122,6 +122,19 @@ class Dataset:
         entry.caption = entry.text.split("\n", 1)[0].strip()  # line 1: the tags
         entry.tags = parse_tags(entry.text)
 
+    def rescan(self) -> list[str]:
+        """What changed on disk since the page read it: captions another program edited (a stat
+        each) are read again; images added or removed read the whole folder again. Returns the
+        images that have no facts yet (new ones), for the caller to make."""
+        from lorakit.tagging.rewrite import targets
+
+        if {t.image.as_posix() for t in targets(self.root)} != set(self.entries):
+            self.reload()
+            return self.cache.missing(list(self.entries))
+        for rel in [r for r in self.entries if self.changed_on_disk(r)]:
+            self.refresh(rel)
+        return []
+
     def changed_on_disk(self, rel: str) -> bool:
         """Whether the caption file changed since it was read (one stat: another program's edit
         shows without a restart)."""
@@ -213,21 +226,22 @@ class Dataset:
         return self._tag_panels[found_key]
 
     def frequencies(self, rels: list[str], relations=None) -> list[dict]:
-        """Tags of these images, most frequent first, each marked `implied` where another tag of
-        the same caption implies it (in some caption) and `unknown` where the vocabulary has no
-        such tag (when a tag list is loaded)."""
+        """Tags of these images, most frequent first, each with `implied`: in how many of its
+        captions another tag of the same caption implies it, and `unknown` where the vocabulary
+        has no such tag (when a tag list is loaded)."""
         counts: dict[str, int] = {}
-        implied: set[str] = set()
+        implied: dict[str, int] = {}
         for rel in rels:
             keys = [key(t) for t in self.entries[rel].tags]
             for k in keys:
                 counts[k] = counts.get(k, 0) + 1
             if relations is not None:
                 canon = {relations.canonical(k): k for k in keys}
-                for c in canon:
-                    implied |= {canon[i] for i in relations.implied_by(c) if i in canon}
+                redundant = {canon[i] for c in canon for i in relations.implied_by(c) if i in canon}
+                for k in redundant:
+                    implied[k] = implied.get(k, 0) + 1
         out = []
         for tag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             known = relations.knows(relations.canonical(tag)) if relations is not None else None
-            out.append({"tag": tag, "images": n, "implied": tag in implied, "unknown": known is False})
+            out.append({"tag": tag, "images": n, "implied": implied.get(tag, 0), "unknown": known is False})
         return out

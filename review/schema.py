@@ -58,6 +58,12 @@ Tag = Annotated[str, Field(max_length=500)]
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]  # the page's name for a long request
 
 
+class TrainerQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    rel: str = ""
+    text: Annotated[str, Field(max_length=100_000)] | None = None  # the box's text; None: the file's
+
+
 class ProgressQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     job: JobId | None = None

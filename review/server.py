@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lorakit.errors import UserError
+from lorakit.fsio import own_folder
 from lorakit.review import schema, writes
 from lorakit.review.dataset import Dataset, Query
 from lorakit.review.trainer import TrainerView
@@ -179,8 +180,39 @@ class Review:
         item.update({"format": f.format if f else None, "score": f.score if f else None,
                      "file_size": f.file_size if f else None, "probabilities": self._probabilities(rel)})
         if f is not None and not f.error:
-            item["trainer"] = await run_in_threadpool(self.trainer.image, rel, f.width, f.height, item["text"])
+            text = item["text"] if item["caption"] is not None else None
+            item["trainer"] = await run_in_threadpool(self.trainer.image, rel, f.width, f.height, text)
         return JSONResponse(item)
+
+    async def rescan(self, request: Request) -> Response:
+        """The page asks when it opens and when it comes back into view: edits made elsewhere (tag
+        edit, an editor, images added or removed) show without a restart."""
+        return JSONResponse(await run_in_threadpool(self._rescan))
+
+    def _rescan(self) -> dict:
+        from lorakit.review.facts import make_facts
+
+        with self._writing:  # not while a write changes the same entries
+            before = (id(self.data.entries), id(self.data.by_tag))
+            new = self.data.rescan()
+            if new:
+                own_folder(self.data.root, self.data.cache.folder.relative_to(self.data.root))
+                for rel in new:  # a few images added meanwhile: made here, one by one
+                    self.data.cache.put(rel, make_facts((str(self.data.root / rel), str(self.data.cache.folder))))
+                    self.data.entries[rel].facts = self.data.cache.get(rel)
+                self.data.cache.save()
+            return {"changed": before != (id(self.data.entries), id(self.data.by_tag))}
+
+    async def trainer_image(self, request: Request) -> Response:
+        """The trainer's view of one image with the caption as the page's box holds it now (the
+        token counts follow the typing, before anything is saved)."""
+        asked = schema.TrainerQuery.model_validate(dict(request.query_params))
+        entry = self._entry(asked.rel)
+        f = entry.facts if entry is not None else None
+        if f is None or f.error:
+            return JSONResponse({"error": "no such readable image"}, 404)
+        text = asked.text if asked.text is not None else (entry.text if entry.caption is not None else None)
+        return JSONResponse(await run_in_threadpool(self.trainer.image, asked.rel, f.width, f.height, text))
 
     async def training(self, request: Request) -> Response:
         """The trainer's settings and its per-folder view (images x repeats, bucket histogram)."""
@@ -334,7 +366,8 @@ class Review:
             Route("/api/complete", self.complete), Route("/api/image", self.detail),
             Route("/api/excluded", self.excluded), Route("/api/{action}", self.write, methods=["POST"]),
             Route("/api/rethreshold", self.rethreshold), Route("/api/training", self.training),
-            Route("/api/progress", self.progress_of),
+            Route("/api/progress", self.progress_of), Route("/api/trainer-image", self.trainer_image),
+            Route("/api/rescan", self.rescan),
             Route("/file", self.file), Route("/thumb", self.thumb),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]

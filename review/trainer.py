@@ -19,7 +19,7 @@ from pathlib import Path
 from lorakit.errors import UserError
 from lorakit.train.clip_tokens import count, model_tokenizer
 from lorakit.train.config import Config
-from lorakit.train.data import Subset, bucket_of, resolution_pair, subsets
+from lorakit.train.data import Subset, bucket_of, resolution_pair, subsets, trained_caption
 from lorakit.train.subset_options import buckets, caption_options
 
 
@@ -72,17 +72,24 @@ class TrainerView:
     def bucket(self, rel: str, width: int, height: int) -> tuple[int, int]:
         return bucket_of((width, height), self._subset(rel) or self.fallback, self.config)
 
-    def image(self, rel: str, width: int, height: int, text: str) -> dict:
-        """This image as the trainer sees it: bucket, scale (over 1: enlarged), repeats, and the
-        CLIP tokens of each caption line (line 1 is what trains today)."""
+    def image(self, rel: str, width: int, height: int, text: str | None) -> dict:
+        """This image as the trainer sees it: bucket, scale (over 1: enlarged), repeats, the
+        caption it trains with (train/data.trained_caption: line 1, or without one the folder's
+        name) and its CLIP tokens; the further lines' tokens apart (train reads line 1 only).
+        `text`: the caption as the page holds it (None: no caption file)."""
         subset = self._subset(rel)
         bw, bh = self.bucket(rel, width, height)
         scale = max(bw / width, bh / height)  # train/data.pixels: scaled to cover the bucket, then cropped
-        lines = [line.strip() for line in text.split("\n")] if text else []
-        tokens = [count(self.tokenizer, line) if line else 0 for line in lines]
+        trained = trained_caption(text, self.root / rel, subset or self.fallback, self.config)
+        first = text.split("\n", 1)[0].strip() if text else ""
+        source = "line 1" if first else "the file name's words" if self.config.data.template else "the folder's name"
+        further = [line.strip() for line in text.split("\n")[1:] if line.strip()] if text else []
         return {"trains": subset is not None, "repeats": subset.repeats if subset else 0,
                 "regularisation": bool(subset and subset.is_reg), "bucket": [bw, bh], "scale": round(scale, 3),
-                "upscaled": scale > 1, "tokens": tokens, "max_tokens": self.config.data.max_token_length}
+                "upscaled": scale > 1, "caption": trained, "source": source,
+                "tokens": count(self.tokenizer, trained) if trained else 0,
+                "other_lines": [count(self.tokenizer, line) for line in further],
+                "max_tokens": self.config.data.max_token_length}
 
     def folders(self, sizes: dict[str, tuple[str, int, int]]) -> list[dict]:
         """Per top folder of DIR: images, repeats, images x repeats, how many are enlarged, and a

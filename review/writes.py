@@ -107,7 +107,11 @@ def tag_auto(data: Dataset, rels: list[str], options, mode: str, general: float 
     opts = replace(options, writing=replace(options.writing, mode=mode), only=[Path(r) for r in rels],
                    general=general if general is not None else options.general, dry_run=False,
                    progress=False, on_progress=progress)
-    report = auto_tag(data.root, opts)
+    try:
+        report = auto_tag(data.root, opts)
+    except UserError as exc:  # "pass --model-dir" means, on this page, to start the server with it
+        raise UserError(f"{exc}. For this page: start `lorakit review` with --model-dir FOLDER or --model NAME"
+                        if "--model" in str(exc) else str(exc)) from None
     data.reload()
     changed = [o.path for o in report.outcomes if o.status in (CHANGED, CREATED)]
     failed = [f"{o.path}: {o.message}" for o in report.failed]

@@ -33,7 +33,7 @@ def test_trainer_view_and_the_tagger_on_picked_images(tmp_path):
             page.wait_for_function("document.querySelector('#count').textContent === '7 of 7 images'")
             page.wait_for_function("document.querySelector('#training').children.length === 2")
             assert "lora.toml: 256×256 px" in page.text_content("#training-settings")
-            assert "10_kit: 3 × 10 = 30 per epoch" in page.text_content("#training")
+            assert "10_kit: 3 × 10 repeats = 30 per epoch" in page.text_content("#training")
             page.click(".card[data-rel='10_kit/a.png']")
             page.wait_for_selector("#trainer-image:not([hidden])")
             shown = page.text_content("#trainer-image")
@@ -46,7 +46,7 @@ def test_trainer_view_and_the_tagger_on_picked_images(tmp_path):
             page.select_option("#tagger-mode", "merge")
             page.click("#tag-auto")
             page.wait_for_function("document.querySelector('#result').textContent.startsWith('tagger')")
-            assert page.text_content("#result") == "tagger: changed 2 of 2 captions"
+            assert page.text_content("#result").startswith("tagger: changed 2 of 2 captions")
             browser.close()
     finally:
         proc.kill()

@@ -39,9 +39,13 @@ def test_each_image_as_the_trainer_sees_it_with_lorakits_defaults(tmp_path):
     # 160x200 (aspect 0.8) at 512 px: kohya's nearest bucket is 448x576, reached by enlarging 2.88 times
     assert a["bucket"] == [448, 576] and a["scale"] == 2.88 and a["upscaled"] and a["trains"]
     assert a["repeats"] == 10 and a["max_tokens"] == 75
-    assert a["tokens"] == [7]  # kitch|an|,|red|hair|,|hat: CLIP's own pieces
+    assert a["tokens"] == 7 and a["source"] == "line 1"  # kitch|an|,|red|hair|,|hat: CLIP's own pieces
     b = client.get("/api/image", params={"rel": "10_kit/b.png"}).json()["trainer"]
-    assert b["tokens"] == [5, 149]  # a second line past 75 tokens: the page marks it cut off
+    assert b["tokens"] == 5 and b["other_lines"] == [149]  # kept, counted, and said not to train (line 1 does)
+    c = client.get("/api/image", params={"rel": "10_kit/c.png"}).json()["trainer"]
+    assert (c["source"], c["caption"], c["tokens"]) == ("the folder's name", "kit", 1)  # no caption: as train reads it
+    typed = client.get("/api/trainer-image", params={"rel": "10_kit/a.png", "text": ", ".join(["tag"] * 80)}).json()
+    assert typed["tokens"] == 159 and typed["max_tokens"] == 75  # the box's text, before it is saved
     x = client.get("/api/image", params={"rel": "extra/x.png"}).json()["trainer"]
     assert x["bucket"] == [512, 512] and x["scale"] == 0.5 and not x["upscaled"] and not x["trains"]
     training = client.get("/api/training").json()
@@ -144,3 +148,20 @@ def test_the_tagger_from_the_page_says_when_no_model_is_at_hand(tmp_path, monkey
     answer = client.post("/api/tag-auto", json={"rels": ["10_kit/a.png"]})
     assert answer.status_code == 400 and answer.json()["error"]
     assert {p.name: p.read_bytes() for p in root.rglob("*.txt")} == before
+
+
+def test_edits_made_elsewhere_show_after_a_rescan(tmp_path):
+    root = dataset(tmp_path / "data")
+    _, client = client_for(root)
+    assert client.get("/api/rescan").json() == {"changed": False}
+    run("lorakit", "tag", "edit", root, "--add", "clitag", "--folder", "5_bg")  # the CLI, while the page is open
+    Image.new("RGB", (300, 200), "blue").save(root / "10_kit" / "new.png")
+    (root / "5_bg" / "tiny.png").unlink()
+    assert client.get("/api/rescan").json() == {"changed": True}
+    found = client.get("/api/images", params={"q": "clitag"}).json()
+    assert found["count"] == 3 and found["total"] == 7  # one image gone, one new; the tag found
+    new = client.get("/api/image", params={"rel": "10_kit/new.png"}).json()
+    assert (new["width"], new["height"]) == (300, 200) and client.get("/thumb", params={"rel": "10_kit/new.png"}).status_code == 200
+    (root / "10_kit" / "a.txt").write_text("edited by hand\n")
+    assert client.get("/api/rescan").json() == {"changed": True}
+    assert client.get("/api/images", params={"q": "edited by hand"}).json()["count"] == 1

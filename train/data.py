@@ -124,7 +124,7 @@ def load_items(config: Config, found: list[Subset] | None = None, on_error=None)
                     raise UserError(f"{image}: {exc}") from None
                 on_error(s, image, str(exc))
                 continue
-            items.append(Item(image, _caption_text(image, s, config), bucket_of((header.width, header.height), s, config),
+            items.append(Item(image, caption_text(image, s, config), bucket_of((header.width, header.height), s, config),
                               s.repeats, s.is_reg, s.batch_size, s.dataset, s.captions, s.augment))
     return items
 
@@ -141,12 +141,19 @@ def other_captions(image: Path, extension: str) -> list[Path]:
     return [p for p in caption_files(image) if p.suffix != extension]
 
 
-def _caption_text(image: Path, subset: Subset, config: Config) -> str:
+def caption_text(image: Path, subset: Subset, config: Config) -> str:
     found = caption_path(image, subset.caption_extension)
-    if found:
-        lines = found.read_text(encoding="utf-8-sig", errors="replace").strip().splitlines()
-        if lines and lines[0].strip():
-            return lines[0].strip()
+    text = found.read_text(encoding="utf-8-sig", errors="replace") if found else None
+    return trained_caption(text, image, subset, config)
+
+
+def trained_caption(text: str | None, image: Path, subset: Subset, config: Config) -> str:
+    """What training reads of a caption file's text: its first line (kohya's, read as it is: a
+    blank first line is no caption, as every lorakit stage reads it, never the line after it);
+    with none, the file name's words (textual inversion's template) or the folder's class tokens."""
+    first = text.split("\n", 1)[0].strip() if text else ""
+    if first:
+        return first
     if config.data.template:  # textual inversion's [filewords]: the file name's words
         return filewords_from_name(image, config.data.filewords_regex, config.data.filewords_join)
     return subset.token or ""  # no caption: the folder's class tokens, as kohya does

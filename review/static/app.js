@@ -33,7 +33,8 @@ async function post(action, body) {
 function captionSet(text) { $("caption").value = text; $("caption").dispatchEvent(new Event("lorakit:caption")); }
 
 function say(text) { $("message").textContent = text; }
-function result(text) { $("result").textContent = text; }  // stays until the next bulk edit or undo
+// stays until the next bulk edit, tagger run or undo; an error is shown as one
+function result(text, error = false) { $("result").textContent = text; $("result").classList.toggle("error", error); }
 
 async function load({ tags = false } = {}) {
   const job = jobId();  // grouping near-duplicates of 20,000 images takes a while: its progress shows
@@ -148,7 +149,8 @@ function drawTags() {
     if (t.unknown) name.className = "unknown";
     const n = document.createElement("span"); n.textContent = t.images;
     li.append(name, n);
-    li.title = [t.implied ? "implied by another tag of the caption" : "", t.unknown ? "unknown to the vocabulary" : ""]
+    li.title = [t.implied ? `implied by another tag of the caption in ${t.implied} of its ${t.images}` : "",
+      t.unknown ? "unknown to the vocabulary" : ""]
       .filter(Boolean).join("; ");
     const pick = () => { $("q").value = t.tag.replaceAll("_", " "); state.page = 1; load(); };
     li.addEventListener("click", pick);
@@ -182,12 +184,16 @@ async function openDetail(rel, { force = false } = {}) {
   const probs = item.probabilities;
   $("probs").hidden = !probs;
   if (probs) { showProbabilities(probs); }
+  if (!$("detail").contains(document.activeElement)) ($("caption").readOnly ? $("close") : $("caption")).focus();
   return true;
 }
 
-function closeDetail() {
+function closeDetail() {  // the keyboard goes back to the card it came from
   if (!mayLeave()) return;
+  const rel = state.current && state.current.rel;
   $("detail").hidden = true; state.current = null;
+  const card = [...document.querySelectorAll(".card")].find((c) => c.dataset.rel === rel);
+  if (card) card.focus();
 }
 
 async function step(delta) {  // the next or previous image, across page boundaries
@@ -246,6 +252,7 @@ function addToLine1(tags, replace = false) {  // the caption's other lines stay 
 async function save(anyway = false) {
   const item = state.current;
   if (!item || READ_ONLY) return;
+  if ($("caption").value === state.shown && !anyway) { say("nothing changed: nothing to save"); return; }
   const version = anyway ? state.diskVersion : item.version;
   const result = await post("caption", { rel: item.rel, version, caption: $("caption").value });
   if (result.status === 409) {  // shown side by side; nothing was written
@@ -289,14 +296,15 @@ async function bulk(event) {
   if (!body.add.length && !body.remove.length && !body.replace.length) return;
   const job = jobId();  // 20,000 captions are read, then written: the progress shows meanwhile
   const preview = await withProgress(job, "bulk preview", post("bulk", { ...body, job, dry_run: true }));
-  if (!preview.ok) { result(preview.data.error); return; }
+  if (!preview.ok) { result(preview.data.error, true); return; }
   const sample = preview.data.sample.map(([caption, removed, added]) =>
     `${caption}: ${removed ? "−" + removed : ""}${removed && added ? " " : ""}${added ? "+" + added : ""}`).join("\n");
   if (!preview.data.changed.length) { result(`bulk: none of the ${preview.data.of} matching captions would change`); return; }
   const which = state.picked.size ? "picked" : "matching";
   if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} ${which} captions will change, e.g.\n${sample}`)) return;
   const done = await withProgress(job, "bulk edit", post("bulk", { ...body, job }));
-  result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error);
+  result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error, !done.ok);
+  if (done.ok) for (const id of ["bulk-add", "bulk-remove", "bulk-replace"]) $(id).value = "";
   load({ tags: true });
 }
 
@@ -356,14 +364,16 @@ if (!READ_ONLY) {
   for (const action of ["undo", "redo"]) {  // what it will change is shown before it runs
     $(action).addEventListener("click", async () => {
       const preview = await post(action, { dry_run: true });
-      if (!preview.ok) { result(preview.data.error); return; }
+      if (!preview.ok) { result(preview.data.error, true); return; }
       const files = preview.data.restored, conflicts = preview.data.conflicts;
       const list = files.slice(0, 10).join("\n") + (files.length > 10 ? `\n… and ${files.length - 10} more` : "");
       const warn = conflicts.length ? `\n\n${conflicts.length} of them changed since ` +
         `(${conflicts.slice(0, 3).join(", ")}): ${action} overwrites those changes.` : "";
-      if (!confirm(`${preview.data.notes.join("; ")}: ${files.length} captions change.\n${list}${warn}`)) return;
+      const n = files.length === 1 ? "1 caption changes" : `${files.length} captions change`;
+      if (!confirm(`${preview.data.notes.join("; ")}: ${n}.\n${list}${warn}`)) return;
       const done = await post(action, { force: conflicts.length > 0 });
-      result(done.ok ? `${action}: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error);
+      result(done.ok ? `${action}: ${done.data.notes.join("; ")} (${done.data.restored.length} captions)` : done.data.error,
+        !done.ok);
       load({ tags: true });
     });
   }
@@ -371,8 +381,19 @@ if (!READ_ONLY) {
     const result = await post("exclude", { rel: state.current.rel });
     if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); loadTraining(); } else { say(result.data.error); }
   });
-  $("take-disk").addEventListener("click", () => openDetail(state.current.rel, { force: true }));
+  $("take-disk").addEventListener("click", async () => {  // the card shows the disk's caption too
+    await openDetail(state.current.rel, { force: true });
+    load({ tags: true });
+  });
   $("use-preview").addEventListener("click", () => addToLine1(state.preview || [], true));
 }
 // after every script of the page has run (tasks.js, editor.js and trainer.js define what load uses)
-window.addEventListener("DOMContentLoaded", () => { load(); loadExcluded(); });
+window.addEventListener("DOMContentLoaded", async () => { await rescan(); load(); loadExcluded(); });
+document.addEventListener("visibilitychange", async () => {  // back from the terminal or an editor
+  if (document.visibilityState === "visible" && await rescan()) { load({ tags: true }); loadExcluded(); loadTraining(); }
+});
+
+async function rescan() {  // edits made elsewhere since the page read the folder
+  const answer = await fetch("/api/rescan");
+  return answer.ok && (await answer.json()).changed;
+}

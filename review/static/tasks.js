@@ -36,9 +36,10 @@ async function tagAuto(event) {
   const body = { query: query(), mode, job: jobId() };
   if (state.picked.size) body.rels = [...state.picked];
   const done = await withProgress(body.job, "tagger", post("tag-auto", body));
-  if (!done.ok) { result(done.data.error); return; }
+  if (!done.ok) { result(done.data.error, true); return; }
   const failed = done.data.failed.length ? `; ${done.data.failed.length} failed: ${done.data.failed.slice(0, 3).join("; ")}` : "";
-  result(`tagger: changed ${done.data.changed.length} of ${done.data.of} captions${failed}`);
+  const notes = done.data.notes.length ? ` (${done.data.notes.join("; ")})` : "";  // the demo model says so, as in the CLI
+  result(`tagger: changed ${done.data.changed.length} of ${done.data.of} captions${failed}${notes}`, Boolean(failed));
   load({ tags: true });
 }
 

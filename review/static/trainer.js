@@ -3,14 +3,9 @@
 // and a bucket histogram.
 "use strict";
 
-function tokensText(t) {
-  return t.tokens.map((n, k) => {
-    const over = n > t.max_tokens ? ` (over ${t.max_tokens}: cut off)` : "";
-    return `line ${k + 1}: ${n} of ${t.max_tokens} tokens${over}`;
-  }).join(" · ");
-}
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
-function showTrainer(item) {  // the detail panel's line about this image
+function showTrainer(item) {  // the detail panel's lines about this image
   const box = $("trainer-image");
   const t = item.trainer;
   box.hidden = !t;
@@ -18,17 +13,39 @@ function showTrainer(item) {  // the detail panel's line about this image
   const [bw, bh] = t.bucket;
   const scale = t.upscaled ? `enlarged ×${t.scale.toFixed(2)}: the image is smaller than its bucket`
     : `scaled ×${t.scale.toFixed(2)}`;
-  const trains = t.trains ? `${t.repeats} repeats${t.regularisation ? " (regularisation)" : ""}`
+  const trains = t.trains ? `${plural(t.repeats, "repeat")}${t.regularisation ? " (regularisation)" : ""}`
     : "not trained by these settings (no N_name folder of the config holds it)";
+  const over = t.tokens > t.max_tokens;
+  const caption = t.source === "line 1" ? `line 1: ${t.tokens} of ${t.max_tokens} tokens`
+    : `no caption: train reads ${t.source}, "${t.caption}" (${plural(t.tokens, "token")})`;
+  const rows = [[`bucket ${bw}×${bh}, ${scale}`, t.upscaled], [trains, !t.trains],
+    [caption + (over ? `: cut off past ${t.max_tokens}` : ""), over]];
+  if (t.other_lines.length) {  // kept in the file; train reads line 1 only
+    rows.push([`lines 2+ (${t.other_lines.map((n) => plural(n, "token")).join(", ")}) are kept but not trained: ` +
+      "train reads line 1", false]);
+  }
   box.replaceChildren();
-  for (const [text, warn] of [[`bucket ${bw}×${bh}, ${scale}`, t.upscaled], [trains, !t.trains],
-    [tokensText(t) || "no caption", t.tokens.some((n) => n > t.max_tokens)]]) {
+  for (const [text, warn] of rows) {
     const li = document.createElement("li");
     li.textContent = text;
     if (warn) li.className = "warn";
     box.append(li);
   }
 }
+
+let recount = null;
+function trainerFollowsTheBox() {  // the counts follow the typing (and what a save wrote)
+  clearTimeout(recount);
+  recount = setTimeout(async () => {
+    const item = state.current;
+    if (!item || !item.trainer) return;
+    const p = new URLSearchParams({ rel: item.rel, text: $("caption").value });
+    const answer = await fetch(`/api/trainer-image?${p}`);
+    if (answer.ok && state.current === item) { item.trainer = await answer.json(); showTrainer(item); }
+  }, 250);
+}
+$("caption").addEventListener("input", trainerFollowsTheBox);
+$("caption").addEventListener("lorakit:caption", trainerFollowsTheBox);
 
 async function loadTraining() {  // the side panel: settings, then per folder
   const data = await (await fetch("/api/training")).json();
@@ -41,12 +58,12 @@ async function loadTraining() {  // the side panel: settings, then per folder
   for (const f of data.folders) {
     const li = document.createElement("li");
     const head = document.createElement("div");
-    head.textContent = f.trained ? `${f.folder}: ${f.trained} × ${f.repeats} = ${f.weighted} per epoch`
-      : `${f.folder}: ${f.images} images, not trained`;
+    head.textContent = f.trained ? `${f.folder}: ${f.trained} × ${plural(f.repeats, "repeat")} = ${f.weighted} per epoch`
+      : `${f.folder}: ${plural(f.images, "image")}, not trained`;
     const hist = document.createElement("ol");
     hist.className = "histogram";
     const most = Math.max(...f.buckets.map(([, n]) => n));
-    for (const [bucket, n] of f.buckets.slice(0, 8)) {
+    for (const [bucket, n] of f.buckets) {  // every bucket: the bars add up to the folder
       const row = document.createElement("li");
       row.textContent = `${bucket} ${n}`;
       row.style.setProperty("--share", `${Math.round((100 * n) / most)}%`);
