@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from lorakit.captions import CAPTION_SUFFIXES
 from lorakit.discovery import check_source
 from lorakit.errors import UserError
 from lorakit.fsio import own_folder, sync_folder, write_text, write_texts
@@ -135,7 +136,7 @@ def _undo(root: Path, dry_run: bool, force: bool) -> Report:
         manifest = _manifest(last)
         outside = [rel for rel in [*manifest["changed"], *manifest["created"]] if _inside(root, rel) is None]
         if outside:  # not a backup lorakit wrote for this dataset: nothing in it is trusted
-            raise ValueError(f"it names files outside the dataset: {', '.join(outside[:3])}")
+            raise ValueError(f"it names files outside the dataset, or files that are not captions: {', '.join(outside[:3])}")
     except (OSError, ValueError) as e:
         # set aside (never deleted: it may still hold text someone wants), so the next undo
         # reaches the edit before it instead of stopping here for good
@@ -230,7 +231,7 @@ def _redo(root: Path, dry_run: bool, force: bool) -> Report:
     try:
         manifest = _manifest(last)
         if any(_inside(root, rel) is None for rel in [*manifest["changed"], *manifest["created"]]):
-            raise ValueError("it names files outside the dataset")
+            raise ValueError("it names files outside the dataset, or files that are not captions")
     except (OSError, ValueError) as e:
         raise UserError(f"{last}: cannot be redone ({e})") from None
     report.notes.append(f"redoing `{manifest['command'][len('redo '):]}` ({original.name})")
@@ -258,10 +259,13 @@ def _manifest(path: Path) -> dict:
 
 
 def _inside(root: Path, rel) -> str | None:
-    """The absolute path of `rel` if it names a file inside `root` (no absolute path, no `..`
-    out, no symlinked folder leading out, nothing of lorakit's own folder); else None. A symlink
-    there is replaced or removed itself, never followed."""
+    """The absolute path of `rel` if it names a caption file inside `root` (no absolute path, no
+    `..` out, no symlinked folder leading out, nothing of lorakit's own folder, nothing but a
+    .txt / .caption: a backup never holds an image, so one naming an image was not written by
+    lorakit); else None. A symlink there is replaced or removed itself, never followed."""
     if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or Path(rel).parts[0] == BACKUPS.parts[0]:
+        return None
+    if Path(rel).suffix.lower() not in CAPTION_SUFFIXES:
         return None
     path = os.path.join(root, rel)
     real_root = os.path.realpath(root)

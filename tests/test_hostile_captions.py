@@ -212,7 +212,7 @@ def test_undo_writes_and_removes_nothing_outside_the_dataset(tmp_path):
     }))
     before_outside, before = digest(outside), digest(root)
     proc = run("tag", "undo", root, check=1)
-    assert "names files outside the dataset: ../written.txt" in proc.stdout + proc.stderr
+    assert "outside the dataset, or files that are not captions: ../written.txt" in proc.stdout + proc.stderr
     assert digest(outside) == before_outside and not (tmp_path / "written.txt").exists()
     assert digest(root) == before  # nothing restored from a backup that is not to be trusted
     assert backups(root) == [] and len(list((root / BACKUPS).glob("*.unreadable"))) == 1  # set aside, kept
@@ -343,3 +343,20 @@ def test_two_undos_are_redone_in_the_order_the_edits_were_made(tmp_path):
     assert (root / "a.txt").read_bytes() == b"a, one\n"
     run_json("tag", "redo", root)
     assert (root / "a.txt").read_bytes() == b"a, one, two\n"
+
+
+def test_a_backup_naming_images_is_set_aside_and_no_image_is_touched(tmp_path):
+    """A backup shipped with a dataset (or hand-made) that names images: undo would have written
+    text into one and deleted another. Backups only ever hold captions."""
+    from PIL import Image
+
+    root = dataset(tmp_path / "data", {"a.txt": b"a\n"})
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(root / name)
+    (root / BACKUPS).mkdir(parents=True)
+    (root / BACKUPS / "99999999-000000-000000-review-edit.json").write_text(json.dumps({
+        "command": "review-edit", "changed": {"a.png": "not an image any more"}, "created": ["b.png"]}))
+    before = digest(root)
+    proc = run("tag", "undo", root, check=1)
+    assert "not captions: a.png" in proc.stdout + proc.stderr
+    assert digest(root) == before and len(list((root / BACKUPS).glob("*.unreadable"))) == 1
