@@ -338,8 +338,7 @@ class Review:
             rel = body.rel
             if self._entry(rel) is None:
                 raise UserError("no such image")
-            writes.exclude(self.data, rel)
-            return {"excluded": rel}
+            return {"excluded": rel, "notes": writes.exclude(self.data, rel)}
         if action == "restore":
             writes.restore(self.data, body.rel)
             return {"restored": body.rel}
@@ -358,7 +357,10 @@ class Review:
         raise UserError(f"unknown action {action!r}")
 
     async def excluded(self, request: Request) -> Response:
-        return JSONResponse({"excluded": writes.excluded(self.data.root)})
+        try:  # a walk of a folder: off the loop
+            return JSONResponse({"excluded": await run_in_threadpool(writes.excluded, self.data.root)})
+        except UserError as exc:
+            return JSONResponse({"error": str(exc), "excluded": []}, 400)
 
     def app(self) -> Starlette:
         routes = [

@@ -6,7 +6,9 @@ Excluding an image moves it (and its captions) to DIR/.lorakit/excluded/, never 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 from lorakit.captions import CAPTION_SUFFIXES, format_tags, join_caption, parse_tags, split_caption
@@ -118,35 +120,68 @@ def tag_auto(data: Dataset, rels: list[str], options, mode: str, general: float 
     return {"changed": changed, "of": len(rels), "failed": failed[:20], "notes": report.notes}
 
 
-def _siblings(image: Path) -> list[Path]:
-    return [image] + [p for p in (image.with_suffix(s) for s in CAPTION_SUFFIXES) if p.is_file()]
+def _siblings(image: Path) -> tuple[list[Path], list[Path]]:
+    """(the image and the captions that move with it, the captions that stay because another
+    image of the same name (x.png beside x.jpg) reads them too)."""
+    captions = [p for p in (image.with_suffix(s) for s in CAPTION_SUFFIXES) if p.is_file()]
+    shared = any(p != image and p.suffix.lower() not in CAPTION_SUFFIXES and not p.name.startswith(".")
+                 for p in image.parent.glob(f"{glob_escape(image.stem)}.*"))
+    return ([image], captions) if shared else ([image, *captions], [])
 
 
-def exclude(data: Dataset, rel: str) -> None:
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path`'s folder is inside `root` once links are followed (a folder of DIR that is a
+    link elsewhere is not DIR's)."""
+    real_root = root.resolve()
+    try:
+        return path.parent.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _moves(pairs: list[tuple[Path, Path]], root: Path) -> None:
+    """Move each (source, target), every target checked first: nothing moves unless all can."""
+    for src, dst in pairs:
+        if not _inside(root, src) or not _inside(root, dst):
+            raise UserError(f"{dst.relative_to(root)}: its folder leads outside the dataset; nothing was moved")
+        if os.path.lexists(dst):
+            raise UserError(f"{dst.relative_to(root)} exists: move it away first; nothing was moved")
+    for src, dst in pairs:
+        move_file(src, dst)
+
+
+def exclude(data: Dataset, rel: str) -> list[str]:
+    """Move an image and its captions to .lorakit/excluded; returns notes (a caption another
+    image shares stays, and says so)."""
     image = data.root / rel
-    with folder_lock(data.root, "lorakit review"):
-        own_folder(data.root, EXCLUDED, Path(rel).parent)  # never through a link out of DIR
-        for path in _siblings(image):
-            move_file(path, data.root / EXCLUDED / path.relative_to(data.root))
-    data.reload()
+    moving, staying = _siblings(image)
+    try:
+        with folder_lock(data.root, "lorakit review"):
+            own_folder(data.root, EXCLUDED, Path(rel).parent)  # never through a link out of DIR
+            _moves([(p, data.root / EXCLUDED / p.relative_to(data.root)) for p in moving], data.root)
+    finally:
+        data.reload()  # what is on disk now, whatever happened
+    return [f"{p.relative_to(data.root).as_posix()} stays: another image of that name reads it too" for p in staying]
 
 
 def excluded(root: Path) -> list[str]:
     from lorakit.discovery import discover_names
 
     folder = root / EXCLUDED
-    return discover_names(folder) if folder.is_dir() else []
+    if not os.path.lexists(folder):
+        return []
+    own_folder(root, EXCLUDED)  # a link out of DIR: refused (UserError), never listed
+    return discover_names(folder)
 
 
 def restore(data: Dataset, rel: str) -> None:
     if rel not in excluded(data.root):
         raise UserError(f"{rel} is not among the excluded images")
     image = data.root / EXCLUDED / rel
-    with folder_lock(data.root, "lorakit review"):
-        for path in _siblings(image):
-            target = data.root / path.relative_to(data.root / EXCLUDED)
-            if target.exists():
-                raise UserError(f"{target.relative_to(data.root)} exists again: move it away to restore the excluded one")
-        for path in _siblings(image):
-            move_file(path, data.root / path.relative_to(data.root / EXCLUDED))
-    data.reload()
+    moving, _ = _siblings(image)
+    try:
+        with folder_lock(data.root, "lorakit review"):
+            own_folder(data.root, EXCLUDED, Path(rel).parent)  # every folder a real one, none a link
+            _moves([(p, data.root / p.relative_to(data.root / EXCLUDED)) for p in moving], data.root)
+    finally:
+        data.reload()

@@ -308,22 +308,6 @@ async function bulk(event) {
   load({ tags: true });
 }
 
-async function loadExcluded() {
-  const data = await (await fetch("/api/excluded")).json();
-  const list = $("excluded");
-  list.replaceChildren();
-  for (const rel of data.excluded) {
-    const li = document.createElement("li");
-    li.textContent = rel + " ";
-    if (!READ_ONLY) {
-      const button = document.createElement("button");
-      button.textContent = "restore";
-      button.addEventListener("click", async () => { await post("restore", { rel }); loadExcluded(); load({ tags: true }); loadTraining(); });
-      li.append(button);
-    }
-    list.append(li);
-  }
-}
 
 let timer = null;
 $("q").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 1; load(); }, 200); });
@@ -377,10 +361,6 @@ if (!READ_ONLY) {
       load({ tags: true });
     });
   }
-  $("exclude").addEventListener("click", async () => {
-    const result = await post("exclude", { rel: state.current.rel });
-    if (result.ok) { $("detail").hidden = true; load({ tags: true }); loadExcluded(); loadTraining(); } else { say(result.data.error); }
-  });
   $("take-disk").addEventListener("click", async () => {  // the card shows the disk's caption too
     await openDetail(state.current.rel, { force: true });
     load({ tags: true });
