@@ -30,7 +30,7 @@ def prepare(root: Path, jobs: int, show_progress: bool):
     todo = data.cache.missing(list(data.entries))
     if todo:
         own_folder(root, data.cache.folder.relative_to(root))  # never through a link out of DIR
-        results = run_all(make_facts, [(str(root / rel), str(data.cache.folder)) for rel in todo], jobs,
+        results = run_all(make_facts, [(str(root / rel), str(data.cache.folder), str(root)) for rel in todo], jobs,
                           "thumbnails", err_console, show_progress)
         for rel, facts in zip(todo, results):
             data.cache.put(rel, facts)
@@ -96,6 +96,7 @@ def review(
         err_console.print(f"[red]error[/red]: cannot listen on {host}:{port} ({exc.strerror})", highlight=False)
         raise typer.Exit(2) from None
     bound = sock.getsockname()[1]
+    server.cookie = f"lorakit_key_{bound}"
     if host in LOOPBACK:  # the page answers only to its own name: a DNS-rebinding site cannot read it
         server.allowed_hosts = {f"{name}:{bound}" for name in (host, "127.0.0.1", "localhost", "[::1]")}
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}/"

@@ -7,6 +7,7 @@ the vocabulary says of each tag (redundant by an implication, unknown).
 from __future__ import annotations
 
 import hashlib
+import stat
 from dataclasses import astuple, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -113,8 +114,10 @@ class Dataset:
         try:
             if not path.resolve().is_relative_to(self._real_root):  # a symlink out: not the dataset's text
                 raise PermissionError(f"{entry.caption_rel} leads outside the dataset")
+            if not stat.S_ISREG(path.stat().st_mode):  # a FIFO named .txt: reading it would never end
+                raise PermissionError(f"{entry.caption_rel} is not a regular file")
             data = path.read_bytes()
-        except OSError:
+        except (OSError, RuntimeError):  # RuntimeError: a link loop
             entry.caption, entry.tags, entry.version, entry.text = None, [], "", ""
             return
         entry.version = caption_version(data)  # what the page sees: an edit is checked against it

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
 THUMB_SIDE = 256
 FOLDER = Path(".lorakit") / "thumbs"
 VERSION = 1  # of what a facts entry holds: another version makes them again
+DIGEST = re.compile(r"[0-9a-f]{32}")  # a thumbnail's name: blake2b-16 in hex, nothing else
 
 
 @dataclass
@@ -44,20 +47,26 @@ def digest_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_facts(job: tuple[str, str]) -> dict:
-    """(image path, thumbnail folder) -> a Facts dict: the pure per-image work, run in workers."""
+def make_facts(job: tuple[str, str, str]) -> dict:
+    """(image path, thumbnail folder, the dataset's folder) -> a Facts dict: the pure per-image
+    work, run in workers."""
     from lorakit.curate.dedupe import colour_thumbnail, hashes
     from lorakit.curate.scan import noise_score
 
-    path, folder = Path(job[0]), Path(job[1])
+    path, folder, root = Path(job[0]), Path(job[1]), Path(job[2])
     size = 0
     try:  # a bad file (a bomb, a broken chunk, a dangling link) fails alone: the page still starts
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device named .png: reading it would never end
+            raise ImageError("not a regular file")
+        if not path.resolve().is_relative_to(root.resolve()):  # a link out of DIR: not the dataset's to read
+            raise ImageError("a link that leads outside the dataset")
+        size = st.st_size
         digest = digest_of(path)
         with Image.open(path) as raw:
             fmt = raw.format or path.suffix.lstrip(".").upper()
         img = load_image(path, DEFAULT_MAX_PIXELS)
-    except (ImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (ImageError, OSError, ValueError, RuntimeError, Image.DecompressionBombError) as exc:  # RuntimeError: a link loop
         return asdict(Facts("", 0, 0, "", None, 0, 0, "", size, str(exc) or type(exc).__name__))
     thumb = folder / f"{digest}.jpg"
     if not thumb.is_file():
@@ -78,7 +87,9 @@ class FactsCache:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.entries = data["entries"] if data.get("version") == VERSION else {}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            self.entries = {}
+        if not isinstance(self.entries, dict):
             self.entries = {}
 
     def stamp(self, rel: str) -> tuple[int, int]:
@@ -89,10 +100,16 @@ class FactsCache:
         return st.st_size, st.st_mtime_ns
 
     def get(self, rel: str) -> Facts | None:
+        """The facts kept for this image while it is unchanged; None for any entry a damaged or
+        crafted facts.json holds (made again, never trusted: its digest names a file served)."""
         entry = self.entries.get(rel)
-        if entry is None or tuple(entry[:2]) != self.stamp(rel):
+        try:
+            if tuple(entry[:2]) != self.stamp(rel):
+                return None
+            facts = Facts(**entry[2])
+        except (TypeError, ValueError, KeyError, IndexError):
             return None
-        return Facts(**entry[2])
+        return facts if facts.error or DIGEST.fullmatch(str(facts.digest)) else None
 
     def missing(self, rels: list[str]) -> list[str]:
         """The images to (re)make: new or changed, or whose thumbnail is gone."""

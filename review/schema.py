@@ -54,7 +54,8 @@ class Rethreshold(BaseModel):
     character: Annotated[float, Field(ge=0, le=1)] = 0.85
 
 
-Tag = Annotated[str, Field(max_length=500)]
+# one tag: no comma (it would be two), no line break (it would start a caption's line 2), no NUL
+Tag = Annotated[str, Field(max_length=500, pattern=r"^[^,\r\n\x00]*$")]
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]  # the page's name for a long request
 
 

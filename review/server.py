@@ -50,6 +50,7 @@ class Review:
         self.progress: dict[str, dict] = {}  # job id (the page's) -> what a long request has done so far
         self._folders: tuple[int, list] | None = None  # the trainer's per-folder view, for one set of entries
         self._writing = threading.Lock()  # writes run on worker threads, one at a time
+        self.cookie = COOKIE  # per port once bound: two servers on one machine keep their own keys
         self.token = secrets.token_urlsafe(32)
         self.allowed_hosts: set[str] = set()  # host:port the server answers as (set when it binds)
         self.key: str | None = None  # beyond loopback: the secret the printed address carries
@@ -68,9 +69,9 @@ class Review:
             return Response("unknown host", 421)
         if self.key is None:
             return None
-        if secrets.compare_digest(request.cookies.get(COOKIE, ""), self.key):
+        if _same(request.cookies.get(self.cookie, ""), self.key):
             return None
-        if request.url.path == "/" and secrets.compare_digest(request.query_params.get("key", ""), self.key):
+        if request.url.path == "/" and _same(request.query_params.get("key", ""), self.key):
             return None  # the page trades the key for the cookie
         return Response("open the address lorakit review printed in its terminal (it carries the key)", 401)
 
@@ -87,7 +88,7 @@ class Review:
     def _write_refusal(self, request: Request) -> Response | None:
         if self.read_only:
             return JSONResponse({"error": "read-only: started with --read-only"}, 403)
-        if not secrets.compare_digest(request.headers.get("x-lorakit-token", ""), self.token):
+        if not _same(request.headers.get("x-lorakit-token", ""), self.token):
             return JSONResponse({"error": "missing or wrong token: reload the page"}, 403)
         origin = request.headers.get("origin")
         host = request.headers.get("host", "")
@@ -103,7 +104,10 @@ class Review:
         entry = self.data.entries.get(rel)
         if entry is None:
             return None
-        path = (self.data.root / rel).resolve()
+        try:
+            path = (self.data.root / rel).resolve()
+        except (OSError, RuntimeError):  # a link loop: nothing to serve
+            return None
         return entry if path.is_relative_to(self.data.root.resolve()) else None  # a symlink out: refused
 
     # --- reading --------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ class Review:
     async def page(self, request: Request) -> Response:
         if self.key is not None and "key" in request.query_params:  # the guard checked it
             response = RedirectResponse("/", 303)
-            response.set_cookie(COOKIE, self.key, httponly=True, samesite="strict", path="/")
+            response.set_cookie(self.cookie, self.key, httponly=True, samesite="strict", path="/")
             return response
         return HTMLResponse(self.template.render(
             token=self.token, root=str(self.data.root), read_only=self.read_only, vocab=self.vocab),
@@ -170,19 +174,29 @@ class Review:
         return JSONResponse({"tags": tags})
 
     async def detail(self, request: Request) -> Response:
-        rel = request.query_params.get("rel", "")
+        try:
+            item = await run_in_threadpool(self._detail, request.query_params.get("rel", ""))
+        except KeyError:  # the image went away meanwhile (excluded, or gone from the folder)
+            item = None
+        return JSONResponse(item) if item is not None else JSONResponse({"error": "no such image"}, 404)
+
+    def _detail(self, rel: str) -> dict | None:
         if self._entry(rel) is None:
-            return JSONResponse({"error": "no such image"}, 404)
-        if self.data.changed_on_disk(rel):  # edited by another program since: show what is there now
-            self.data.refresh(rel)
+            return None
+        # edited by another program since: show what is there now (unless a write, which reads it anyway, is under way)
+        if self.data.changed_on_disk(rel) and self._writing.acquire(blocking=False):
+            try:
+                self.data.refresh(rel)
+            finally:
+                self._writing.release()
         item = self._item(rel)
         f = self.data.entries[rel].facts
         item.update({"format": f.format if f else None, "score": f.score if f else None,
                      "file_size": f.file_size if f else None, "probabilities": self._probabilities(rel)})
         if f is not None and not f.error:
             text = item["text"] if item["caption"] is not None else None
-            item["trainer"] = await run_in_threadpool(self.trainer.image, rel, f.width, f.height, text)
-        return JSONResponse(item)
+            item["trainer"] = self.trainer.image(rel, f.width, f.height, text)
+        return item
 
     async def rescan(self, request: Request) -> Response:
         """The page asks when it opens and when it comes back into view: edits made elsewhere (tag
@@ -198,7 +212,8 @@ class Review:
             if new:
                 own_folder(self.data.root, self.data.cache.folder.relative_to(self.data.root))
                 for rel in new:  # a few images added meanwhile: made here, one by one
-                    self.data.cache.put(rel, make_facts((str(self.data.root / rel), str(self.data.cache.folder))))
+                    self.data.cache.put(rel, make_facts((str(self.data.root / rel), str(self.data.cache.folder),
+                                                         str(self.data.root))))
                     self.data.entries[rel].facts = self.data.cache.get(rel)
                 self.data.cache.save()
             return {"changed": before != (id(self.data.entries), id(self.data.by_tag))}
@@ -242,10 +257,14 @@ class Review:
         return report
 
     def _probabilities(self, rel: str) -> dict | None:
-        """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05."""
+        """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05 (none from
+        a damaged one: the image still opens)."""
         from lorakit.tagging.auto import SIDECAR, load_sidecar
 
-        found = load_sidecar((self.data.root / rel).parent / SIDECAR, only=Path(rel).name)
+        try:
+            found = load_sidecar((self.data.root / rel).parent / SIDECAR, only=Path(rel).name)
+        except UserError:
+            return None
         if found is None or Path(rel).name not in found[2]:
             return None
         info, model, rows = found
@@ -265,7 +284,10 @@ class Review:
         if self._entry(asked.rel) is None:
             return JSONResponse({"error": "no such image"}, 404)
         name = Path(asked.rel).name
-        found = load_sidecar((self.data.root / asked.rel).parent / SIDECAR, only=name)
+        try:  # off the loop: a folder's sidecar is unpacked to find the row
+            found = await run_in_threadpool(load_sidecar, (self.data.root / asked.rel).parent / SIDECAR, name)
+        except UserError as exc:
+            return JSONResponse({"error": str(exc)}, 404)
         if found is None or name not in found[2]:
             return JSONResponse({"error": "the tagger left no probabilities for this image"}, 404)
         info, _, rows = found
@@ -306,14 +328,23 @@ class Review:
             entry = self.data.entries.get(parsed.rel)
             return JSONResponse({"error": "the caption changed on disk since the page read it; nothing was written",
                                  "disk": c.disk, "yours": c.yours, "version": entry.version if entry else ""}, 409)
+        except Busy as exc:
+            return JSONResponse({"error": str(exc)}, 423)
         except (UserError, OSError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
         finally:
             self.progress.pop(getattr(parsed, "job", None), None)
 
     def _one_write(self, action: str, body) -> dict:
-        with self._writing:
+        # a write waits 2 s for the one under way (as two commands on one folder do), then says
+        # so: queued writes behind a long tagger run would hold every worker thread of the server
+        if not self._writing.acquire(timeout=2):
+            raise Busy("busy: another change (the tagger, a bulk edit) is running; nothing was written, "
+                       "try again when it is done")
+        try:
             return self._do(action, body)
+        finally:
+            self._writing.release()
 
     def _do(self, action: str, body) -> dict:
         if action == "caption":
@@ -326,9 +357,9 @@ class Review:
                           replace=[(a, b) for a, b in body.replace if a.strip() and b.strip()])
             asked = body.rels if body.rels is not None else self.data.select(self._query(body.query))
             chosen = [rel for rel in dict.fromkeys(asked) if self._entry(rel) is not None]
-            changed, diff = writes.bulk_edit(self.data, chosen, ops, body.dry_run,
-                                             self._reporter(body.job, "bulk edit"))
-            return {"changed": changed, "of": len(chosen), "sample": diff[:5]}
+            changed, diff, failed = writes.bulk_edit(self.data, chosen, ops, body.dry_run,
+                                                     self._reporter(body.job, "bulk edit"))
+            return {"changed": changed, "of": len(chosen), "sample": diff[:5], "failed": failed[:20]}
         if action == "tag-auto":
             asked = body.rels if body.rels is not None else self.data.select(self._query(body.query))
             chosen = [rel for rel in dict.fromkeys(asked) if self._entry(rel) is not None]
@@ -378,6 +409,15 @@ class Review:
 
 
 COOKIE = "lorakit_key"
+
+
+class Busy(UserError):
+    pass
+
+
+def _same(given: str, secret: str) -> bool:
+    """A constant-time comparison that takes any text (compare_digest refuses non-ASCII str)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
 
 
 async def _invalid(request: Request, exc: ValidationError) -> Response:

@@ -23,6 +23,13 @@ from lorakit.train.data import Subset, bucket_of, resolution_pair, subsets, trai
 from lorakit.train.subset_options import buckets, caption_options
 
 
+def _real(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: no folder of the config holds it
+        return None
+
+
 def default_config(root: Path) -> Config:
     config = Config()
     config.data.image_root = str(root)
@@ -41,7 +48,7 @@ class TrainerView:
             found, self.problem = [], str(exc)
         else:
             self.problem = ""
-        self.by_image = {image.resolve(): s for s in found for image in s.images}
+        self.by_image = {real: s for s in found for image in s.images if (real := _real(image)) is not None}
         self.fallback = Subset(root, 0, None, False, resolution_pair(data.resolution), data.batch_size,
                                data.caption_extension, captions=caption_options(data), buckets=buckets(data))
         self._tokenizer = None
@@ -67,7 +74,7 @@ class TrainerView:
                 "no_upscale": b.no_upscale, "max_tokens": d.max_token_length, "problem": self.problem}
 
     def _subset(self, rel: str) -> Subset | None:
-        return self.by_image.get((self.root / rel).resolve())
+        return self.by_image.get(_real(self.root / rel))
 
     def bucket(self, rel: str, width: int, height: int) -> tuple[int, int]:
         return bucket_of((width, height), self._subset(rel) or self.fallback, self.config)

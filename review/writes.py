@@ -77,7 +77,7 @@ def caption_bytes(old: bytes | None, text: str) -> bytes:
 
 
 def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = False,
-              progress=None) -> tuple[list[str], list]:
+              progress=None) -> tuple[list[str], list, list[str]]:
     """`tag edit`'s operations on these images' captions, through `tag edit`'s own rewrite (one
     backup, written before any caption): the images whose caption changed (`dry_run`: would
     change), and the diff rows (caption, removed, added). Images without a caption get one only
@@ -85,15 +85,22 @@ def bulk_edit(data: Dataset, rels: list[str], ops: EditOps, dry_run: bool = Fals
     chosen = set(rels)
     report = rewrite(data.root, "review-bulk", lambda image, tags: apply(tags, ops) if image.as_posix() in chosen
                      else None, dry_run=dry_run, create=bool(ops.add), progress=progress)
-    if report.failed:
-        raise UserError(f"{len(report.failed)} captions could not be {'read' if dry_run else 'written'}: "
-                        + "; ".join(o.message for o in report.failed[:5]))
-    by_caption = {data.entries[rel].caption_rel: rel for rel in rels}
-    changed = [by_caption[o.path] for o in report.outcomes if o.status in (CHANGED, CREATED, PLANNED)]
-    if not dry_run:
-        for rel in changed:
-            data.refresh(rel)
-    return changed, report.sections[0].rows if report.sections else []
+    # a caption is named by its image's path without the suffix (it may be a .caption the page has not seen yet)
+    by_stem = {str(Path(rel).with_suffix("")): rel for rel in rels}
+    mine = lambda o: by_stem.get(str(Path(o.path).with_suffix("")))  # noqa: E731
+    written = {mine(o): o.path for o in report.outcomes if o.status in (CHANGED, CREATED, PLANNED) and mine(o)}
+    changed = list(written)
+    if not dry_run:  # a caption written under a name the page did not know (a new .caption): read the folder
+        if any(data.entries[rel].caption_rel != path for rel, path in written.items()):
+            data.reload()
+        else:
+            for rel in changed:
+                data.refresh(rel)
+    failed = [o for o in report.failed if mine(o)]  # a caption of another image that cannot be read is not this edit's
+    if failed and not changed:
+        raise UserError(f"{len(failed)} captions could not be {'read' if dry_run else 'written'}: "
+                        + "; ".join(f"{o.path}: {o.message}" for o in failed[:5]))
+    return changed, report.sections[0].rows if report.sections else [], [f"{o.path}: {o.message}" for o in failed]
 
 
 def tag_auto(data: Dataset, rels: list[str], options, mode: str, general: float | None, progress=None) -> dict:

@@ -8,6 +8,7 @@ at new thresholds without running the model again.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,17 +85,37 @@ def load_sidecar(path: Path, only: str | None = None) -> tuple[TagInfo, str, dic
     one image, and a dense row per image of a large folder is hundreds of MB)."""
     if not path.is_file():
         return None
+    try:
+        _check_sizes(path)
+        with np.load(path, allow_pickle=False) as data:
+            info = TagInfo(tuple(str(t) for t in data["tags"]), tuple(int(c) for c in data["categories"]))
+            offsets, indices, values = data["offsets"], data["indices"], data["values"]
+            rows = {}
+            for n, name in enumerate(data["images"]):
+                if only is not None and str(name) != only:
+                    continue
+                row = np.zeros(len(info.names), np.float32)
+                row[indices[offsets[n]:offsets[n + 1]]] = values[offsets[n]:offsets[n + 1]]
+                rows[str(name)] = row
+            return info, str(data["model"]), rows
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: damaged, or not a sidecar lorakit wrote ({exc}); delete it and run tag auto "
+                        "again") from None
+
+
+def _check_sizes(path: Path) -> None:
+    """A sidecar's arrays are at most one value per image and tag: a member that unpacks to more
+    was not written by tag auto (a crafted one can unpack to gigabytes), so nothing is unpacked."""
+    with zipfile.ZipFile(path) as z:
+        sizes = {info.filename: info.file_size for info in z.infolist()}
+        for small in ("images.npy", "tags.npy", "categories.npy", "model.npy"):
+            if sizes.get(small, 0) > 256 << 20:
+                raise ValueError(f"{small} is {sizes[small]} bytes")
     with np.load(path, allow_pickle=False) as data:
-        info = TagInfo(tuple(str(t) for t in data["tags"]), tuple(int(c) for c in data["categories"]))
-        offsets, indices, values = data["offsets"], data["indices"], data["values"]
-        rows = {}
-        for n, name in enumerate(data["images"]):
-            if only is not None and str(name) != only:
-                continue
-            row = np.zeros(len(info.names), np.float32)
-            row[indices[offsets[n]:offsets[n + 1]]] = values[offsets[n]:offsets[n + 1]]
-            rows[str(name)] = row
-        return info, str(data["model"]), rows
+        cells = len(data["images"]) * len(data["tags"]) + len(data["images"]) + 1
+    for member in ("offsets.npy", "indices.npy", "values.npy"):
+        if sizes.get(member, 0) > cells * 8 + 4096:
+            raise ValueError(f"{member} holds more than one value per image and tag")
 
 
 # --- the stage -------------------------------------------------------------------------------

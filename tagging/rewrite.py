@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,8 +75,11 @@ def _read_chunk(paths: list[str | None]) -> list[bytes | OSError | None]:
             if path is None:
                 out.append(None)
             else:  # never through a link: the edit would replace the link, or write where it leads
-                fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+                # O_NONBLOCK: a FIFO named .txt opens at once (and is refused) instead of waiting forever
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
                 with open(fd, "rb") as f:  # bytes, decoded by the caller: faster than text mode
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise OSError(errno.EINVAL, "not a regular file")
                     out.append(f.read())
         except OSError as e:
             out.append(e)

@@ -254,7 +254,7 @@ def test_listening_beyond_this_machine_is_warned_of(tmp_path):
 
 def test_beyond_loopback_every_route_needs_the_key_the_terminal_printed(site):
     root, review, client = site
-    review.key = "the-printed-key"
+    review.key, review.cookie = "the-printed-key", "lorakit_key_8765"  # one cookie per port: two servers keep theirs
     client.headers.pop("X-Lorakit-Token")
     anyone = {"Host": "192.168.1.20:8765"}
     for path in ("/", "/api/images", "/file?rel=10_kit/a.png", "/static/app.js", "/?key=guess"):
@@ -264,7 +264,7 @@ def test_beyond_loopback_every_route_needs_the_key_the_terminal_printed(site):
     traded = client.get("/?key=the-printed-key", headers=anyone, follow_redirects=False)
     assert traded.status_code == 303 and traded.headers["location"] == "/"
     cookie = traded.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and "the-printed-key" in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and cookie.startswith("lorakit_key_8765=the-printed-key")
     page = client.get("/", headers=anyone)  # the client keeps the cookie, as a browser does
     assert page.status_code == 200 and review.token in page.text
     assert client.get("/api/images", headers=anyone).status_code == 200

@@ -6,10 +6,12 @@ the training area, each image assigned to the one closest to its aspect ratio (o
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 
+@lru_cache(maxsize=64)  # per settings: the same list for every image (the review page asks per image)
 def resolutions(resolution: tuple[int, int], min_size: int = 256, max_size: int = 1024,
-                step: int = 64) -> list[tuple[int, int]]:
+                step: int = 64) -> tuple[tuple[int, int], ...]:
     """The square of the training area, then for each width from min to max every (w, h) and
     (h, w) whose area fits."""
     max_area = resolution[0] * resolution[1]
@@ -22,10 +24,10 @@ def resolutions(resolution: tuple[int, int], min_size: int = 256, max_size: int 
             found.add((width, height))
             found.add((height, width))
         width += step
-    return sorted(found)
+    return tuple(sorted(found))  # a tuple: the cached list is shared, so nobody may change it
 
 
-def closest(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+def closest(size: tuple[int, int], buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
     """The bucket whose aspect ratio is nearest the image's."""
     aspect = size[0] / size[1]
     return min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))

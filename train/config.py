@@ -112,7 +112,8 @@ class Piecewise:
 
 NAME = FileName()
 # a side of at least one 8x8 latent (the VAE's factor 8, then the UNet's downsamplings)
-Pixels = Annotated[int, Range(64)]
+# 16384 px: four times SDXL's largest bucket; past it a bucket list (and the images) would not fit a GPU anyway
+Pixels = Annotated[int, Range(64, 16384)]
 Resolution = Pixels | Annotated[list[Pixels], WidthHeight()]
 LearningRate = Annotated[float, Range(0)] | Annotated[str, Piecewise(Range(0))]
 

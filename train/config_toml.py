@@ -220,6 +220,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def load(path: Path, overrides: list[str] = ()) -> Config:
+    if path.exists() and not path.is_file():  # a folder, or /dev/zero (read forever)
+        raise ConfigError(f"{path} is not a file: give the config's TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -303,7 +303,10 @@ async function bulk(event) {
   const which = state.picked.size ? "picked" : "matching";
   if (!confirm(`${preview.data.changed.length} of the ${preview.data.of} ${which} captions will change, e.g.\n${sample}`)) return;
   const done = await withProgress(job, "bulk edit", post("bulk", { ...body, job }));
-  result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions` : done.data.error, !done.ok);
+  const failed = done.ok && done.data.failed.length ? `; ${done.data.failed.length} could not be written: ` +
+    done.data.failed.slice(0, 3).join("; ") : "";
+  result(done.ok ? `bulk: changed ${done.data.changed.length} of ${done.data.of} captions${failed}` : done.data.error,
+    !done.ok || Boolean(failed));
   if (done.ok) for (const id of ["bulk-add", "bulk-remove", "bulk-replace"]) $(id).value = "";
   load({ tags: true });
 }
