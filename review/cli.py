@@ -19,17 +19,17 @@ Vocabulary = Literal[VOCABS]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def prepare(root: Path, jobs: int, show_progress: bool):
-    """The dataset with every image's facts and thumbnail made (only what changed)."""
-    from lorakit.fsio import own_folder
+def prepare(root: Path, jobs: int, show_progress: bool, read_only: bool = False):
+    """The dataset with every image's facts and thumbnail made (only what changed); with
+    `read_only`, kept in lorakit's user cache, so nothing is written in DIR."""
     from lorakit.parallel import run_all
     from lorakit.review.dataset import Dataset
     from lorakit.review.facts import make_facts
 
-    data = Dataset(root)
+    data = Dataset(root, read_only)
     todo = data.cache.missing(list(data.entries))
     if todo:
-        own_folder(root, data.cache.folder.relative_to(root))  # never through a link out of DIR
+        data.cache.make_folder()
         results = run_all(make_facts, [(str(root / rel), str(data.cache.folder), str(root)) for rel in todo], jobs,
                           "thumbnails", err_console, show_progress)
         for rel, facts in zip(todo, results):
@@ -77,7 +77,7 @@ def review(
             from lorakit.train.config_toml import load as load_config
 
             trainer = TrainerView(root, load_config(config), str(config))
-        data = prepare(root, jobs, err_console.is_terminal)
+        data = prepare(root, jobs, err_console.is_terminal, read_only)
         server = Review(data, read_only, load(vocab), vocab, trainer or TrainerView(root),
                         AutoOptions(vocab, model, model_dir))
         server.trainer.warm()

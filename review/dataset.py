@@ -75,10 +75,10 @@ def parse_query(text: str) -> tuple[list[str], list[str]]:
 
 
 class Dataset:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, read_only: bool = False):
         self.root = root
         self._real_root = root.resolve()
-        self.cache = FactsCache(root)
+        self.cache = FactsCache(root, elsewhere=read_only)  # read-only: thumbnails kept outside DIR
         self.entries: dict[str, Entry] = {}
         self.by_tag: dict[str, set[str]] = {}
         self._groups: list[list[str]] | None = None

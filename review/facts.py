@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lorakit.fsio import atomic_path, own_folder, write_text
+from lorakit.fsio import atomic_path, cache_dir, own_folder, write_text
 from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
 
 THUMB_SIDE = 256
@@ -81,8 +81,11 @@ def make_facts(job: tuple[str, str, str]) -> dict:
 class FactsCache:
     """facts.json: {rel: [size, mtime_ns, facts]} with the format version."""
 
-    def __init__(self, root: Path):
-        self.root, self.folder = root, root / FOLDER
+    def __init__(self, root: Path, elsewhere: bool = False):
+        """`elsewhere`: kept in lorakit's user cache, not in DIR (review --read-only writes nothing there)."""
+        self.root, self.elsewhere = root, elsewhere
+        self.folder = cache_dir("review", hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]) \
+            if elsewhere else root / FOLDER
         self.path = self.folder / "facts.json"
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -128,6 +131,12 @@ class FactsCache:
     def put(self, rel: str, facts: dict) -> None:
         self.entries[rel] = [*self.stamp(rel), facts]
 
+    def make_folder(self) -> None:
+        if self.elsewhere:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        else:
+            own_folder(self.root, FOLDER)  # never through a link out of DIR
+
     def save(self) -> None:
-        own_folder(self.root, FOLDER)
+        self.make_folder()
         write_text(self.path, json.dumps({"version": VERSION, "entries": self.entries}))

@@ -31,7 +31,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lorakit.errors import UserError
-from lorakit.fsio import own_folder
 from lorakit.review import schema, writes
 from lorakit.review.dataset import Dataset, Query
 from lorakit.review.trainer import TrainerView
@@ -210,7 +209,7 @@ class Review:
             before = (id(self.data.entries), id(self.data.by_tag))
             new = self.data.rescan()
             if new:
-                own_folder(self.data.root, self.data.cache.folder.relative_to(self.data.root))
+                self.data.cache.make_folder()
                 for rel in new:  # a few images added meanwhile: made here, one by one
                     self.data.cache.put(rel, make_facts((str(self.data.root / rel), str(self.data.cache.folder),
                                                          str(self.data.root))))

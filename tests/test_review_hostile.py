@@ -153,3 +153,20 @@ def test_a_config_that_is_not_a_file_is_refused(tmp_path):
     for config in (tmp_path, "/dev/zero"):
         failed = run("lorakit", "review", root, "--config", config, check=2)
         assert "is not a file" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_read_only_writes_nothing_in_the_dataset(tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from lorakit.review.cli import prepare
+    from lorakit.review.server import Review
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    root = dataset(tmp_path / "data")
+    before = digest(root)
+    review = Review(prepare(root, 1, False, read_only=True), read_only=True)
+    client = TestClient(review.app())
+    assert client.get("/thumb", params={"rel": "10_kit/a.png"}).headers["content-type"] == "image/jpeg"
+    assert client.get("/api/rescan").status_code == 200 and client.get("/api/training").status_code == 200
+    assert digest(root) == before and not (root / ".lorakit").exists()  # thumbnails kept in lorakit's cache
+    assert list((tmp_path / "cache" / "review").glob("*/*.jpg"))
