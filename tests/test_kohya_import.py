@@ -231,8 +231,8 @@ def test_dim_from_weights_without_weights_is_dropped(tmp_path, base):
 @pytest.mark.parametrize("lora_type, change, key, why", [
     ("LyCORIS/iA3", {"network_dropout": 0.1}, "network_dropout", "lycoris's ia3 has no dropout on its hidden"),
     ("LyCORIS/LoHa", {"network_dropout": 0.1}, "network_dropout", "lycoris's loha has no dropout"),
-    ("LyCORIS/LoKr", {"rank_dropout": 0.1}, "rank_dropout", "LoKr draws its rank-dropout mask on the CPU"),
-    ("Kohya DyLoRA", {"rank_dropout": 0.1, "unit": 4, "conv_dim": 8}, "rank_dropout", "kohya's DyLoRA has no rank dropout"),
+    ("LyCORIS/LoKr", {"rank_dropout": 0.1}, "rank_dropout", "draws LoKr's rank mask on the CPU"),
+    ("Kohya DyLoRA", {"rank_dropout": 0.1, "unit": 4, "conv_dim": 8}, "rank_dropout", "dylora picks the ranks itself"),
     ("LyCORIS/LoCon", {"network_dropout": 0.1, "dora_wd": True}, "network_dropout", "LyCORIS ignores network_dropout"),
 ])
 def test_what_kohya_ignores_is_dropped_so_the_result_plans(tmp_path, base, lora_type, change, key, why):

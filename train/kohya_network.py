@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lorakit.train.blocks import BLOCK_ARGS
 from lorakit.train.kohya_args import parse
 from lorakit.train.kohya_keys import truthy
-from lorakit.train.lycoris_net import ALGOS, ARGS, DYLORA_ARGS, NO_DROPOUT
+from lorakit.train.network_kinds import KINDS
 
 MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "networks.loha": "loha", "networks.lokr": "lokr"}
 LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3", "glora": "glora",
@@ -107,7 +106,7 @@ def _arg(module: str, key: str, value: Any) -> tuple[str, Any] | str:
         return target, convert(value)
     if key in LACKED:
         return f"not mapped: lorakit lacks {key} ({LACKED[key]})"
-    known = ARGS if module in ALGOS else DYLORA_ARGS if module == "dylora" else BLOCK_ARGS | {"dora_wd"}
+    known = KINDS[module].args if module in KINDS else frozenset()
     if key in known:
         if key in BLOCKWISE:
             return f"network.args.{key}", value
@@ -203,7 +202,8 @@ def network(flat: dict, tree: dict, rows: list, gui: bool) -> None:
                                                f"as {main_key}"])
     elif not _off(args.get("conv_dim")) and _off(args.get("conv_alpha", 1)):
         args["conv_alpha"] = args["conv_dim"]  # sd-scripts' LoRA: an alpha of 0 is the rank
-    if module == "lora" and not _off(args.get("conv_dim")):
+    if module in KINDS and not KINDS[module].convolutions and KINDS[module].builder == "ours" \
+            and not _off(args.get("conv_dim")):
         module = "locon"  # kohya's LoRA with conv_dim is what lorakit calls LoCon
     put(tree, "network.module", module)
     rows.append([origin, source, f'network.module = "{module}"'])
@@ -239,24 +239,22 @@ def fit(tree: dict, rows: list) -> None:
     must plan and run as kohya's did."""
     n = tree.get("network", {})
     module, args = n.get("module", "lora"), n.get("args", {})
-    if module in NO_DROPOUT and n.get("dropout"):
-        drop(tree, rows, "network.dropout", f"lycoris's {module} has no dropout on its hidden activations: kohya "
-                                            "passes network_dropout to it and nothing happens")
-    if module in ("lora", "locon") and truthy(args.get("dora_wd", False)):
+    kind = KINDS.get(module)
+    if kind is None:
+        return
+    # the network kind's own record says what lorakit refuses (train/network_kinds.py)
+    if kind.hidden_dropout and n.get("dropout"):
+        drop(tree, rows, "network.dropout", f"lycoris's {module} {kind.hidden_dropout}: kohya passes "
+                                            "network_dropout to it and nothing happens")
+    if kind.dora and truthy(args.get("dora_wd", False)):
         if n.get("dropout"):
             drop(tree, rows, "network.dropout", "with DoRA (dora_wd) LyCORIS ignores network_dropout")
         if n.get("rank_dropout"):
             drop(tree, rows, "network.rank_dropout", "lorakit's DoRA lacks rank dropout: it folds the ranks into "
                                                      "the weight it rescales (module_dropout works)", "not mapped")
-    if module == "lokr" and n.get("rank_dropout"):
-        drop(tree, rows, "network.rank_dropout", "lycoris's LoKr draws its rank-dropout mask on the CPU, which fails "
-                                                 "against the weights on a GPU (module_dropout works)")
-    if module in ("ia3", "glora") and n.get("rank_dropout"):
-        drop(tree, rows, "network.rank_dropout", f"lycoris's {module} drops no ranks (GLoRA only in bypass mode, "
-                                                 "which kohya_ss leaves off): rank_dropout does nothing")
-    if module == "dylora" and n.get("rank_dropout"):
-        drop(tree, rows, "network.rank_dropout", "kohya's DyLoRA has no rank dropout: sd-scripts ignores it")
-    if n.get("weights") and module not in ("lora", "locon", "dylora"):
+    if kind.rank_dropout and n.get("rank_dropout"):
+        drop(tree, rows, "network.rank_dropout", kind.rank_dropout)
+    if n.get("weights") and not kind.continues:
         drop(tree, rows, "network.weights", f"lorakit continues LoRA, LoCon and DyLoRA files, not {module}",
              "not mapped")
     if n.get("dim_from_weights") and not n.get("weights"):
