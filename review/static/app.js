@@ -44,7 +44,7 @@ async function load({ tags = false } = {}) {
   state.pages = data.pages; state.items = data.items;
   $("count").textContent = `${data.count} of ${data.total} images`;
   if ($("bulk-count")) { $("bulk-count").textContent = data.count; showPicked(); }
-  $("page").textContent = data.page; $("pages").textContent = data.pages;
+  for (const where of ["", "-top"]) { $("page" + where).textContent = data.page; $("pages" + where).textContent = data.pages; }
   const folder = $("folder");
   if (folder.options.length === 1) {
     for (const f of data.folders) {
@@ -75,6 +75,7 @@ function render(items) {
     const card = document.createElement("div");
     card.className = "card" + (item.caption === null ? " nocaption" : "") + (item.error ? " broken" : "");
     card.dataset.rel = item.rel;
+    card.title = item.rel;  // which file: near-duplicates look alike
     card.tabIndex = 0; card.setAttribute("role", "button");
     const caption = document.createElement("p");
     caption.textContent = item.caption === null ? "(no caption)" : item.caption;
