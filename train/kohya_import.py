@@ -20,10 +20,11 @@ import tomli_w
 import tomllib
 
 from lorakit.errors import UserError
-from lorakit.report import WRITTEN, Outcome, Report, Section
+from lorakit.report import FAILED, WRITTEN, Outcome, Report, Section
 from lorakit.train.kohya_args import command_line, optimizer_table, parse
 from lorakit.train.kohya_gui import dropped_by_noise_type, family, off, zero, zero_rate
 from lorakit.train.kohya_keys import KEYS, To
+from lorakit.train.kohya_meaning import ESSENTIAL, meaning
 from lorakit.train.kohya_network import GUI_FIELDS, drop, fit, network, put
 
 # read together with others below, each with its own report rows
@@ -168,6 +169,7 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
         drop(tree, rows, "training.max_steps", "max_train_epochs wins, as in kohya")
     network(flat, tree, rows, gui)
     _optimizer(flat, tree, rows)
+    meaning(flat, tree, rows, gui, put, Path.cwd())
     fit(tree, rows)
     for row in rows:  # the flags of additional_parameters, named as the user wrote them
         if row[0].split(" ")[0] in given and "additional_parameters --" not in row[2]:
@@ -287,4 +289,8 @@ def import_kohya(config: Path, out: Path, dataset: Path | None = None, force: bo
         check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout, n.dropout)
     except UserError as exc:
         report.notes.append(f"warning: `train plan` refuses it as imported: {exc}")
+    for row in groups["not mapped"]:  # the config is written, but it is not the run kohya would have made
+        if row[0] in ESSENTIAL:
+            report.outcomes.append(Outcome(row[0], FAILED, f"{row[1]} {row[2]}; the written config trains with "
+                                                           "lorakit's default instead: set it before training"))
     return report

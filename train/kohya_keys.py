@@ -115,7 +115,9 @@ KEYS: dict[str, To | str] = {
     "output_dir": To("output.dir"),
     "output_name": To("output.name"),
     "training_comment": To("output.comment"),
-    "logging_dir": To("output.log_dir"),
+    # lorakit's output.log_dir is A1111's log directory: it also draws samples at every save
+    "logging_dir": "- dropped: lorakit writes its TensorBoard log into output.dir (tensorboard/); its "
+                   "output.log_dir would also draw samples at every save, which kohya's logging_dir does not",
     "metadata_title": To("output.metadata.title"),
     "metadata_author": To("output.metadata.author"),
     "metadata_description": To("output.metadata.description"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -63,17 +63,21 @@ class OptimizerSpec:
     # bytes of state per trained parameter (moments in float32; 8-bit Adam's in bytes; Adafactor's
     # are factored per row and column: next to nothing for LoRA's matrices)
     state_bytes: int
+    # the class's own defaults: what kohya trains with when optimizer_args does not set them
+    # (lorakit's optimizer.weight_decay and betas default to the guide's values instead)
+    class_defaults: dict = field(default_factory=dict)
     adaptive: bool = False  # finds its own rate: the guide's lr 1 and alpha 1
     eps: bool = False  # divides by sqrt(second moment) + eps, 1e-8 by default: 0 in fp16
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "adamw": OptimizerSpec(_adamw, 8, eps=True),
-    "adamw8bit": OptimizerSpec(_adamw8bit, 2),
-    "prodigy": OptimizerSpec(_prodigy, 16, adaptive=True, eps=True),
-    "dadaptadam": OptimizerSpec(_dadaptadam, 12, adaptive=True, eps=True),
-    "lion": OptimizerSpec(_lion, 4),
-    "adafactor": OptimizerSpec(_adafactor, 0),
+    "adamw": OptimizerSpec(_adamw, 8, {"weight_decay": 0.01, "betas": [0.9, 0.999]}, eps=True),
+    "adamw8bit": OptimizerSpec(_adamw8bit, 2, {"weight_decay": 0.01, "betas": [0.9, 0.999]}),
+    "prodigy": OptimizerSpec(_prodigy, 16, {"weight_decay": 0.0, "betas": [0.9, 0.999]}, adaptive=True, eps=True),
+    "dadaptadam": OptimizerSpec(_dadaptadam, 12, {"weight_decay": 0.0, "betas": [0.9, 0.999]}, adaptive=True,
+                                eps=True),
+    "lion": OptimizerSpec(_lion, 4, {"weight_decay": 0.0, "betas": [0.9, 0.99]}),
+    "adafactor": OptimizerSpec(_adafactor, 0, {"weight_decay": 0.0}),
 }
 
 

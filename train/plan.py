@@ -136,7 +136,9 @@ def _advice(config: Config, family: str | None, counts: list) -> list[str]:
         if not s.is_reg and count < least:
             warnings.append(f"{s.folder.name}: only {count} training images; the guide suggests about {about} "
                             f"for {family or 'SD1.5'} (at least {least})")
-    longest = max(resolution_pair(config.data.resolution))
+    # a [[datasets]] table trains at its own resolution: the largest of them is the one to judge
+    longest = max(max(resolution_pair(r)) for r in
+                  [config.data.resolution, *(d.resolution for d in config.datasets if d.resolution)])
     if family and longest > facts.native:  # the guide's 768,768 is for models that make 768 natively
         warnings.append(f"resolution {longest} is above the {facts.native} px {family} was trained at; the guide: "
                         "\"you should not set this higher than your model can generate natively\" (its 768,768 is "
