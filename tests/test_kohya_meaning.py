@@ -57,3 +57,40 @@ def test_close_equivalents_map_and_a_lost_essential_setting_fails_the_import(tmp
                    "--force", check=1)
     assert "trains with lorakit's default instead" in failed.stdout + failed.stderr
     assert (tmp_path / "came.toml").is_file()  # written, to be edited; the exit code says it is not kohya's run
+
+
+def test_a_failed_import_leaves_the_users_files_and_odd_outputs_are_refused(tmp_path, base):
+    out, side = tmp_path / "keep.toml", tmp_path / "keep.prompts.txt"
+    out.write_text("mine\n")
+    side.write_text("my prompts\n")
+    bad = gui_save(tmp_path, base, adaptive_noise_scale=0.1, noise_offset=0, sample_prompts="kit --w 64")
+    failed = train("import", "kohya", bad, "--out", out, "--force", check=2)
+    assert "nothing was written" in failed.stderr
+    assert out.read_text() == "mine\n" and side.read_text() == "my prompts\n"  # --force replaces only with what loads
+    os.mkfifo(tmp_path / "fifo.toml")
+    assert "not a regular file" in train("import", "kohya", gui_save(tmp_path, base), "--out", tmp_path / "fifo.toml",
+                                         "--force", check=2).stderr
+
+
+def test_values_no_kohya_tool_writes_are_one_line_never_a_traceback(tmp_path, base):
+    report, _ = imported(gui_save(tmp_path, base, network_dim=1e999, resolution=","), tmp_path / "lora.toml")
+    assert report["not_mapped"]["resolution"].startswith("not mapped")
+    toml = tmp_path / "dated.toml"
+    toml.write_text(f'pretrained_model_name_or_path = "{base}"\ntraining_comment = 1979-05-27\n')
+    train("import", "kohya", toml, "--out", tmp_path / "dated.out.toml", check=0)  # a TOML date: shown, no crash
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"output_name": "caf\xe9"}')
+    failed = train("import", "kohya", latin, "--out", tmp_path / "x.toml", check=2)
+    assert "not UTF-8 text" in failed.stderr and "Traceback" not in failed.stderr
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 5000 + "]" * 5000)
+    assert train("import", "kohya", nested, "--out", tmp_path / "y.toml", check=2).stderr
+
+
+def test_a_config_train_plan_would_refuse_fails_the_import_and_warm_up_flags_are_read(tmp_path, base):
+    failed = train("import", "kohya", gui_save(tmp_path, base, optimizer="AdamW", optimizer_args="foo=1"), "--out", tmp_path / "a.toml",
+                   "--force", check=1)
+    assert "`train plan` refuses it as imported: optimizer.args do not fit" in failed.stdout + failed.stderr
+    report, written = imported(gui_save(tmp_path, base, additional_parameters="--lr_warmup_steps 100"),
+                               tmp_path / "b.toml")
+    assert written["scheduler"]["warmup_steps"] == 100

@@ -38,3 +38,19 @@ def test_plan_refuses_and_run_refuses_before_the_model_loads(tmp_path, text, sai
     assert said in planned.stderr
     ran = train("run", path, "--set", f"output.dir=\"{tmp_path / 'out'}\"", check=2)
     assert said in ran.stderr and "cannot load the model" not in ran.stderr
+
+
+@pytest.mark.parametrize("text,said", [
+    ("[optimizer]\nbetas = [0.9, 0.99, 0.999]\n", "two numbers"),
+    ('[network]\nargs = {dora_wd = "false"}\n', "true or false, not text"),  # "false" read as true: DoRA on
+    ("[training]\nmax_steps = 100000000\n", "more than lorakit plans"),
+    ('[training]\nmixed_precision = "fp16"\nweights_dtype = "fp16"\n[optimizer]\nargs = {eps = 0}\n', "is 0 in fp16"),
+])
+def test_plan_refuses_what_would_fail_or_mislead_later(tmp_path, text, said):
+    assert said in train("plan", _config(tmp_path, text), check=2).stderr
+
+
+def test_an_output_folder_that_is_a_file_is_refused_by_plan(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    path = _config(tmp_path, f'[output]\nlog_dir = "{tmp_path / "afile"}"\n')
+    assert "is a file, not a folder" in train("plan", path, check=2).stderr

@@ -185,8 +185,11 @@ def check(config: Config) -> None:
         raise ConfigError(f'training.weights_dtype = "{t.weights_dtype}" needs training.mixed_precision = '
                           f'"{t.weights_dtype}" (half-precision weights train under autocast in their own dtype, '
                           f'as kohya\'s full_{t.weights_dtype} needs mixed_precision {t.weights_dtype})')
+    if len(config.optimizer.betas) != 2:  # every optimizer here takes two: a third fails at the first step
+        raise ConfigError(f"optimizer.betas = {config.optimizer.betas}: two numbers, e.g. [0.9, 0.999]")
     eps = config.optimizer.args.get("eps", 1e-8)
-    if t.weights_dtype == "fp16" and OPTIMIZERS[config.optimizer.type].eps and isinstance(eps, float) and eps < 1e-6:
+    numeric = isinstance(eps, (int, float)) and not isinstance(eps, bool)  # 0 as an int is 0 too
+    if t.weights_dtype == "fp16" and OPTIMIZERS[config.optimizer.type].eps and numeric and eps < 1e-6:
         raise ConfigError(f"training.weights_dtype = \"fp16\" with {config.optimizer.type}: its eps {eps:g} is 0 in "
                           "fp16, and a zero gradient (every LoRA's down weights at the first step) then divides 0 by 0 "
                           "into NaN; set optimizer.args = {eps = 1e-6} or more, or use bf16")

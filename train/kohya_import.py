@@ -44,7 +44,7 @@ def _flatten(data: dict) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)  # default: TOML dates
 
 
 def _optimizer(flat: dict, tree: dict, rows: list) -> None:
@@ -69,8 +69,19 @@ def _optimizer(flat: dict, tree: dict, rows: list) -> None:
             rows.append([f"optimizer_args {key}", _shown(value), f"not mapped: {exc}"])
 
 
+def _number(value: Any) -> Any:
+    """A number as additional_parameters gives it (text: "100"), else the value as it is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else number
+    return value
+
+
 def _warmup(flat: dict, tree: dict, rows: list) -> None:
-    steps, percent = flat.get("lr_warmup_steps"), flat.get("lr_warmup")
+    steps, percent = _number(flat.get("lr_warmup_steps")), _number(flat.get("lr_warmup"))
     if isinstance(steps, (int, float)) and steps:
         if steps < 1:  # kohya reads a fraction as a share of the steps
             put(tree, "scheduler.warmup_ratio", float(steps))
@@ -115,9 +126,13 @@ def _additional(flat: dict, rows: list) -> set[str]:
 def read_kohya(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8-sig")
     try:
+        text = path.read_text(encoding="utf-8-sig")
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({exc})") from None
     if not isinstance(data, dict):
@@ -157,7 +172,7 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
             try:  # a value its lorakit key refuses (a path as output.name, network.dim = 0) is reported
                 put(tree, rule.key, rule.convert(value))
                 rows.append([key, shown, rule.key])
-            except (ValueError, TypeError, ConfigError) as exc:
+            except (ValueError, TypeError, OverflowError, IndexError, ConfigError) as exc:  # inf, "x", ","
                 rows.append([key, shown, f"not mapped: {exc}"])
         elif isinstance(rule, str):
             rows.append([key, shown, rule[2:]])
@@ -239,20 +254,37 @@ def _kind(row: list[str]) -> str:
 
 def import_kohya(config: Path, out: Path, dataset: Path | None = None, force: bool = False) -> Report:
     """Write the lorakit config to `out` (never over a file unless `force`), checked by loading it."""
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} exists: choose another --out, or pass --force to replace it")
+    if out.exists() and not out.is_file():  # a folder, a device, a FIFO: never replaced by a config
+        raise UserError(f"{out} is not a regular file: give a file name for the config")
+    try:
+        tree, tables, rows = convert(config, dataset)
+    except (TypeError, ValueError, OverflowError, IndexError, AttributeError, KeyError, RecursionError) as exc:
+        # a shape no kohya tool writes (a list where a table belongs, a number past any range…)
+        raise UserError(f"{config}: cannot be imported: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return _write(config, out, tree, tables, rows, force)
+
+
+def _write(config: Path, out: Path, tree: dict, tables: dict | None, rows: list, force: bool) -> Report:
+    """The config (and kohya_ss's prompts beside it) checked by loading a scratch copy first: a
+    file the user already had is replaced only by one that loads."""
+    import tempfile
+
     from lorakit.fsio import write_text
     from lorakit.train.config_toml import load
-    from lorakit.train.lycoris_net import check_args
+    from lorakit.train.data import subsets
+    from lorakit.train.validate import validate
 
-    if out.exists() and not force:
-        raise UserError(f"{out} exists: choose another --out, or pass --force to replace it")
-    tree, tables, rows = convert(config, dataset)
+
     prompts = tree.get("sampling", {}).get("prompts")
     side = out.with_name(f"{out.stem}.prompts.txt")
     if config.suffix.lower() == ".json" and prompts and not Path(prompts).is_file():
         # kohya_ss's sample_prompts is the prompts' text, which it writes to a file for sd-scripts
-        if side.exists() and not force:
+        if (side.exists() or side.is_symlink()) and not force:
             raise UserError(f"{side} exists (for the config's sample prompts): pass --force to replace it")
-        write_text(side, prompts if prompts.endswith("\n") else prompts + "\n")
+        if side.exists() and not side.is_file():
+            raise UserError(f"{side} is not a regular file: it would hold the config's sample prompts")
         tree["sampling"]["prompts"] = side.name
         for row in rows:
             if row[2] == "sampling.prompts":
@@ -260,15 +292,21 @@ def import_kohya(config: Path, out: Path, dataset: Path | None = None, force: bo
     else:
         side = None
     text = render(tree, tables, config)
-    write_text(out, text)
     pickle = str(tree.get("model", {}).get("base", "")).lower().endswith(".ckpt")
-    try:  # a .ckpt base is refused until the user opts in; the rest must load now
-        loaded = load(out, ["model.allow_pickle=true"] if pickle else [])
-    except UserError as exc:
-        out.unlink()
+    folder = out.parent if out.parent.is_dir() else Path(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".lorakit-import-") as scratch:
+        trial = Path(scratch) / out.name  # relative paths in it read from the same folder as the real one
+        trial.write_text(text, encoding="utf-8")
         if side:
-            side.unlink()
-        raise UserError(f"the imported config does not load, so it was not kept: {exc}") from None
+            (Path(scratch) / side.name).write_text(prompts if prompts.endswith("\n") else prompts + "\n")
+        try:  # a .ckpt base is refused until the user opts in; the rest must load now
+            loaded = load(trial, ["model.allow_pickle=true"] if pickle else [])
+        except UserError as exc:
+            raise UserError("the imported config does not load, so nothing was written: "
+                            f"{str(exc).replace(str(trial), str(out))}") from None
+    if side:
+        write_text(side, prompts if prompts.endswith("\n") else prompts + "\n")
+    write_text(out, text)
     report = Report("import kohya", str(config), str(out))
     report.outcomes += [Outcome(out.name, WRITTEN)] + ([Outcome(side.name, WRITTEN)] if side else [])
     groups = {kind: [r for r in rows if _kind(r) == kind] for kind in ("mapped", *KINDS)}
@@ -284,11 +322,14 @@ def import_kohya(config: Path, out: Path, dataset: Path | None = None, force: bo
         report.notes.append("warning: model.base is a .ckpt file, a pickle that can run code when loaded: lorakit "
                             "refuses it until you set model.allow_pickle = true (only for a file you trust), or "
                             "use a .safetensors copy")
-    n = loaded.network
     try:
-        check_args(n.module, n.args, n.dim, n.conv_dim, n.rank_dropout, n.dropout)
+        found = subsets(loaded)
+    except UserError:  # its images are on another machine: the checks that need them wait for train plan
+        found = []
+    try:  # train plan's own checks: a config it would refuse is not the run kohya would make
+        validate(loaded, found)
     except UserError as exc:
-        report.notes.append(f"warning: `train plan` refuses it as imported: {exc}")
+        report.outcomes.append(Outcome(out.name, FAILED, f"`train plan` refuses it as imported: {exc}"))
     for row in groups["not mapped"]:  # the config is written, but it is not the run kohya would have made
         if row[0] in ESSENTIAL:
             report.outcomes.append(Outcome(row[0], FAILED, f"{row[1]} {row[2]}; the written config trains with "

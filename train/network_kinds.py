@@ -16,6 +16,8 @@ ARGS = frozenset({"use_tucker", "use_scalar", "decompose_both", "factor", "full_
                   "dora_wd", "wd_on_out", "rs_lora"})
 DYLORA_ARGS = frozenset({"unit", "block_size"})  # kohya's name and lycoris's for the same thing
 LORA_ARGS = frozenset(BLOCK_ARGS | {"dora_wd"})
+SWITCHES = frozenset({"dora_wd", "use_tucker", "use_scalar", "decompose_both", "full_matrix", "unbalanced_factorization",
+                      "rescaled", "train_on_input", "rank_dropout_scale", "weight_decompose", "wd_on_out", "rs_lora"})
 
 # lycoris-lora's modules that take network.dropout and do nothing with it (LoHa and LoKr also print a notice on stdout)
 NO_HIDDEN_DROPOUT = "has no dropout on its hidden activations in lycoris-lora (it would be ignored)"
@@ -75,6 +77,9 @@ def check_args(module: str, args: dict, dim: int, conv_dim: int, rank_dropout: f
     if kind.dora and args.get("dora_wd") and (dropout or rank_dropout):
         raise UserError("network.dropout and rank_dropout act on LoRA's hidden ranks, which DoRA (dora_wd) folds "
                         "into the weight it rescales: set them to 0 (module_dropout works)")
+    for key in sorted(set(args) & SWITCHES):  # "false" as text would read as true
+        if not isinstance(args[key], bool):
+            raise UserError(f"network.args.{key} = {args[key]!r}: true or false, not text or a number")
     unknown = sorted(set(args) - kind.args)
     if unknown:
         raise UserError(f"network.args: unknown setting(s) {', '.join(unknown)} for {module}; known: "

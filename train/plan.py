@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from lorakit.captions import read_tags
+from lorakit.errors import UserError
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from lorakit.train.blocks import settings as block_settings
 from lorakit.train.config import Config
@@ -28,6 +29,7 @@ from lorakit.train.validate import validate
 from lorakit.train.validation import split
 
 MAX_TAGS = 20
+MOST_STEPS = 10_000_000
 
 
 def plan(config: Config) -> Report:
@@ -86,6 +88,9 @@ def plan(config: Config) -> Report:
                             f"tag edit DIR --add {s.token} --folder {s.folder.name})")
     run = config.training
     total = run.max_steps or run.max_epochs * steps_per_epoch
+    if total > MOST_STEPS:  # the plan lists every save step: past this it would take minutes and gigabytes
+        raise UserError(f"{total:,} steps: more than lorakit plans ({MOST_STEPS:,}); lower training.max_steps or "
+                        "max_epochs")
     epochs = math.ceil(total / max(1, steps_per_epoch))
     saves, save_steps = _saves(config, total, steps_per_epoch)
     family = _family(config)

@@ -5,6 +5,8 @@ check as well, as an assertion of what reached it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from lorakit.errors import UserError
@@ -45,6 +47,10 @@ def validate(config: Config, found: list[Subset]) -> None:
     if d.cache_latents_to_disk and not d.cache_latents:
         raise UserError("data.cache_latents_to_disk keeps the latent cache: it needs data.cache_latents = true")
     _optimizer_args(config)
+    for key in ("dir", "log_dir"):  # a file where a folder goes fails the run at its first write
+        value = getattr(config.output, key)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise UserError(f"output.{key} = {value} is a file, not a folder")
 
 
 def _optimizer_args(config: Config) -> None:
