@@ -54,3 +54,17 @@ def test_an_output_folder_that_is_a_file_is_refused_by_plan(tmp_path):
     (tmp_path / "afile").write_text("x")
     path = _config(tmp_path, f'[output]\nlog_dir = "{tmp_path / "afile"}"\n')
     assert "is a file, not a folder" in train("plan", path, check=2).stderr
+
+
+def test_names_samples_and_families_that_would_fail_late_are_refused_early(tmp_path):
+    from lorakit.errors import UserError
+    from lorakit.train.kohya_gui import family
+    from lorakit.train.sampling import parse_prompt
+
+    path = _config(tmp_path, f'[output]\nname = "{"n" * 300}"\n')  # a save fails at its first write otherwise
+    assert "at most 200 bytes" in train("plan", path, check=2).stderr
+    with pytest.raises(UserError, match="width 100000 is outside"):
+        parse_prompt("kit --w 100000 --h 64")
+    assert family({"pretrained_model_name_or_path": "/models/FLUX.1-dev/transformer/x.safetensors"}, False)[0] == "Flux.1"
+    assert family({"LoRA_type": "flux1"}, True)[0] == "Flux.1"
+    assert family({"pretrained_model_name_or_path": "juggernautXL-flux-look.safetensors", "sdxl": True}, True) is None

@@ -85,6 +85,9 @@ class FileName:
             return "must be a file name, not a path"
         if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a newline or a tab in a file name
             return "must be a file name without control characters (newlines, tabs)"
+        # 255 bytes is a file name's limit; the saves add "-step00001234.safetensors" and the like
+        if len(value.encode("utf-8", "surrogateescape")) > 200:
+            return "must be a file name of at most 200 bytes (the saves add their step and suffix)"
         return None
 
 

@@ -9,7 +9,6 @@ refused whole: converted, it would train an SD LoRA on the wrong model's setting
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from lorakit.train.kohya_keys import truthy
@@ -71,9 +70,9 @@ NOISE = {"Original": ("multires_noise_iterations", "multires_noise_discount"),
 
 
 def _named(value: Any, pattern: str) -> bool:
+    """Whether any part of a model's path names the family (/models/FLUX.1-dev/transformer/…)."""
     text = str(value or "").strip().lower()
-    last = min((PurePosixPath(text).name, PureWindowsPath(text).name), key=len)
-    return bool(last) and re.search(pattern, last) is not None
+    return any(part and re.search(pattern, part) for part in re.split(r"[\\/]", text))
 
 
 def family(flat: dict, gui: bool) -> tuple[str, str] | None:
@@ -81,10 +80,12 @@ def family(flat: dict, gui: bool) -> tuple[str, str] | None:
     for name, f in FAMILIES.items():
         if truthy(flat.get(f["box"], False)):
             return name, f"{f['box']} = true"
-        if flat.get("LoRA_type") in f["types"]:
+        if str(flat.get("LoRA_type", "")).lower() in {t.lower() for t in f["types"]}:
             return name, f"LoRA_type = {flat['LoRA_type']!r}"
         if flat.get("network_module") in f["modules"]:
             return name, f"network_module = {flat['network_module']!r}"
+    if truthy(flat.get("sdxl", False)) or truthy(flat.get("v2", False)):
+        return None  # an SD model that says so: "flux" in its name is a style (juggernautXL-flux-look)
     for name, f in FAMILIES.items():
         for key in ("pretrained_model_name_or_path", "model_list"):
             if f["name"] and _named(flat.get(key), f["name"]):

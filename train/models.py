@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorakit.errors import UserError
+from lorakit.train.families import FAMILIES
 
 if TYPE_CHECKING:
     from lorakit.train.config import Config
@@ -26,8 +27,6 @@ class Models:
 
     @property
     def sdxl(self) -> bool:  # SDXL's layout: its UNet's blocks, its two text encoders, its size conditioning
-        from lorakit.train.families import FAMILIES
-
         return FAMILIES[self.family].sgm_unet
 
 
@@ -123,7 +122,7 @@ def load_models(config: Config) -> Models:
         family, tokenizers, text_encoders, vae, unet = load_single_file(Path(base), m.family, v, m.allow_pickle,
                                                                         m.config)
         if m.vae:
-            vae = _separate_vae(m.vae, family == "sdxl")
+            vae = _separate_vae(m.vae, FAMILIES[family].sgm_unet)
         return Models(tokenizers, text_encoders, vae, unet, scheduler(config.loss.zero_terminal_snr, v),
                       decide_family(config, family), v)
     from pathlib import Path
@@ -138,10 +137,10 @@ def load_models(config: Config) -> Models:
         family = decide_family(config, family_of_unet(unet.config))
         tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", model_max_length=77, **local)]
         text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **local)]
-        if family == "sdxl":
+        if FAMILIES[family].two_encoders:
             tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", model_max_length=77, **local))
             text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **local))
-        vae = _separate_vae(config.model.vae, family == "sdxl") if config.model.vae else \
+        vae = _separate_vae(config.model.vae, FAMILIES[family].sgm_unet) if config.model.vae else \
             AutoencoderKL.from_pretrained(base, subfolder="vae", **local)
     except OSError as exc:
         why = f" (offline: {offline}; only the Hugging Face cache was read)" if offline else ""

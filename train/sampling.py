@@ -31,6 +31,7 @@ SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG p
     "ddim": ("DDIMScheduler", "DDIM"),
     "dpm++_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
 }
+LIMITS = {"width": (64, 4096), "height": (64, 4096), "steps": (1, 1000), "cfg": (0, 100)}
 OPTIONS = {"n": ("negative", str), "w": ("width", int), "h": ("height", int), "d": ("seed", int),
            "l": ("cfg", float), "s": ("steps", int)}
 
@@ -58,6 +59,10 @@ def parse_prompt(line: str, where: str = "prompt") -> Prompt:
             setattr(prompt, field, kind(value.strip()))
         except ValueError:
             raise UserError(f"{where}: --{key} {value.strip()!r} is not a {kind.__name__}") from None
+    for field, (low, high) in LIMITS.items():  # checked when planned: a sample fails hours into a run otherwise
+        value = getattr(prompt, field)
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{where}: {field} {value} is outside {low}..{high}")
     return prompt
 
 
