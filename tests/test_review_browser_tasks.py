@@ -14,7 +14,8 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-br
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
 
 
-def test_trainer_view_and_the_tagger_on_picked_images(tmp_path):
+@pytest.mark.parametrize("width,height", [(1440, 900), (390, 844)])  # a desktop, and a phone
+def test_trainer_view_and_the_tagger_on_picked_images(tmp_path, width, height):
     playwright = pytest.importorskip("playwright.sync_api")
     root = dataset(tmp_path / "data")
     write_tagger(tmp_path / "tagger", "danbooru")
@@ -27,7 +28,7 @@ def test_trainer_view_and_the_tagger_on_picked_images(tmp_path):
     try:
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(url)
             page.wait_for_function("document.querySelector('#count').textContent === '7 of 7 images'")
