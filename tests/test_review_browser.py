@@ -3,7 +3,6 @@ Playwright) opens the page the command serves, filters by a tag, edits a caption
 the files on disk are checked at each step. Skipped, saying why, where no Chromium is installed
 (.ci/run installs it first, so CI runs it)."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, OFFLINE, ROOT
+from conftest import BIN, serve_review
 from test_review import dataset
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
@@ -21,19 +20,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed 
 @pytest.fixture
 def served(tmp_path):
     root = dataset(tmp_path / "data")
-    env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
-    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "2"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    url, lines = None, []
-    deadline = time.time() + 60
-    while url is None and time.time() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        if line.startswith("http://"):
-            url = line.split()[0]
-        if proc.poll() is not None:
-            break
-    assert url, "".join(lines)
+    proc, url = serve_review(root)
     yield root, url, proc
     if proc.poll() is None:
         proc.kill()
@@ -95,16 +82,7 @@ def served_lines(tmp_path):
 
     info = TagInfo(("general", "red_hair", "hat", "smile"), (9, 0, 0, 0))
     save_sidecars(root, {Path("10_kit/a.png"): np.array([0.9, 0.8, 0.6, 0.2], np.float32)}, info, "wd")
-    env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
-    proc = subprocess.Popen([str(BIN / "lorakit"), "review", str(root), "--port", "0", "-j", "1"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    url, lines = None, []
-    deadline = time.time() + 60
-    while url is None and time.time() < deadline and proc.poll() is None:
-        lines.append(proc.stderr.readline())
-        if lines[-1].startswith("http://"):
-            url = lines[-1].split()[0]
-    assert url, "".join(lines)
+    proc, url = serve_review(root)
     yield root, url
     proc.kill()
 
