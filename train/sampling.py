@@ -31,7 +31,7 @@ SAMPLERS = {  # our name: (diffusers scheduler class, A1111's name for the PNG p
     "ddim": ("DDIMScheduler", "DDIM"),
     "dpm++_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
 }
-LIMITS = {"width": (64, 4096), "height": (64, 4096), "steps": (1, 1000), "cfg": (0, 100)}
+LIMITS = {"width": (8, 4096), "height": (8, 4096), "steps": (1, 1000), "cfg": (0, 100)}
 OPTIONS = {"n": ("negative", str), "w": ("width", int), "h": ("height", int), "d": ("seed", int),
            "l": ("cfg", float), "s": ("steps", int)}
 
