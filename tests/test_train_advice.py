@@ -74,11 +74,11 @@ def test_network_dropout_is_refused_where_lycoris_ignores_it(tmp_path, base, mod
 
 def test_reports_keep_brackets_and_labels(tmp_path):
     path = _plan_config(tmp_path, 15)
-    proc = run("train", "plan", path, "--set", 'data.reg_root="nope [[embeddings]]"', check=2)
+    proc = train("plan", path, "--set", 'data.reg_root="nope [[embeddings]]"', check=2)
     assert "nope [[embeddings]] is not a folder" in proc.stderr
     schedule = train_json("plan", path)["sections"]["schedule"]
     assert {"quantity": "steps per epoch", "value": 30} in schedule  # 15 images x 2, batch 1
-    assert "no images found" not in run("train", "glossary").stdout
+    assert "no images found" not in train("glossary").stdout
 
 
 def test_a_hub_model_on_an_unreachable_hub_fails_at_once(tmp_path, base):

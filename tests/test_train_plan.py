@@ -2,7 +2,7 @@
 
 import pytest
 import tomllib
-from conftest import run, run_json
+from conftest import run, train, train_json
 from PIL import Image
 
 from lorakit.train.buckets import assign, resolutions
@@ -61,14 +61,14 @@ def test_plan_counts_steps_like_kohya_with_regularisation(tmp_path):
         Image.new("RGB", (512, 512)).save(reg / f"{i}.png")
     config = _config(tmp_path, f'[data]\nimage_root = "{root}"\nreg_root = "{tmp_path / "reg"}"\n'
                                'batch_size = 2\n[training]\nmax_epochs = 3\n[saving]\nevery_n_epochs = 2\n')
-    report = run_json("train", "plan", config)
+    report = train_json("plan", config)
     # 4 images x 10 repeats = 40, batch 2 -> 20 steps; regularisation matches the 40 -> 20 more
     assert report["steps_per_epoch"] == 40
     assert report["total_steps"] == 120 and report["saves"] == [2, 3] and report["save_steps"] == [80, 120]
-    steps = run_json("train", "plan", config, "--set", "training.max_steps=50", "--set", "saving.every_n_steps=20")
+    steps = train_json("plan", config, "--set", "training.max_steps=50", "--set", "saving.every_n_steps=20")
     assert steps["save_steps"] == [20, 40, 50] and steps["saves"] == []  # the run never ends an epoch
     assert report["buckets"] == {"512x512": 9}
-    report = run_json("train", "plan", config, "--set", "training.max_steps=50")
+    report = train_json("plan", config, "--set", "training.max_steps=50")
     assert report["total_steps"] == 50 and report["epochs"] == 2
 
 
@@ -76,13 +76,13 @@ def test_plan_buckets_and_warnings(tmp_path):
     root = _dataset(tmp_path, sizes=[(512, 768), (768, 512), (500, 500)],
                     captions=", ".join(f"t{i}" for i in range(25)))
     config = _config(tmp_path, f'[model]\nfamily = "sd1"\n[data]\nimage_root = "{root}"\nresolution = 768\n')
-    report = run_json("train", "plan", config)
+    report = train_json("plan", config)
     warnings = " ".join(report["warnings"])
     assert "over 20 tags" in warnings and "lack the trigger 'kit'" in warnings
     assert "only 3 training images" in warnings and "above the 512 px sd1" in warnings
     assert report["buckets"] == {"640x896": 1, "768x768": 1, "896x640": 1}
     assert "(0.txt, 1.txt, 2.txt; tag edit DIR --add kit --folder 10_kit)" in warnings  # which captions
-    shown = run("train", "plan", config).stdout  # on a terminal: each warning a line of its own, as the README says
+    shown = train("plan", config).stdout  # on a terminal: each warning a line of its own, as the README says
     assert "\nwarning: 10_kit: 3 captions lack the trigger" in shown and "note: warning" not in shown
 
 
@@ -93,18 +93,18 @@ def test_config_errors_name_the_closest_key(tmp_path):
                            ("[training]\nlearning_rate = 1\n", "belongs in 'optimizer.learning_rate'"),
                            ('[optimizer]\ntype = "sgd"\n', "use one of"),
                            ("version = 7\n", "version 7")):
-        proc = run("train", "plan", _config(tmp_path, f'{text}[data]\nimage_root = "{root}"\n'
+        proc = train("plan", _config(tmp_path, f'{text}[data]\nimage_root = "{root}"\n'
                                             if not text.startswith("[data]") else text), check=2)
         assert expected in proc.stderr, proc.stderr
 
 
 def test_init_then_plan(tmp_path):
     root = _dataset(tmp_path)
-    text = run("train", "init", "--preset", "style", "--image-root", root).stdout
+    text = train("init", "--preset", "style", "--image-root", root).stdout
     config = _config(tmp_path, text)
     assert 'module = "locon"' in text and "conv_dim = 16" in text
-    assert run_json("train", "plan", config)["steps_per_epoch"] == 40
-    run("train", "init", "--preset", "nonsense", check=2)
+    assert train_json("plan", config)["steps_per_epoch"] == 40
+    train("init", "--preset", "nonsense", check=2)
 
 
 def test_tag_balance_toml_plans_directly(tmp_path):
@@ -113,7 +113,7 @@ def test_tag_balance_toml_plans_directly(tmp_path):
     for i in range(2):
         Image.new("RGB", (512, 512)).save(root / "kit2" / f"{i}.png")
     run("tag", "balance", root, "--toml", tmp_path / "dataset.toml")
-    report = run_json("train", "plan", tmp_path / "dataset.toml")
+    report = train_json("plan", tmp_path / "dataset.toml")
     assert report["train_images"] == 4 * 10 + 2 * 20
 
 
@@ -136,7 +136,7 @@ def test_every_glossary_term_maps_to_a_real_key_or_a_reason():
                  "buckets xformers use_8bit_adam cache_latents color_aug flip_aug random_crop vae "
                  "no_meta log_dir bucket_reso_steps bucket_no_upscale v2 v_parameterization").split()
     assert set(reference) <= set(GLOSSARY)
-    shown = run("train", "glossary").stdout
+    shown = train("glossary").stdout
     assert "network.dim" in shown and "more (--json lists all)" not in shown
     assert all(term in shown for term in list(GLOSSARY)[-3:])  # every term on the terminal, not the first 50
     assert key_of(GLOSSARY["lora_model_for_resume"]) == "network.weights"
