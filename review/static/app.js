@@ -36,11 +36,15 @@ function say(text) { $("message").textContent = text; }
 // stays until the next bulk edit, tagger run or undo; an error is shown as one
 function result(text, error = false) { $("result").textContent = text; $("result").classList.toggle("error", error); }
 
+let loads = 0;
 async function load({ tags = false } = {}) {
+  const mine = ++loads;  // an answer to an older request (a save's reload) never replaces a newer one
+  if (tags) state.tagsStale = true;  // kept for the newest answer, which fetches the panel
   const job = jobId();  // grouping near-duplicates of 20,000 images takes a while: its progress shows
   const request = fetch(`/api/images?${params({ job })}`);
   const response = $("duplicates").checked ? await withProgress(job, "near-duplicates", request) : await request;
   const data = await response.json();
+  if (mine !== loads) return;
   state.pages = data.pages; state.items = data.items;
   $("count").textContent = `${data.count} of ${data.total} images`;
   if ($("bulk-count")) { $("bulk-count").textContent = data.count; showPicked(); }
@@ -55,7 +59,7 @@ async function load({ tags = false } = {}) {
   state.folders = Object.fromEntries(data.folders.map((f) => [f.folder, f]));
   render(data.items);
   // turning pages keeps the tag panel: it is fetched again only when the filters or captions change
-  if (tags || new URLSearchParams(query()).toString() !== state.tagsKey) loadTags();
+  if (state.tagsStale || new URLSearchParams(query()).toString() !== state.tagsKey) { state.tagsStale = false; loadTags(); }
 }
 
 function render(items) {
