@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from lorakit.errors import UserError
 from lorakit.review import schema, writes
 from lorakit.review.dataset import Dataset, Query
+from lorakit.review.tagger_routes import TaggerRoutes
 from lorakit.review.trainer import TrainerView
 from lorakit.tagging.auto import AutoOptions
 from lorakit.tagging.edit import EditOps
@@ -40,7 +41,7 @@ from lorakit.tagging.edit import EditOps
 HERE = Path(__file__).parent
 
 
-class Review:
+class Review(TaggerRoutes):
     def __init__(self, data: Dataset, read_only: bool = False, relations=None, vocab: str = "danbooru",
                  trainer: TrainerView | None = None, tagger: AutoOptions | None = None):
         self.data, self.read_only, self.relations, self.vocab = data, read_only, relations, vocab
@@ -254,45 +255,6 @@ class Review:
         def report(stage: str, done: int, total: int) -> None:
             self.progress[job] = {"what": what, "stage": stage, "done": done, "total": total}
         return report
-
-    def _probabilities(self, rel: str) -> dict | None:
-        """`tag auto`'s sidecar for this image, when it left one: its tags over 0.05 (none from
-        a damaged one: the image still opens)."""
-        from lorakit.tagging.auto import SIDECAR, load_sidecar
-
-        try:
-            found = load_sidecar((self.data.root / rel).parent / SIDECAR, only=Path(rel).name)
-        except UserError:
-            return None
-        if found is None or Path(rel).name not in found[2]:
-            return None
-        info, model, rows = found
-        row = rows[Path(rel).name]
-        order = row.argsort()[::-1]
-        return {"model": model, "tags": [{"tag": info.names[i].replace("_", " "), "p": round(float(row[i]), 4),
-                                          "category": info.categories[i]} for i in order if row[i] >= 0.05][:200]}
-
-    async def rethreshold(self, request: Request) -> Response:
-        """The caption `tag auto --rethreshold` would write for this image at these thresholds:
-        the same selection and composition (trigger first, implied tags pruned), from its sidecar."""
-        from lorakit.captions import instance_token
-        from lorakit.tagging.auto import SIDECAR, load_sidecar
-        from lorakit.tagging.compose import Thresholds, Writing, compose, select
-
-        asked = schema.Rethreshold.model_validate(dict(request.query_params))
-        if self._entry(asked.rel) is None:
-            return JSONResponse({"error": "no such image"}, 404)
-        name = Path(asked.rel).name
-        try:  # off the loop: a folder's sidecar is unpacked to find the row
-            found = await run_in_threadpool(load_sidecar, (self.data.root / asked.rel).parent / SIDECAR, name)
-        except UserError as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        if found is None or name not in found[2]:
-            return JSONResponse({"error": "the tagger left no probabilities for this image"}, 404)
-        info, _, rows = found
-        chosen = select(rows[name], info, Thresholds(asked.general, asked.character))
-        tags = compose(chosen, [], Writing(), self.relations, instance_token(Path(asked.rel)))
-        return JSONResponse({"tags": tags or [], "rating": chosen.rating})
 
     async def file(self, request: Request) -> Response:
         rel = request.query_params.get("rel", "")
