@@ -90,12 +90,12 @@ class Dataset:
     # Reads run on worker threads (the server never blocks on one), writes on the event loop. So a
     # write never changes a dict or set a read may be walking: it builds new ones and swaps them in.
 
-    def reload(self) -> None:
+    def reload(self, found: list | None = None) -> None:
         """Every image with its caption file, as `tag edit` finds them (tagging.rewrite.targets)."""
         from lorakit.tagging.rewrite import targets
 
         entries = {}
-        for target in targets(self.root):
+        for target in targets(self.root) if found is None else found:  # found: a listing just made
             rel = target.image.as_posix()
             entry = Entry(rel, rel.split("/")[0] if "/" in rel else ".", target.name, None)
             if target.exists:
@@ -131,8 +131,9 @@ class Dataset:
         images that have no facts yet (new ones), for the caller to make."""
         from lorakit.tagging.rewrite import targets
 
-        if {t.image.as_posix() for t in targets(self.root)} != set(self.entries):
-            self.reload()
+        found = targets(self.root)
+        if {t.image.as_posix() for t in found} != set(self.entries):
+            self.reload(found)  # the listing just made: the folder is not walked twice
             return self.cache.missing(list(self.entries))
         for rel in [r for r in self.entries if self.changed_on_disk(r)]:
             self.refresh(rel)
