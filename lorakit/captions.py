@@ -100,3 +100,44 @@ def caption_file(image: Path, prefer: str = CAPTION_SUFFIXES[0]) -> Path | None:
     """The caption an image is trained with: the one with the preferred suffix, else any."""
     found = caption_files(image)
     return next((c for c in found if c.suffix == prefer), found[0] if found else None)
+
+
+SENTENCE_MODES = ("skip", "overwrite", "merge")
+
+
+def sentence_lines(data: bytes | None, own_file: bool) -> list[str]:
+    """The sentence lines of a caption's bytes: lines 2+ (line 1 holds the tags), or every line of
+    a sentence file of its own; blank ones left out."""
+    if not data:
+        return []
+    text = data.decode("utf-8", "replace").lstrip("\ufeff")
+    lines = text.split("\n") if own_file else text.split("\n")[1:]
+    return [line.strip() for line in lines if line.strip()]
+
+
+def with_sentence(data: bytes | None, sentence: str, mode: str, own_file: bool) -> bytes:
+    """`data` with `sentence` put in: as line 2 (`overwrite`) or after the last line (`merge`,
+    unless it is there already), line 1 and its BOM kept byte for byte; in a sentence file of
+    its own (`own_file`), line 1 is the first sentence. The file's line ending (CRLF or LF) is
+    kept, and it ends with one. A caption that does not exist gets an empty line 1."""
+    new = sentence.encode("utf-8")
+    if own_file:
+        head, body, eol = b"", data or b"", b"\r\n" if data and b"\r\n" in data else b"\n"
+        if body.startswith(BOM):
+            head, body = BOM, body[len(BOM):]
+    else:
+        if data is None:
+            return b"\n" + new + b"\n"
+        _, _, rest = split_caption(data)
+        head = data[:len(data) - len(rest)]  # the BOM and line 1, as they are
+        eol = b"\r\n" if rest.startswith(b"\r\n") else b"\n"
+        body = rest[len(eol):] if rest else b""
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in body.split(b"\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if mode == "overwrite":
+        lines[:1] = [new]
+    elif new.strip() not in {line.strip() for line in lines}:
+        lines.append(new)
+    joined = eol.join(lines) + eol
+    return head + joined if own_file else head + eol + joined

@@ -39,13 +39,16 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path, command: str, wait: float = 2.0) -> Iterator[None]:
+def folder_lock(folder: Path, command: str, wait: float = 2.0, shared: bool = False,
+                name: str = LOCK.name) -> Iterator[None]:
     """Hold the lock of `folder` (its `.lorakit/lock`) while the block runs. Waits up to `wait`
-    seconds for another holder, then raises UserError naming it."""
+    seconds for another holder, then raises UserError naming it. `shared`: the shares of one
+    sharded command (lorakit/shards.py) hold it together, each also holding its own share's
+    lock (`name`), while any other command is kept out."""
     if fcntl is None:
         yield
         return
-    path = own_folder(folder, LOCK.parent) / LOCK.name
+    path = own_folder(folder, LOCK.parent) / name
     try:  # never through a link: the lock file is written, and a link would lead it elsewhere
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
@@ -55,7 +58,7 @@ def folder_lock(folder: Path, command: str, wait: float = 2.0) -> Iterator[None]
         deadline = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -64,6 +67,8 @@ def folder_lock(folder: Path, command: str, wait: float = 2.0) -> Iterator[None]
                 time.sleep(0.05)
         # who holds it, for the message a second command prints; failing to say so is harmless
         try:
+            if shared:  # the record of a shared holder would overwrite another's: leave it
+                raise OSError
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"command": command, "pid": os.getpid()}).encode(), 0)
         except OSError:

@@ -20,8 +20,10 @@ from lorakit.discovery import check_source, discover
 from lorakit.errors import UserError
 from lorakit.fsio import atomic_path
 from lorakit.images import DEFAULT_MAX_PIXELS
+from lorakit.locks import folder_lock
 from lorakit.parallel import default_jobs, make_progress
 from lorakit.report import FAILED, Outcome, Report
+from lorakit.shards import Shard
 from lorakit.tagging import relations
 from lorakit.tagging.compose import Thresholds, Writing, compose, select
 from lorakit.tagging.defaults import CHARACTER, GENERAL
@@ -53,6 +55,7 @@ class AutoOptions:
     console: object = None
     only: list[Path] | None = None  # these images (relative to the folder) rather than all of them
     on_progress: Callable[[str, int, int], None] | None = None  # (stage, done, total): the review page's
+    share: Shard = Shard()  # this process's share of the folder (--shard K/N, or a launcher's)
 
 
 # --- the probability sidecars ------------------------------------------------------------------
@@ -153,8 +156,9 @@ def _run_model(root: Path, rels: list[Path], opts: AutoOptions, report: Report):
     if good and len(next(iter(good.values()))) != len(info.names):
         raise UserError(f"{files.model} has {len(next(iter(good.values())))} outputs but "
                         f"{files.tags} lists {len(info.names)} tags: they do not belong together")
-    if not opts.dry_run:
-        save_sidecars(root, good, info, files.name)
+    if not opts.dry_run:  # shares of one folder add their rows to its sidecar one at a time
+        with folder_lock(root, "tag auto (probabilities)", wait=120, name="lock-sidecars"):
+            save_sidecars(root, good, info, files.name)
     return info, files, probs
 
 
@@ -183,7 +187,12 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
     if opts.only is not None:
         wanted = set(opts.only)
         rels = [r for r in rels if r in wanted]
+    if not opts.share.whole:
+        rels = [r for r in rels if opts.share.mine(r.as_posix())]
     report = Report("auto", str(root))
+    if not opts.share.whole:
+        report.data["shard"] = {"index": opts.share.index + 1, "count": opts.share.count, "images": len(rels),
+                                "from": "launcher" if opts.share.launcher else "--shard"}
     if not rels:
         return report
     spec = None
@@ -205,7 +214,7 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
             return None
         return compose(found[image], existing, opts.writing, rel_data, instance_token(image))
 
-    written = rewrite(root, "auto", write, opts.dry_run, create=True, progress=opts.on_progress)
+    written = rewrite(root, "auto", write, opts.dry_run, create=True, progress=opts.on_progress, share=opts.share)
     report.outcomes = written.outcomes + [
         Outcome(rel.as_posix(), FAILED, p) for rel, p in probs.items() if isinstance(p, str)]
     report.sections = written.sections

@@ -28,6 +28,9 @@ app.add_typer(lists_app, name="lists")
 Dir = Annotated[Path, typer.Argument(help="Dataset folder (searched recursively).")]
 Vocabulary = Literal[VOCABS]  # a typo is refused by the option parser, naming the choices
 Vocab = Annotated[Vocabulary, typer.Option(help="The tag vocabulary.")]
+ShardOption = Annotated[Optional[str], typer.Option(
+    help="K/N: only this process's share of the images (a job array of N). Under torchrun or "
+         "accelerate launch each process takes its share without it.")]
 KeepTokens = Annotated[int, typer.Option(
     min=0, help="Never touch the first N tags (instance and class tokens). The instance token of "
                 "an N_name folder is always kept.")]
@@ -78,10 +81,12 @@ def auto(
     rating: Annotated[str, typer.Option(help="Rating tag: none, first or last.")] = "none",
     order: Annotated[str, typer.Option(help="confidence, or model (the tag CSV's order, as kohya).")] = "confidence",
     keep_implied: Annotated[bool, typer.Option("--keep-implied", help="Do not prune implied tags.")] = False,
+    shard: ShardOption = None,
     dry_run: DryRun = False, json: Json = False,
 ) -> None:
     """Tag every image with a WD14 / e621 ONNX tagger and write its caption beside it."""
     from lorakit.options import err_console
+    from lorakit.shards import shard as parse_shard
     from lorakit.tagging.auto import AutoOptions, auto_tag
     from lorakit.tagging.compose import MODES, Writing
     from lorakit.tagging.lists import expand
@@ -102,7 +107,7 @@ def auto(
                           underscores, escape, pairs, rating, order, not keep_implied)
         opts = AutoOptions(vocab, model, model_dir, provider, precision, batch, workers, general, character,
                            mcut, writing, rethreshold, dry_run, progress=err_console.is_terminal and not json,
-                           console=err_console)
+                           console=err_console, share=parse_shard(shard))
         report = auto_tag(dir, opts)
     emit(report, json)
 
@@ -334,3 +339,6 @@ def lists_update(
         if kept:
             report.notes.append(f"kept from the lists stored before (not in the files given): {', '.join(kept)}")
     emit(report, json)
+
+
+from lorakit.tagging import caption_cli  # noqa: E402,F401  (registers `tag caption` on app)

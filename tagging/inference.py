@@ -16,6 +16,7 @@ from PIL import Image
 
 from lorakit.errors import UserError
 from lorakit.images import DEFAULT_MAX_PIXELS, ImageError, flatten, load_image
+from lorakit.shards import local_device_index
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -108,6 +109,10 @@ class Session:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        gpu = local_device_index()  # under torchrun / accelerate launch: this process's own GPU
+        if gpu:
+            wanted = [(p, {"device_id": str(gpu)}) if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+                      else p for p in wanted]
         try:
             self.session = ort.InferenceSession(str(model), options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
