@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def load(name: str | None, model_dir: Path | None, precision: str | None) -> Cap
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is not ours to show
     label, folder, spec = model_files(name, model_dir)
     family = FAMILIES[spec.family]
     device, chosen = choose_device(precision)
@@ -128,7 +130,9 @@ def load(name: str | None, model_dir: Path | None, precision: str | None) -> Cap
         raise UserError(f"{folder}: transformers cannot load it as {family.model_class} "
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if chosen == "int8" and device.type == "cpu":  # dynamic int8 weights for every linear layer
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch's notices that this API moves to torchao: not the user's
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     elif "device_map" not in extra:
         model.to(device)
     model.eval()
