@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from lorakit.errors import UserError
+from lorakit.train.caption_lines import caption_lines, lines_rule
 from lorakit.train.clip_tokens import count, model_tokenizer
 from lorakit.train.config import Config
 from lorakit.train.data import Subset, bucket_of, resolution_pair, subsets, trained_caption
@@ -82,7 +83,8 @@ class TrainerView:
     def image(self, rel: str, width: int, height: int, text: str | None) -> dict:
         """This image as the trainer sees it: bucket, scale (over 1: enlarged), repeats, the
         caption it trains with (train/data.trained_caption: line 1, or without one the folder's
-        name) and its CLIP tokens; the further lines' tokens apart (train reads line 1 only).
+        name) and its CLIP tokens; the further lines' tokens apart, and what trains of them (line 1
+        only, unless the config's enable_wildcard or caption_recipe reads them: "lines_rule").
         `text`: the caption as the page holds it (None: no caption file)."""
         subset = self._subset(rel)
         bw, bh = self.bucket(rel, width, height)
@@ -91,11 +93,14 @@ class TrainerView:
         first = text.split("\n", 1)[0].strip() if text else ""
         source = "line 1" if first else "the file name's words" if self.config.data.template else "the folder's name"
         further = [line.strip() for line in text.split("\n")[1:] if line.strip()] if text else []
+        options, token = (subset or self.fallback).captions, (subset or self.fallback).token
+        # with enable_wildcard or a caption recipe the further lines train too: said instead of "not trained"
+        rule = lines_rule(options.wildcard, options.recipe, caption_lines(text), token) if text else None
         return {"trains": subset is not None, "repeats": subset.repeats if subset else 0,
                 "regularisation": bool(subset and subset.is_reg), "bucket": [bw, bh], "scale": round(scale, 3),
                 "upscaled": scale > 1, "caption": trained, "source": source,
                 "tokens": count(self.tokenizer, trained) if trained else 0,
-                "other_lines": [count(self.tokenizer, line) for line in further],
+                "other_lines": [count(self.tokenizer, line) for line in further], "lines_rule": rule,
                 "max_tokens": self.config.data.max_token_length}
 
     def folders(self, sizes: dict[str, tuple[str, int, int]]) -> list[dict]:

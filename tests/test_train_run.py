@@ -151,10 +151,19 @@ def test_noise_and_snr_options(tmp_path, base):
 
 def test_rank_and_module_dropout_and_max_norm(tmp_path, base):
     """Dropouts change the result, stay finite and resume exactly (their draws are seeded per
-    step); scale_weight_norms keeps every module's change within the norm."""
+    step); scale_weight_norms keeps every module's change within the norm. The captions have
+    several lines under enable_wildcard: the line each epoch trains resumes exactly too."""
     extra = ["--set", "network.rank_dropout=0.3", "--set", "network.module_dropout=0.2", "--set", "network.dropout=0.1",
-             "--set", "network.scale_weight_norms=0.05", "--set", "optimizer.learning_rate=1e-2"]
-    whole = train_json("run", config(tmp_path, base, "d"), *extra)
+             "--set", "network.scale_weight_norms=0.05", "--set", "optimizer.learning_rate=1e-2",
+             "--set", "data.enable_wildcard=true"]
+
+    def lines(path):  # a sentence line under each caption, and a wildcard
+        captions = sorted((path.parent / path.stem / "dataset" / "2_kitchan").glob("*.txt"))
+        assert len(captions) == 2
+        for caption in captions:
+            caption.write_text(caption.read_text() + "a {small|tiny} cat, sitting on a chair.\n")
+        return path
+    whole = train_json("run", lines(config(tmp_path, base, "d")), *extra)
     assert np.isfinite(whole["losses"]).all()
     out = tmp_path / "d" / "out"
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -166,7 +175,7 @@ def test_rank_and_module_dropout_and_max_norm(tmp_path, base):
         down, up = tensors[f"{module}.lora_down.weight"].float(), tensors[f"{module}.lora_up.weight"].float()
         delta = up.flatten(1) @ down.flatten(1) if down.dim() == 2 else up[:, :, 0, 0] @ down.flatten(1)
         assert float(delta.norm()) * float(tensors[f"{module}.alpha"]) / down.shape[0] <= 0.05 * 1.01
-    train_json("run", config(tmp_path, base, "e"), *extra, "--stop-at", "3")
+    train_json("run", lines(config(tmp_path, base, "e")), *extra, "--stop-at", "3")
     resumed = train_json("resume", tmp_path / "e" / "out")
     assert resumed["losses"] == whole["losses"][3:]
     plain = train_json("run", config(tmp_path, base, "f"), "--set", "optimizer.learning_rate=1e-2")

@@ -44,6 +44,9 @@ def init(
 def plan(
     config: Annotated[Path, typer.Argument(help="The training config (TOML).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: training.max_steps=500")] = None,
+    captions: Annotated[int, typer.Option(
+        "--captions", min=0, help="Also show the exact text trained at each of the first N steps of epoch 1, with its "
+                                  "CLIP token count.")] = 0,
     json: Json = False,
 ) -> None:
     """Check the config and the dataset without loading a model: images, repeats, buckets,
@@ -52,7 +55,7 @@ def plan(
     from lorakit.train.plan import plan as make_plan
 
     with user_errors():
-        report = make_plan(load(config, set_ or []))
+        report = make_plan(load(config, set_ or []), captions)
     emit(report, json)
 
 

@@ -153,6 +153,14 @@ class NetworkConfig:
 
 
 @dataclass
+class RecipeTemplate:
+    """One weighted template of data.caption_recipe over a caption's parts: {tags}, {sentence},
+    {trigger} (train/caption_lines.py; the names are checked when the config loads)."""
+    template: str
+    weight: Annotated[float, Range(above=0)] = 1.0
+
+
+@dataclass
 class SubsetOptions:
     """What a [[datasets.subsets]] table, or its [[datasets]] table for all of its subsets, may
     set for itself (kohya's per-subset options); None: the next table's, then [data]'s."""
@@ -165,6 +173,8 @@ class SubsetOptions:
     caption_dropout_rate: Annotated[float, Range(0, 1)] | None = None
     caption_dropout_every_n_epochs: Annotated[int, Range(0)] | None = None
     caption_tag_dropout_rate: Annotated[float, Range(0, 1)] | None = None
+    enable_wildcard: bool | None = None
+    caption_recipe: list[RecipeTemplate] | None = None  # [] turns [data]'s recipe off for this folder
     flip_aug: bool | None = None
     color_aug: bool | None = None
     random_crop: bool | None = None
@@ -205,6 +215,10 @@ class DataConfig:
     caption_dropout_rate: Annotated[float, Range(0, 1)] = 0.0
     caption_dropout_every_n_epochs: Annotated[int, Range(0)] = 0  # 0: never
     caption_tag_dropout_rate: Annotated[float, Range(0, 1)] = 0.0
+    # kohya's: a caption file's non-blank lines each train, one per image per epoch; {a|b} picks one
+    enable_wildcard: bool = False
+    # weighted templates over a caption's parts, one chosen per image per epoch (docs/formats.md)
+    caption_recipe: list[RecipeTemplate] = field(default_factory=list)
     max_token_length: Literal[75, 150, 225] = 75
     enable_bucket: bool = True
     min_bucket_reso: Pixels = 256

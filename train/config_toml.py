@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import tomllib
 
+from lorakit.train.caption_lines import recipe_problem
 from lorakit.train.config import NAME, VERSION, Config, ConfigError
 from lorakit.train.network_kinds import KINDS
 from lorakit.train.optimizers import OPTIMIZERS
@@ -38,7 +39,6 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 KOHYA_REFUSED = {
     "caption_separator": "captions are comma-separated tags here, as every lorakit stage writes them",
     "secondary_separator": "captions are comma-separated tags here; use keep_tokens_separator to fix a head",
-    "enable_wildcard": "captions are one line of tags; wildcard {a|b} captions are not read",
     "face_crop_aug_range": "face detection is out of scope (crop with `curate crop` instead)",
     "token_warmup_min": "token warm-up is not implemented",
     "token_warmup_step": "token warm-up is not implemented",
@@ -162,6 +162,12 @@ def check(config: Config) -> None:
     for extension in extensions:
         if not extension.startswith(".") or len(extension) < 2 or NAME.problem(extension):
             raise ConfigError(f"caption_extension {extension!r}: a suffix with its dot, e.g. \".txt\"")
+    tables = [("data", d)] + [(f"datasets[{i}]", ds) for i, ds in enumerate(config.datasets)] + \
+        [(f"datasets[{i}].subsets[{j}]", s) for i, ds in enumerate(config.datasets) for j, s in enumerate(ds.subsets)]
+    for where, table in tables:
+        problem = recipe_problem(table.caption_recipe or [])
+        if problem:
+            raise ConfigError(f"{where}.caption_recipe{problem}")
     n = config.network
     if n.weights and not KINDS[n.module].continues:
         raise ConfigError(f"network.weights continues a LoRA, LoCon or DyLoRA file; network.module = {n.module!r} "

@@ -27,6 +27,7 @@ from lorakit.errors import UserError
 from lorakit.images import ImageError, flatten, load_image, read_header
 from lorakit.train import seeds
 from lorakit.train.buckets import assign
+from lorakit.train.caption_lines import caption_lines
 from lorakit.train.subset_options import Augment, Buckets, CaptionOptions, augment, buckets, caption_options
 from lorakit.train.templates import filewords_from_name
 
@@ -62,6 +63,10 @@ class Item:
     dataset: int = 0
     captions: CaptionOptions = CaptionOptions()
     augment: Augment = Augment()
+    # the caption file's non-blank lines, when its options train more than line 1 (enable_wildcard,
+    # caption_recipe: train/caption_lines.py); () otherwise: `caption` is all that trains
+    lines: tuple[str, ...] = ()
+    token: str | None = None  # the folder's class tokens (a recipe's {trigger})
 
 
 def resolution_pair(resolution: int | list[int]) -> tuple[int, int]:
@@ -124,8 +129,11 @@ def load_items(config: Config, found: list[Subset] | None = None, on_error=None)
                     raise UserError(f"{image}: {exc}") from None
                 on_error(s, image, str(exc))
                 continue
-            items.append(Item(image, caption_text(image, s, config), bucket_of((header.width, header.height), s, config),
-                              s.repeats, s.is_reg, s.batch_size, s.dataset, s.captions, s.augment))
+            text = caption_file_text(image, s)
+            items.append(Item(image, trained_caption(text, image, s, config),
+                              bucket_of((header.width, header.height), s, config), s.repeats, s.is_reg, s.batch_size,
+                              s.dataset, s.captions, s.augment,
+                              caption_lines(text) if s.captions.reads_lines() else (), s.token))
     return items
 
 
@@ -141,17 +149,19 @@ def other_captions(image: Path, extension: str) -> list[Path]:
     return [p for p in caption_files(image) if p.suffix != extension]
 
 
-def caption_text(image: Path, subset: Subset, config: Config) -> str:
+def caption_file_text(image: Path, subset: Subset) -> str | None:
     found = caption_path(image, subset.caption_extension)
-    text = found.read_text(encoding="utf-8-sig", errors="replace") if found else None
-    return trained_caption(text, image, subset, config)
+    return found.read_text(encoding="utf-8-sig", errors="replace") if found else None
 
 
 def trained_caption(text: str | None, image: Path, subset: Subset, config: Config) -> str:
     """What training reads of a caption file's text: its first line (kohya's, read as it is: a
     blank first line is no caption, as every lorakit stage reads it, never the line after it);
-    with none, the file name's words (textual inversion's template) or the folder's class tokens."""
-    first = text.split("\n", 1)[0].strip() if text else ""
+    with none, the file name's words (textual inversion's template) or the folder's class tokens.
+    When further lines train (enable_wildcard, a recipe), its first non-blank line, as kohya's
+    enable_wildcard reads the file (the other lines are Item.lines)."""
+    lines = caption_lines(text) if subset.captions.reads_lines() else ()
+    first = lines[0] if lines else text.split("\n", 1)[0].strip() if text else ""
     if first:
         return first
     if config.data.template:  # textual inversion's [filewords]: the file name's words

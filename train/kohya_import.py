@@ -23,13 +23,16 @@ from lorakit.errors import UserError
 from lorakit.report import FAILED, WRITTEN, Outcome, Report, Section
 from lorakit.train.kohya_args import command_line, optimizer_table, parse
 from lorakit.train.kohya_gui import dropped_by_noise_type, family, off, zero, zero_rate
-from lorakit.train.kohya_keys import KEYS, To
+from lorakit.train.kohya_keys import KEYS, To, truthy
 from lorakit.train.kohya_meaning import ESSENTIAL, meaning
 from lorakit.train.kohya_network import GUI_FIELDS, drop, fit, network, put
 
 # read together with others below, each with its own report rows
 HANDLED = {"lr_warmup_steps", "lr_warmup", "network_module", "LoRA_type", "network_args", "optimizer_args"}
-KINDS = ("off", "dropped", "not mapped")  # a row's "where" starts with one of these, or is where it went
+KINDS = ("off", "dropped", "not mapped")
+# sd-scripts' caption options that are read since the multi-line captions (train/caption_lines.py),
+# beside KEYS: the same rows, kept here until that table takes them in
+CAPTION_KEYS = {"enable_wildcard": To("data.enable_wildcard", truthy)}  # a row's "where" starts with one of these, or is where it went
 
 
 def _flatten(data: dict) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def convert(config: Path, dataset: Path | None = None) -> tuple[dict, dict | Non
             _alpha(flat, tree, rows, saved)
         elif why:
             rows.append([key, shown, why])
-        elif isinstance(rule := KEYS.get(key), To):
+        elif isinstance(rule := KEYS.get(key, CAPTION_KEYS.get(key)), To):
             try:  # a value its lorakit key refuses (a path as output.name, network.dim = 0) is reported
                 put(tree, rule.key, rule.convert(value))
                 rows.append([key, shown, rule.key])

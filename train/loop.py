@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import signal
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from lorakit.errors import UserError
 from lorakit.train import loss as L
 from lorakit.train import precision, seeds
+from lorakit.train.caption_lines import resolve_wildcards
 from lorakit.train.config import Config
 from lorakit.train.data import epoch_batches
 from lorakit.train.interrupt import Interrupt
@@ -216,6 +218,8 @@ def validate(run: Run, step: int, epoch: int) -> None:
     def encode(batch):
         texts = [fill(run.templates[0], run.placeholder, i.caption) if run.templates else i.caption for i in batch]
         texts = [with_affixes(t, i.captions.prefix, i.captions.suffix) for i, t in zip(batch, texts)]
+        # fixed texts, as the draws are: a wildcard's first option, never its braces
+        texts = [resolve_wildcards(t, random.Random(0)) if i.captions.wildcard else t for i, t in zip(batch, texts)]
         return encode_text(models, [run.embeddings.substitute(t) if run.embeddings else t for t in texts],
                            config.model.clip_skip, config.data.max_token_length)
 

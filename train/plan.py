@@ -32,7 +32,8 @@ MAX_TAGS = 20
 MOST_STEPS = 10_000_000
 
 
-def plan(config: Config) -> Report:
+def plan(config: Config, captions: int = 0) -> Report:
+    """`captions`: show the texts of the first that many steps of epoch 1 (train/caption_preview.py)."""
     data = config.data
     report = Report("plan", data.image_root or "datasets")
     warnings: list[str] = []
@@ -106,6 +107,12 @@ def plan(config: Config) -> Report:
                                                       "trains until step"], rows_e))
         warnings += more
     warnings += token_warnings(config, items)
+    shown = None
+    if captions:
+        from lorakit.train.caption_preview import preview
+
+        shown, report.data["captions"], more = preview(config, items, captions)
+        warnings += more
     # the prompts file is read now: a mistake in it would otherwise stop the run at its first sample
     prompts = len(read_prompts(config.sampling.prompts)) if config.sampling.prompts else 0
     report.sections += [
@@ -121,6 +128,8 @@ def plan(config: Config) -> Report:
             ["sample prompts", prompts or "the first caption" if _samples(config) else "no samples"]]),
     ]
     report.sections.append(_vram(config, family, report.data))
+    if shown is not None:
+        report.sections.append(shown)
     report.notes += [f"warning: {w}" for w in warnings]
     report.data.update(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total, saves=saves,
                        save_steps=save_steps,
@@ -215,7 +224,7 @@ def _embeddings(config: Config, items: list[Item], steps_per_epoch: int) -> tupl
     longest caption's token count with the embeddings' vectors, where the tokenizer is at hand."""
     from lorakit.train.embeddings import placeholder_pattern, safe_name, stop_step
 
-    captions = [item.caption for item in items]
+    captions = ["\n".join(item.lines or (item.caption,)) for item in items]  # every line that trains
     rows, warnings = [], []
     for e in config.embeddings:
         pattern = placeholder_pattern(e.placeholder) if e.placeholder.strip() else None
@@ -234,7 +243,7 @@ def token_warnings(config: Config, items: list[Item]) -> list[str]:
     """Captions (with the embeddings' vectors) past data.max_token_length are cut off: said
     here where the base model's tokenizer is at hand (a local folder)."""
     tokenizer = _tokenizer(config)
-    captions = [item.caption for item in items if item.caption]
+    captions = [line for item in items for line in (item.lines or (item.caption,)) if line]
     if tokenizer is None or not captions:
         return []
     limit = config.data.max_token_length

@@ -34,7 +34,7 @@ from lorakit.train.offload import Parking
 from lorakit.train.outputs import CONFIG, STATE, Record, read_state
 from lorakit.train.saving import Saver
 from lorakit.train.schedule import base_rate, group_lambda
-from lorakit.train.subset_options import caption_for_step
+from lorakit.train.subset_options import prompt_text
 from lorakit.train.templates import fill, load_template
 from lorakit.train.validate import validate
 from lorakit.train.validation import Validation, split
@@ -85,12 +85,11 @@ class Run:
 
 
 def prompt(run: Run, item: Item, rng: random.Random, epoch: int) -> str:
-    """The caption as kohya prepares it; in a template line with textual inversion; with the
+    """The caption as kohya prepares it (the line or recipe template chosen for this image and
+    epoch, train/caption_lines.py); in a template line with textual inversion; with the
     embeddings' placeholders turned into their tokens."""
-    text = caption_for_step(item.caption, item.captions, rng, epoch)
-    if run.templates:
-        text = fill(rng.choice(run.templates), run.placeholder, text)
-    return run.embeddings.substitute(text) if run.embeddings else text
+    return prompt_text(item, run.config.training.seed, rng, epoch, run.templates, run.placeholder,
+                       run.embeddings.substitute if run.embeddings else None)
 
 
 def setup(config: Config, out_dir: Path | None = None, resume: bool = False, log=print,
@@ -290,11 +289,11 @@ def prompt_warnings(items: list[Item], tokenizer, embeddings: Embeddings | None,
     is cut, and with it the tail of the caption or the embedding."""
     warnings = [f"embedding {item.name}: its placeholder {item.config.placeholder!r} is in none of the captions"
                 for item in (embeddings.items if embeddings else []) if not templates or item.config.placeholder != placeholder
-                if not any(item.pattern.search(i.caption) for i in items)]
+                if not any(item.pattern.search(line) for i in items for line in i.lines or (i.caption,))]
     longest_line = max(templates, key=len) if templates else "[filewords]"
     substitute = embeddings.substitute if embeddings else (lambda text: text)
-    costs = [len(tokenizer(substitute(fill(longest_line, placeholder, item.caption)), add_special_tokens=False).input_ids)
-             for item in items]
+    costs = [max(len(tokenizer(substitute(fill(longest_line, placeholder, line)), add_special_tokens=False).input_ids)
+                 for line in item.lines or (item.caption,)) for item in items]  # every line that trains
     over = [(cost, item) for cost, item in zip(costs, items) if cost > limit]
     if over:
         cost, item = max(over, key=lambda pair: pair[0])

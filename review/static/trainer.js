@@ -20,9 +20,12 @@ function showTrainer(item) {  // the detail panel's lines about this image
     : `no caption: train reads ${t.source}, "${t.caption}" (${plural(t.tokens, "token")})`;
   const rows = [[`bucket ${bw}×${bh}, ${scale}`, t.upscaled], [trains, !t.trains],
     [caption + (over ? `: cut off past ${t.max_tokens}` : ""), over]];
-  if (t.other_lines.length) {  // kept in the file; train reads line 1 only
-    rows.push([`lines 2+ (${t.other_lines.map((n) => plural(n, "token")).join(", ")}) are kept but not trained: ` +
-      "train reads line 1", false]);
+  const counts = t.other_lines.map((n) => plural(n, "token")).join(", ");
+  if (t.lines_rule) {  // the config's enable_wildcard or caption_recipe trains the further lines too
+    const long = t.other_lines.some((n) => n > t.max_tokens);
+    rows.push([`trains ${t.lines_rule}` + (counts ? ` (lines 2+: ${counts})` : ""), long]);
+  } else if (t.other_lines.length) {  // kept in the file; train reads line 1 only
+    rows.push([`lines 2+ (${counts}) are kept but not trained: train reads line 1`, false]);
   }
   box.replaceChildren();
   for (const [text, warn] of rows) {
