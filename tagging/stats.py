@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorakit.captions import caption_files, instance_token, read_tags
+from lorakit.captions import caption_files, instance_token, read_tags, sentence_lines
 from lorakit.discovery import check_source, discover
 from lorakit.report import OK, Outcome, Report, Section
 from lorakit.tagging.lists import named
@@ -86,4 +86,35 @@ def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: 
     report.data["tags_per_image"] = {"mean": float(counts.mean()) if len(counts) else 0.0,
                                      "max": int(counts.max()) if len(counts) else 0}
     report.notes.append(f"relations: {rel.vocab}, {rel.source}")
+    _sentences(root, report)
     return report
+
+
+def _sentences(root: Path, report: Report) -> None:
+    """Sentence lines (line 2 on, `tag caption`'s) and their CLIP token counts: a sentence past
+    75 tokens is cut short by a trainer at data.max_token_length = 75."""
+    found: dict[str, list[str]] = {}
+    for outcome in report.outcomes:
+        files = caption_files(root / outcome.path)
+        if files:
+            lines = sentence_lines(files[0].read_bytes(), own_file=False)
+            outcome.details["sentences"] = len(lines)
+            if lines:
+                found[outcome.path] = lines
+    if not found:
+        return
+    from lorakit.train.clip_tokens import count, shipped_tokenizer
+
+    tokenizer = shipped_tokenizer()
+    lengths = sorted(count(tokenizer, line) for lines in found.values() for line in lines)
+    over = {limit: sum(1 for n in lengths if n > limit) for limit in (75, 150, 225)}
+    report.data["sentences"] = {"images": len(found), "lines": len(lengths), "tokens_min": lengths[0],
+                                "tokens_median": lengths[len(lengths) // 2], "tokens_max": lengths[-1],
+                                "over_tokens": over}
+    report.sections.append(Section("sentence lines", ["images with one", "lines", "tokens (min / median / max)",
+                                                      "over 75", "over 150", "over 225"],
+                                   [[len(found), len(lengths), f"{lengths[0]} / {lengths[len(lengths) // 2]} / "
+                                     f"{lengths[-1]}", over[75], over[150], over[225]]]))
+    if over[75]:
+        report.notes.append(f"{over[75]} sentence lines are over 75 CLIP tokens: a trainer cuts them at "
+                            "data.max_token_length (75 unless set to 150 or 225)")

@@ -299,3 +299,18 @@ def test_two_launched_processes_caption_their_own_shares(tmp_path, models):
         lines = (ds / "5_kit chan" / f"{n}.txt").read_bytes().split(b"\n")
         assert len(lines) == 3 and lines[1].strip() and lines[2] == b""
     assert len(list((ds / ".lorakit" / "backups").glob("*caption-share*.json"))) == 2
+
+
+def test_stats_counts_sentence_lines_and_their_tokens(tmp_path):
+    from lorakit.train.clip_tokens import count, shipped_tokenizer
+
+    ds = dataset(tmp_path, 3)
+    folder = ds / "5_kit chan"
+    long = "A girl " + "with red hair " * 30 + "stands."
+    (folder / "0.txt").write_text(f"kit chan, 1girl\nShe smiles, waving.\n{long}\n")
+    (folder / "1.txt").write_text("kit chan, 1girl\n")
+    report = tag_json("stats", ds)
+    tokens = sorted(count(shipped_tokenizer(), line) for line in ("She smiles, waving.", long))
+    assert report["sentences"] == {"images": 1, "lines": 2, "tokens_min": tokens[0], "tokens_median": tokens[1],
+                                   "tokens_max": tokens[1], "over_tokens": {"75": 1, "150": 0, "225": 0}}
+    assert {i["path"]: i.get("sentences") for i in report["items"]}["5_kit chan/0.png"] == 2
