@@ -211,3 +211,17 @@ def test_the_review_page_says_what_trains_of_the_further_lines(tmp_path):
     assert recipe.image("3_kit/a.png", 64, 64, "\n".join(LINES))["lines_rule"] == \
         "a caption recipe picks per epoch: {tags} (25%), {sentence} (75%)"
     assert TrainerView(root).image("3_kit/a.png", 64, 64, "\n".join(LINES))["lines_rule"] is None  # line 1 only
+
+
+def test_plan_shows_the_template_line_and_the_embeddings_tokens(tmp_path):
+    path = _config(tmp_path, 'template = "subject"', '[[embeddings]]\nplaceholder = "kit"\ntoken_count = 3\n')
+    rows = train_json("plan", path, "--captions", "3")["captions"]
+    vectors = "<lkemb0_0> <lkemb0_1> <lkemb0_2>"  # the placeholder as the run's embeddings substitute it
+    firsts = {i.image.name: i.caption for i in load_items(load(path))}
+    assert len(rows) == 3
+    for row in rows:  # a line of the template, [name] and [filewords] filled, then substituted
+        assert row["text"].startswith("a ") and f" {vectors}, " in row["text"]
+        assert row["text"].endswith(firsts[row["image"].split("/")[1]].replace("kit", vectors))
+        # each vector is one token, as the run's tokenizer counts them once they are added
+        words = row["text"].replace(vectors, "")
+        assert row["tokens"] == count(shipped_tokenizer(), words) + 3 * row["text"].count(vectors)
