@@ -225,3 +225,16 @@ def test_plan_shows_the_template_line_and_the_embeddings_tokens(tmp_path):
         # each vector is one token, as the run's tokenizer counts them once they are added
         words = row["text"].replace(vectors, "")
         assert row["tokens"] == count(shipped_tokenizer(), words) + 3 * row["text"].count(vectors)
+
+
+def test_the_saved_tag_frequency_counts_tags_not_sentence_clauses(tmp_path):
+    from lorakit.train.metadata import metadata
+
+    config = load(_config(tmp_path, "enable_wildcard = true"))
+    items = load_items(config)
+    meta = metadata(config, items, 1, 1, 1, 0.0, "sd1")
+    counted = Counter()
+    for folder in json.loads(meta["ss_tag_frequency"]).values():
+        counted.update(folder)
+    assert counted["kit"] >= 2 and counted["blue"] == 1
+    assert not any("asleep" in tag or "dog" in tag for tag in counted)  # "a dog, asleep on the floor." is a sentence

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from lorakit.train.caption_lines import is_sentence
 from lorakit.train.config import Config
 from lorakit.train.data import Item, resolution_pair
 from lorakit.train.families import FAMILIES
@@ -34,7 +35,9 @@ def metadata(config: Config, items: list[Item], step: int, steps_per_epoch: int,
     dirs: dict[str, dict] = {}
     for item in items:
         folder = item.image.parent.name
-        tags = [t.strip() for t in item.caption.split(",") if t.strip()]
+        # tags only: a sentence line split at its commas would count its clauses as tags
+        tags = [t.strip() for line in (item.lines or (item.caption,)) if not is_sentence(line)
+                for t in line.split(",") if t.strip()]
         frequency.setdefault(folder, Counter()).update(tags)
         entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
