@@ -142,15 +142,18 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
         report.data["shard"] = {"index": opts.share.index + 1, "count": opts.share.count,
                                 "from": "launcher" if opts.share.launcher else "--shard"}
     if opts.mode == "skip":
-        for job in [j for j in jobs if sentence_lines(j.data, own)]:
-            report.outcomes.append(Outcome(job.name, OK, "has a sentence: skipped (--mode overwrite or merge "
-                                                         "to write another)"))
+        done = [j for j in jobs if sentence_lines(j.data, own)]
+        for job in done:
+            report.outcomes.append(Outcome(job.name, OK, "has a sentence: skipped"))
+        if done:
+            report.notes.append(f"{len(done)} captions have a sentence and were skipped (--mode overwrite replaces "
+                                "line 2, --mode merge adds a line)")
         jobs = [j for j in jobs if not sentence_lines(j.data, own)]
     if not jobs:
         return report
     captioner = vlm.load(opts.model, opts.model_dir, opts.precision)
     template = opts.prompt if opts.prompt is not None else captioner.spec.prompt
-    with_tags = check_template(template, captioner, opts.with_tags)
+    with_tags = check_template(template, captioner, opts.with_tags, opts.trigger)
     generation = dict(captioner.spec.generation)
     if opts.max_new_tokens is not None:
         generation["max_new_tokens"] = opts.max_new_tokens
@@ -186,8 +189,8 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
                                    [[j.name, s if len(s) <= 100 else s[:97] + "..."] for j, s in writer.rows]))
     no_tags = sum(1 for j, _ in writer.rows if not own and j.data is None)
     if no_tags:
-        report.notes.append(f"{no_tags} images had no caption: their sentence is on line 2 under an empty line 1 "
-                            "(run `tag auto` for the tags)")
+        report.notes.append(f"{no_tags} images had no caption: their sentence {'would go' if opts.dry_run else 'is'} "
+                            "on line 2 under an empty line 1 (run `tag auto` for the tags)")
     return report
 
 
@@ -273,12 +276,12 @@ class _Writer:
     def add(self, job: Job, sentence: str) -> None:
         own = self.opts.to_extension is not None
         new = with_sentence(job.data, sentence, self.opts.mode, own)
-        self.rows.append((job, sentence))
         if new == job.data:
             self.report.outcomes.append(Outcome(job.name, OK, "unchanged (the sentence is there already)",
                                                 {"sentence": sentence, "prompt": job.prompt}))
             self.done.add(job.image)
             return
+        self.rows.append((job, sentence))
         if self.opts.dry_run:
             self.report.outcomes.append(Outcome(job.name, PLANNED, "would write",
                                                 {"sentence": sentence, "prompt": job.prompt}))

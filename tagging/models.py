@@ -116,8 +116,8 @@ def resolve(name: str | None, vocab: str, model_dir: Path | None) -> TaggerFiles
         why = f"offline: {offline}" if offline else f"the download failed: {type(exc).__name__}"
         raise UserError(
             f"{name}: model.onnx and {spec.tags_file} of {spec.repo} are not in the Hugging Face "
-            f"cache ({why}). Put both files in a folder and pass --model-dir FOLDER, or run: "
-            f"huggingface-cli download {spec.repo} model.onnx {spec.tags_file}") from None
+            f"cache ({why}). Put both files in a folder and pass --model-dir FOLDER, or where there is a network "
+            f"run `hf download {spec.repo} model.onnx {spec.tags_file}` (into the cache) and run this again") from None
     return TaggerFiles(name, model, tags, spec)
 
 

@@ -3,7 +3,7 @@
 A line of the template whose placeholder has no value for an image (no tags, no trigger) is
 left out of that image's prompt, so one template serves captions with and without tags. Other
 text in braces is refused, not sent as it is: a typo such as {tag} would otherwise reach every
-prompt unfilled.
+prompt unfilled. `{{` and `}}` are literal braces (as in the trainer's wildcards).
 """
 
 from __future__ import annotations
@@ -16,10 +16,20 @@ from lorakit.errors import UserError
 from lorakit.tagging.captioners import PLACEHOLDERS
 
 _FIELD = re.compile(r"\{(\w*)\}")
+_OPEN, _CLOSE = "\x00(", "\x00)"  # stand-ins for {{ and }} while fields are found
 
 
-def check_template(template: str, captioner, with_tags: bool | None) -> bool:
+def _escaped(text: str) -> str:
+    return text.replace("{{", _OPEN).replace("}}", _CLOSE)
+
+
+def _unescaped(text: str) -> str:
+    return text.replace(_OPEN, "{").replace(_CLOSE, "}")
+
+
+def check_template(template: str, captioner, with_tags: bool | None, trigger: str | None = None) -> bool:
     """Whether the tags go into the prompts; refuses what this captioner cannot take."""
+    template = _escaped(template)
     unknown = sorted({f for f in _FIELD.findall(template) if f not in PLACEHOLDERS})
     if unknown:
         raise UserError(f"the prompt names {', '.join('{' + u + '}' for u in unknown)}: the placeholders are "
@@ -29,10 +39,13 @@ def check_template(template: str, captioner, with_tags: bool | None) -> bool:
         if with_tags:
             raise UserError(f"{name} takes no instructions ({captioner.spec.family}), so it cannot be given the "
                             "tags: use a JoyCaption or Qwen2.5-VL captioner for --with-tags")
+        if trigger is not None:
+            raise UserError(f"{name} takes no instructions ({captioner.spec.family}), so it cannot be told the "
+                            "trigger: --trigger is for JoyCaption and Qwen2.5-VL captioners")
         used = _FIELD.findall(template)
         if used:
             raise UserError(f"{name} takes no instructions: its prompt cannot hold {{{used[0]}}}")
-        if family.tasks and template not in family.tasks:
+        if family.tasks and _unescaped(template) not in family.tasks:
             raise UserError(f"{name} only takes one of its task tokens as its prompt: {', '.join(family.tasks)}")
         return False
     if with_tags and "{tags}" not in template:
@@ -42,13 +55,13 @@ def check_template(template: str, captioner, with_tags: bool | None) -> bool:
 
 def fill(template: str, values: dict[str, str]) -> str:
     lines = []
-    for line in template.splitlines():
+    for line in _escaped(template).splitlines():
         fields = _FIELD.findall(line)
         if any(not values.get(f) for f in fields):
             continue
         for f in fields:
             line = line.replace("{" + f + "}", values[f])
-        lines.append(line)
+        lines.append(_unescaped(line))
     return "\n".join(lines).strip()
 
 

@@ -92,15 +92,26 @@ def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: 
 
 def _sentences(root: Path, report: Report) -> None:
     """Sentence lines (line 2 on, `tag caption`'s) and their CLIP token counts: a sentence past
-    75 tokens is cut short by a trainer at data.max_token_length = 75."""
+    75 tokens is cut short by a trainer at data.max_token_length = 75. A further line that reads
+    as tags to the trainer (train/caption_lines.is_sentence: it would be shuffled) is counted
+    apart."""
+    from lorakit.train.caption_lines import is_sentence
+
     found: dict[str, list[str]] = {}
+    tag_lines = 0
     for outcome in report.outcomes:
         files = caption_files(root / outcome.path)
         if files:
-            lines = sentence_lines(files[0].read_bytes(), own_file=False)
+            further = sentence_lines(files[0].read_bytes(), own_file=False)
+            lines = [line for line in further if is_sentence(line)]
+            tag_lines += len(further) - len(lines)
             outcome.details["sentences"] = len(lines)
             if lines:
                 found[outcome.path] = lines
+    if tag_lines:
+        report.data["further_tag_lines"] = tag_lines
+        report.notes.append(f"{tag_lines} lines after line 1 read as tags, not sentences (no . ! or ? at the end, "
+                            "no clause of 5 words): a trainer shuffles them as tags")
     if not found:
         return
     from lorakit.train.clip_tokens import count, shipped_tokenizer

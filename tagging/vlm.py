@@ -68,8 +68,9 @@ def model_files(name: str | None, model_dir: Path | None) -> tuple[str, Path, Ca
                                         allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         why = f"offline: {offline}" if offline else f"the download failed: {type(exc).__name__}"
-        raise UserError(f"{name}: {spec.repo} is not in the Hugging Face cache ({why}). Download it with "
-                        f"`huggingface-cli download {spec.repo}` and pass --model-dir FOLDER") from None
+        raise UserError(f"{name}: {spec.repo} is not in the Hugging Face cache ({why}). Download it where there "
+                        f"is a network with `hf download {spec.repo}` (into the cache: then run this again), or "
+                        f"`hf download {spec.repo} --local-dir FOLDER` and pass --model-dir FOLDER") from None
     family_of(folder)
     return name, folder, spec
 
@@ -186,4 +187,11 @@ def generate(captioner: Captioner, images: list, prompts: list[str], generation:
     if c.family.prompt_in_output:
         out = out[:, inputs["input_ids"].shape[1]:]
     texts = c.parts.tokenizer.batch_decode(out, skip_special_tokens=True)
-    return [" ".join(_CONTROL.sub(" ", t).split()) for t in texts]
+    return [as_sentence(t) for t in texts]
+
+
+def as_sentence(text: str) -> str:
+    """One line, ending as a sentence ends: BLIP writes "a girl sitting on a bench", which the
+    trainer would read as two tags (train/caption_lines.is_sentence) and shuffle."""
+    line = " ".join(_CONTROL.sub(" ", text).split())
+    return line + "." if line and line[-1] not in ".!?…\"')" else line

@@ -35,6 +35,7 @@ def test_the_classifier_tells_sentences_from_tags():
     assert is_sentence("a photo of a red cat")  # a piece of five words: prose, not a booru tag
     assert not is_sentence("1girl, long hair, looking at viewer, hand on another's shoulder")
     assert not is_sentence("1girl, surprised, !")  # "!" is a booru tag, not the end of a sentence
+    assert not is_sentence("1girl, speech bubble, ...") and is_sentence("She smiles, waving.")
     assert not is_sentence("kit") and not is_sentence("")
 
 
@@ -238,3 +239,10 @@ def test_the_saved_tag_frequency_counts_tags_not_sentence_clauses(tmp_path):
         counted.update(folder)
     assert counted["kit"] >= 2 and counted["blue"] == 1
     assert not any("asleep" in tag or "dog" in tag for tag in counted)  # "a dog, asleep on the floor." is a sentence
+
+
+def test_plan_warns_when_further_lines_do_not_train(tmp_path):
+    plain = train_json("plan", _config(tmp_path / "plain"))
+    assert any("captions have lines after line 1" in w and "do not train" in w for w in plain["warnings"])
+    wild = train_json("plan", _config(tmp_path / "wild", "enable_wildcard = true"))
+    assert not any("lines after line 1" in w for w in wild["warnings"])

@@ -95,7 +95,7 @@ def test_every_family_writes_line_two_and_keeps_line_one(tmp_path, models, recei
     for n in range(3):
         data = (folder / f"{n}.txt").read_bytes()
         sentence = items[f"5_kit chan/{n}.txt"]["sentence"]
-        assert sentence and "\n" not in sentence
+        assert sentence and "\n" not in sentence and sentence[-1] in ".!?\"')"  # ends as a sentence
         old = before.get(f"{n}.txt")
         if old is None:  # no caption: an empty line 1, the sentence on line 2
             assert data == b"\n" + sentence.encode() + b"\n"
@@ -126,6 +126,10 @@ def test_rerun_skips_done_and_undo_restores(tmp_path, models, received):
     assert {i["status"] for i in report["items"]} == {"ok"}
     assert all("skipped" in i["message"] for i in report["items"])
     assert len(received) == 3  # the second run loaded and ran nothing
+    assert tree_digest(ds / "5_kit chan") == after
+    dry = tag_json("caption", ds, "--model-dir", models["llava"], "--max-new-tokens", "4", "--mode", "overwrite",
+                   "--dry-run")
+    assert dry["counts"] == {"ok": 3} and dry["sections"]["would write"] == []  # the same sentences: nothing to do
     assert tree_digest(ds / "5_kit chan") == after
     tag("undo", ds)
     assert hashes(ds) == original
@@ -162,11 +166,11 @@ def test_to_extension_writes_a_file_of_its_own(tmp_path, models):
 def test_prompt_file_placeholders_and_refusals(tmp_path, models, received):
     ds = dataset(tmp_path, 2)
     prompt = tmp_path / "prompt.txt"
-    prompt.write_text("Describe {folder}.\nTags: {tags}\nName: {trigger}\n")
+    prompt.write_text("Describe {folder}.\nTags: {tags}\nName: {trigger} {{trigger}}\n")
     report = tag_json("caption", ds, "--model-dir", models["llava"], "--prompt", prompt, "--trigger", "kitX",
                       "--max-new-tokens", "3")
     prompts = {i["path"]: i["prompt"] for i in report["items"]}
-    assert prompts["5_kit chan/0.txt"] == "Describe kit chan.\nTags: kit chan, 1girl, red hair\nName: kitX"
+    assert prompts["5_kit chan/0.txt"] == "Describe kit chan.\nTags: kit chan, 1girl, red hair\nName: kitX {trigger}"
     no_tags = tag_json("caption", ds, "--model-dir", models["llava"], "--prompt", prompt, "--no-with-tags",
                        "--mode", "overwrite", "--max-new-tokens", "3")
     assert all("Tags:" not in i["prompt"] for i in no_tags["items"])
@@ -177,6 +181,7 @@ def test_prompt_file_placeholders_and_refusals(tmp_path, models, received):
     refusals = [
         (("--model-dir", models["llava"], "--prompt", bad), "{tag}"),
         (("--model-dir", models["blip"], "--with-tags"), "takes no instructions"),
+        (("--model-dir", models["florence2"], "--trigger", "kit"), "cannot be told the trigger"),
         (("--model-dir", models["florence2"], "--prompt", prompt), "its prompt cannot hold {folder}"),
         (("--model-dir", models["florence2"], "--prompt", plain), "task tokens"),
         (("--model-dir", models["llava"], "--to-extension", ".md"), "--to-extension"),
@@ -247,7 +252,7 @@ def test_offline_without_the_model_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     ds = dataset(tmp_path, 1)
     out = tag("caption", ds, "--model", "qwen2.5-vl-3b", check=None)
-    assert out.returncode != 0 and "huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct" in out.stdout + out.stderr
+    assert out.returncode != 0 and "hf download Qwen/Qwen2.5-VL-3B-Instruct" in out.stdout + out.stderr
 
 
 def test_shares_are_disjoint_and_complete():
@@ -308,8 +313,9 @@ def test_stats_counts_sentence_lines_and_their_tokens(tmp_path):
     folder = ds / "5_kit chan"
     long = "A girl " + "with red hair " * 30 + "stands."
     (folder / "0.txt").write_text(f"kit chan, 1girl\nShe smiles, waving.\n{long}\n")
-    (folder / "1.txt").write_text("kit chan, 1girl\n")
+    (folder / "1.txt").write_text("kit chan, 1girl\nsmile, red hair\n")  # a further line of tags
     report = tag_json("stats", ds)
+    assert report["further_tag_lines"] == 1
     tokens = sorted(count(shipped_tokenizer(), line) for line in ("She smiles, waving.", long))
     assert report["sentences"] == {"images": 1, "lines": 2, "tokens_min": tokens[0], "tokens_median": tokens[1],
                                    "tokens_max": tokens[1], "over_tokens": {"75": 1, "150": 0, "225": 0}}

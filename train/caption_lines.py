@@ -30,14 +30,14 @@ LONG_PIECE = 5
 
 
 def is_sentence(line: str) -> bool:
-    """A line of prose rather than tags: its last comma-separated piece ends in . ! or ? and has
-    at least two words (the tags "!", "!?" and "..." exist on boorus, and a line may end with
-    one), or any piece has LONG_PIECE words or more."""
+    """A line of prose rather than tags: it ends in . ! or ? after a word ("She smiles, waving."),
+    not after punctuation alone (the tags "!", "!?" and "..." exist on boorus, and a tag line
+    may end with one), or any comma-separated piece has LONG_PIECE words or more."""
     pieces = [p.strip() for p in line.split(",") if p.strip()]
     if not pieces:
         return False
     last = pieces[-1]
-    if last.endswith(SENTENCE_ENDS) and len(last.split()) >= 2:
+    if last.endswith(SENTENCE_ENDS) and any(c.isalpha() for c in last.rstrip(".!?")):
         return True
     return any(len(p.split()) >= LONG_PIECE for p in pieces)
 

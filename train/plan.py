@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from lorakit.captions import read_tags
+from lorakit.captions import parse_tags, sentence_lines
 from lorakit.errors import UserError
 from lorakit.report import FAILED, OK, Outcome, Report, Section
 from lorakit.train.blocks import settings as block_settings
@@ -62,11 +62,13 @@ def plan(config: Config, captions: int = 0) -> Report:
     rows = []
     for s in found:
         mine = [(k, item) for k, (owner, item) in enumerate(owned) if owner is s]
-        over_tagged = uncaptioned = unread = 0
+        over_tagged = uncaptioned = unread = untrained_lines = 0
         untriggered: list[str] = []
         for _, item in mine:
             caption = caption_path(item.image, s.caption_extension)
-            tags = read_tags(caption) if caption else []
+            text = caption.read_text(encoding="utf-8-sig", errors="replace") if caption else ""
+            tags = parse_tags(text)
+            untrained_lines += bool(text and not item.lines and sentence_lines(text.encode("utf-8"), own_file=False))
             uncaptioned += caption is None
             unread += caption is None and bool(other_captions(item.image, s.caption_extension))
             over_tagged += len(tags) > MAX_TAGS
@@ -81,6 +83,10 @@ def plan(config: Config, captions: int = 0) -> Report:
             others = sorted({p.suffix for _, i in mine for p in other_captions(i.image, s.caption_extension)})
             warnings.append(f"{s.folder.name}: {unread} of them have a {'/'.join(others)} caption, which "
                             f"caption_extension = {s.caption_extension!r} does not read")
+        if untrained_lines:
+            warnings.append(f"{s.folder.name}: {untrained_lines} captions have lines after line 1 (a sentence from "
+                            "`tag caption`?) that do not train: only line 1 does unless data.enable_wildcard or "
+                            "data.caption_recipe is set")
         if over_tagged:
             warnings.append(f"{s.folder.name}: {over_tagged} captions have over {MAX_TAGS} tags (the guide's limit)")
         if untriggered and not s.is_reg:
