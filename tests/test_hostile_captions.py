@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import by_path, run, run_json
+from conftest import by_path, cli, cli_json, run, run_json
 
 from lorakit.locks import folder_lock
 from lorakit.tagging.backups import BACKUPS
@@ -81,7 +81,7 @@ def test_a_full_disk_leaves_every_caption_whole_and_undo_keeps_its_backup(small_
     long_tag = "y" * 300  # every caption grows past its one block
     fill(small_disk, leave=(len(names) + 6) * BLOCK)  # room for the backup and a few captions
 
-    edited = run_json("tag", "edit", root, "--add", long_tag, check=1)
+    edited = cli_json("tag", "edit", root, "--add", long_tag, check=1)
     failed = [i["path"] for i in edited["items"] if i["status"] == "failed"]
     changed = [i["path"] for i in edited["items"] if i["status"] == "changed"]
     assert failed and changed, edited["counts"]
@@ -91,21 +91,21 @@ def test_a_full_disk_leaves_every_caption_whole_and_undo_keeps_its_backup(small_
     assert len(backups(root)) == 1
 
     # the disk is still full: an undo that must grow nothing works, whatever the backup lists
-    undone = run_json("tag", "undo", root)
+    undone = cli_json("tag", "undo", root)
     assert {i["path"] for i in undone["items"] if i["status"] == "restored"} == set(changed)
     assert digest(root) == before and backups(root) == []
 
     # an edit that shrinks the captions, then an undo on a full disk that must grow them back
     (small_disk / "filler").unlink()
-    run_json("tag", "edit", root, "--remove", "x*")
+    cli_json("tag", "edit", root, "--remove", "x*")
     fill(small_disk, leave=0)
-    undone = run_json("tag", "undo", root, check=1)
+    undone = cli_json("tag", "undo", root, check=1)
     assert any(i["status"] == "failed" for i in undone["items"])
     for name in names:
         assert whole(root / name, originals[name], f"tag{names.index(name)}\n".encode())
     assert len(backups(root)) == 1  # not deleted: it still holds text not restored
     (small_disk / "filler").unlink()
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert digest(root) == before and backups(root) == []
 
 
@@ -114,7 +114,7 @@ def test_a_backup_that_cannot_be_written_stops_the_edit_before_any_caption(small
     before = digest(root)
     (root / ".lorakit").mkdir()
     fill(small_disk, leave=0)
-    proc = run("tag", "edit", root, "--add", "c", check=2)
+    proc = cli("tag", "edit", root, "--add", "c", check=2)
     assert "cannot write the backup" in proc.stderr and "no caption was changed" in proc.stderr
     assert digest(root) == before
 
@@ -129,19 +129,19 @@ def test_edit_and_undo_keep_every_byte_they_did_not_mean_to_change(tmp_path):
     }
     root = dataset(tmp_path / "data", captions)
     before = digest(root)
-    run_json("tag", "edit", root, "--add", "new tag")
+    cli_json("tag", "edit", root, "--add", "new tag")
     got = {name: (root / name).read_bytes() for name in captions}
     assert got["bom.txt"] == b"\xef\xbb\xbfred hair, smile, new tag\r\nA girl smiling.\r\nsecond sentence\r\n"
     assert got["lines.txt"] == b"blue eyes, new tag\nkohya picks one of these lines\nor this one\n"
     assert got["latin1.txt"] == b"caf\xe9, \xff\xfe broken, new tag\nd\xe9j\xe0 vu\n"
     assert got["no_newline.txt"] == b"solo, new tag"
     assert got["blank_first.txt"] == b"new tag\nonly a sentence, with a comma\n"  # line 1 was empty
-    removed = run_json("tag", "edit", root, "--remove", "*broken")  # a tag that is not UTF-8 is still a tag
+    removed = cli_json("tag", "edit", root, "--remove", "*broken")  # a tag that is not UTF-8 is still a tag
     assert (root / "latin1.txt").read_bytes() == b"caf\xe9, new tag\nd\xe9j\xe0 vu\n"
     assert removed["counts"] == {"ok": 4, "changed": 1}
     assert by_path(removed)["latin1.txt"]["before"] == ["caf\ufffd", "\ufffd\ufffd broken", "new tag"]
-    run_json("tag", "undo", root)
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert digest(root) == before
 
 
@@ -157,12 +157,12 @@ def test_edit_keeps_each_captions_owner_and_mode(tmp_path):
     for name in modes:
         st = (root / name).stat()
         owners[name] = (st.st_uid, st.st_gid)
-    run_json("tag", "edit", root, "--add", "x")
+    cli_json("tag", "edit", root, "--add", "x")
     for name, mode in modes.items():
         st = (root / name).stat()
         assert (root / name).read_bytes().endswith(b", x\n")
         assert (oct(st.st_mode & 0o7777), (st.st_uid, st.st_gid)) == (oct(mode), owners[name]), name
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     for name, mode in modes.items():
         st = (root / name).stat()
         assert (oct(st.st_mode & 0o7777), (st.st_uid, st.st_gid)) == (oct(mode), owners[name]), name
@@ -170,7 +170,7 @@ def test_edit_keeps_each_captions_owner_and_mode(tmp_path):
 
 def test_a_second_command_on_the_dataset_refuses_and_changes_nothing(tmp_path):
     root = dataset(tmp_path / "data", {f"{i}.txt": b"a, b\n" for i in range(3)})
-    run_json("tag", "edit", root, "--add", "first")  # a backup to undo
+    cli_json("tag", "edit", root, "--add", "first")  # a backup to undo
     before = digest(root)
     held, release = threading.Event(), threading.Event()
 
@@ -211,7 +211,7 @@ def test_undo_writes_and_removes_nothing_outside_the_dataset(tmp_path):
         "created": ["../outside/victim.txt", str(victim), "link/victim.txt", ".lorakit/lock"],
     }))
     before_outside, before = digest(outside), digest(root)
-    proc = run("tag", "undo", root, check=1)
+    proc = cli("tag", "undo", root, check=1)
     assert "outside the dataset, or files that are not captions: ../written.txt" in proc.stdout + proc.stderr
     assert digest(outside) == before_outside and not (tmp_path / "written.txt").exists()
     assert digest(root) == before  # nothing restored from a backup that is not to be trusted
@@ -221,17 +221,17 @@ def test_undo_writes_and_removes_nothing_outside_the_dataset(tmp_path):
 def test_a_truncated_backup_is_set_aside_and_the_next_undo_reaches_the_edit_before(tmp_path):
     root = dataset(tmp_path / "data", {f"{i}.txt": b"a, b\n" for i in range(3)})
     before = digest(root)
-    run_json("tag", "edit", root, "--add", "one")
-    run_json("tag", "edit", root, "--add", "two")
+    cli_json("tag", "edit", root, "--add", "one")
+    cli_json("tag", "edit", root, "--add", "two")
     first, last = backups(root)
     last.write_bytes(last.read_bytes()[:20])
-    proc = run("tag", "undo", root, check=1)
+    proc = cli("tag", "undo", root, check=1)
     assert f"{last.name}" in proc.stdout + proc.stderr and "cannot be read" in proc.stdout + proc.stderr
     assert (root / "0.txt").read_bytes() == b"a, b, one, two\n"  # nothing restored from half a backup
     assert last.with_name(last.name + ".unreadable").is_file()  # kept, never deleted
     # the edit before it: its captions were changed since (by the edit whose backup is lost)
-    assert all(i["status"] == "failed" for i in run_json("tag", "undo", root, check=1)["items"])
-    run_json("tag", "undo", root, "--force")
+    assert all(i["status"] == "failed" for i in cli_json("tag", "undo", root, check=1)["items"])
+    cli_json("tag", "undo", root, "--force")
     assert digest(root) == before
 
 
@@ -256,7 +256,7 @@ def test_captions_that_cannot_be_written_are_left_out_of_the_backup(tmp_path, mo
     (manifest,) = backups(root)
     assert sorted(json.loads(manifest.read_text())["changed"]) == ["0.txt", "1.txt", "3.txt"]
     monkeypatch.undo()
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert digest(root) == before and backups(root) == []
 
 
@@ -273,9 +273,9 @@ def test_lorakits_own_folder_linked_elsewhere_is_never_written_through(tmp_path,
         (root / ".lorakit").rmdir()
     (root / link).symlink_to(target)
     before, before_outside = digest(root), digest(outside)
-    proc = run("tag", "edit", root, "--add", "c", check=2)
+    proc = cli("tag", "edit", root, "--add", "c", check=2)
     assert f"{root / link}" in proc.stderr and ("is a link" in proc.stderr), proc.stderr
-    run("tag", "undo", root, check=2)
+    cli("tag", "undo", root, check=2)
     assert digest(root) == before and digest(outside) == before_outside
     assert sorted(p.name for p in outside.rglob("*")) == ["backups", "lock"]
 
@@ -287,30 +287,30 @@ def test_a_linked_or_utf16_caption_is_not_edited(tmp_path):
     (root / "s.png").write_bytes(b"")
     (root / "s.txt").symlink_to(outside)
     before = digest(root)
-    report = run_json("tag", "edit", root, "--add", "new", check=1)
+    report = cli_json("tag", "edit", root, "--add", "new", check=1)
     items = by_path(report)
     assert items["s.txt"]["status"] == "failed" and "a link: not edited" in items["s.txt"]["message"]
     assert items["u.txt"]["status"] == "failed" and "UTF-16" in items["u.txt"]["message"]
     assert (root / "s.txt").is_symlink() and outside.read_bytes() == b"outside caption\n"
     assert (root / "ok.txt").read_bytes() == b"a, new\n"
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert digest(root) == before and (root / "s.txt").is_symlink()
 
 
 def test_undo_leaves_a_caption_changed_since_the_edit_unless_forced(tmp_path):
     root = dataset(tmp_path / "data", {"a.txt": b"a\n", "b.txt": b"b\n"})
     (root / "c.png").write_bytes(b"")
-    run_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
+    cli_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
     (root / "a.txt").write_bytes(b"a, x, typed by hand\n")  # the user went on editing
     (root / "c.txt").write_bytes(b"x, mine now\n")
-    report = run_json("tag", "undo", root, check=1)
+    report = cli_json("tag", "undo", root, check=1)
     items = by_path(report)
     assert items["a.txt"]["status"] == "failed" and "changed since `edit` wrote it" in items["a.txt"]["message"]
     assert items["c.txt"]["status"] == "failed" and "--force" in items["c.txt"]["message"]
     assert items["b.txt"]["status"] == "restored" and (root / "b.txt").read_bytes() == b"b\n"
     assert (root / "a.txt").read_bytes() == b"a, x, typed by hand\n" and (root / "c.txt").is_file()
     assert len(backups(root)) == 1  # kept for the forced undo
-    run_json("tag", "undo", root, "--force")
+    cli_json("tag", "undo", root, "--force")
     assert (root / "a.txt").read_bytes() == b"a\n" and not (root / "c.txt").exists() and backups(root) == []
 
 
@@ -318,30 +318,30 @@ def test_redo_puts_back_what_undo_reverted_until_a_new_edit(tmp_path):
     root = dataset(tmp_path / "data", {"a.txt": b"a\r\nline two\r\n", "b.txt": b"b\n"})
     (root / "c.png").write_bytes(b"")
     original = digest(root)
-    run_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
+    cli_json("tag", "edit", root, "--add", "x")  # changes a and b, creates c
     edited = digest(root)
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert digest(root) == original
-    assert run_json("tag", "redo", root, "--dry-run")["counts"] == {"planned": 3}
-    run_json("tag", "redo", root)
+    assert cli_json("tag", "redo", root, "--dry-run")["counts"] == {"planned": 3}
+    cli_json("tag", "redo", root)
     assert digest(root) == edited  # byte for byte, the created caption too
-    run_json("tag", "undo", root)  # the edit's backup came back with the redo
+    cli_json("tag", "undo", root)  # the edit's backup came back with the redo
     assert digest(root) == original
-    run_json("tag", "edit", root, "--add", "y")  # a new edit: nothing to redo over it
-    proc = run("tag", "redo", root, check=2)
+    cli_json("tag", "edit", root, "--add", "y")  # a new edit: nothing to redo over it
+    proc = cli("tag", "redo", root, check=2)
     assert "nothing to redo" in proc.stderr
 
 
 def test_two_undos_are_redone_in_the_order_the_edits_were_made(tmp_path):
     root = dataset(tmp_path / "data", {"a.txt": b"a\n"})
-    run_json("tag", "edit", root, "--add", "one")
-    run_json("tag", "edit", root, "--add", "two")
-    run_json("tag", "undo", root)
-    run_json("tag", "undo", root)
+    cli_json("tag", "edit", root, "--add", "one")
+    cli_json("tag", "edit", root, "--add", "two")
+    cli_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert (root / "a.txt").read_bytes() == b"a\n"
-    run_json("tag", "redo", root)
+    cli_json("tag", "redo", root)
     assert (root / "a.txt").read_bytes() == b"a, one\n"
-    run_json("tag", "redo", root)
+    cli_json("tag", "redo", root)
     assert (root / "a.txt").read_bytes() == b"a, one, two\n"
 
 
@@ -357,6 +357,6 @@ def test_a_backup_naming_images_is_set_aside_and_no_image_is_touched(tmp_path):
     (root / BACKUPS / "99999999-000000-000000-review-edit.json").write_text(json.dumps({
         "command": "review-edit", "changed": {"a.png": "not an image any more"}, "created": ["b.png"]}))
     before = digest(root)
-    proc = run("tag", "undo", root, check=1)
+    proc = cli("tag", "undo", root, check=1)
     assert "not captions: a.png" in proc.stdout + proc.stderr
     assert digest(root) == before and len(list((root / BACKUPS).glob("*.unreadable"))) == 1

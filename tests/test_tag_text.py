@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, by_path, run, run_json
+from conftest import ROOT, by_path, cli, cli_json
 from make_sample import character
 
 from lorakit.tagging.balance import repeats_for
@@ -68,16 +68,16 @@ def test_balance_matches_the_guide():
 def test_prune_command_dry_run_then_apply_then_undo(tmp_path):
     root = dataset(tmp_path, {"10_kitchan/a.png": "kitchan, 1girl, very long hair, long hair, long_hair",
                               "10_kitchan/b.png": "kitchan, solo"})
-    dry = run_json("tag", "prune", root, "--dry-run")
+    dry = cli_json("tag", "prune", root, "--dry-run")
     assert by_path(dry)["10_kitchan/a.txt"]["status"] == "planned"
     assert caption(root, "10_kitchan/a.png").endswith("long hair, long_hair")  # untouched
-    assert "long hair" in run("tag", "prune", root, "--dry-run").stdout
-    report = run_json("tag", "prune", root)
+    assert "long hair" in cli("tag", "prune", root, "--dry-run").stdout
+    report = cli_json("tag", "prune", root)
     assert report["counts"] == {"changed": 1, "ok": 1}
     assert caption(root, "10_kitchan/a.png") == "kitchan, 1girl, very long hair"
-    run_json("tag", "undo", root)
+    cli_json("tag", "undo", root)
     assert caption(root, "10_kitchan/a.png") == "kitchan, 1girl, very long hair, long hair, long_hair"
-    run("tag", "undo", root, check=2)  # nothing left to undo
+    cli("tag", "undo", root, check=2)  # nothing left to undo
 
 
 @needs_shared
@@ -85,12 +85,12 @@ def test_real_e621_chains_after_lists_update(tmp_path):
     env = {"LORAKIT_CACHE": str(tmp_path / "cache")}
     files = sorted((SHARED / "e621").glob("*.csv.gz"))
     args = [a for f in files for a in ("--from", f)]
-    update = run_json("tag", "lists", "update", "--vocab", "e621", *args, env=env)
+    update = cli_json("tag", "lists", "update", "--vocab", "e621", *args, env=env)
     assert update["aliases"] > 60000 and update["implications"] > 50000
     root = dataset(tmp_path, {"5_rex/a.png": "rex, german shepherd, herding dog, canine, mammal, "
                                              "thighhighs, legwear, clothing, solo",
                               "5_rex/b.png": "rex, red fox, true fox, fox, canine, huge breasts, big breasts"})
-    run("tag", "prune", root, "--vocab", "e621", env=env)
+    cli("tag", "prune", root, "--vocab", "e621", env=env)
     assert caption(root, "5_rex/a.png") == "rex, german shepherd, thigh highs, solo"
     assert caption(root, "5_rex/b.png") == "rex, red fox, huge breasts"
 
@@ -99,9 +99,9 @@ def test_real_e621_chains_after_lists_update(tmp_path):
 def test_real_danbooru_chains(tmp_path):
     env = {"LORAKIT_CACHE": str(tmp_path / "cache")}
     files = sorted((SHARED / "danbooru").glob("*.csv.gz"))
-    run("tag", "lists", "update", "--vocab", "danbooru", *[a for f in files for a in ("--from", f)], env=env)
+    cli("tag", "lists", "update", "--vocab", "danbooru", *[a for f in files for a in ("--from", f)], env=env)
     root = dataset(tmp_path, {"a.png": "red bikini, bikini, swimsuit, black thighhighs, thighhighs, 1girls"})
-    run("tag", "prune", root, "--vocab", "danbooru", env=env)
+    cli("tag", "prune", root, "--vocab", "danbooru", env=env)
     assert caption(root, "a.png") == "red bikini, black thighhighs, 1girl"
 
 
@@ -117,10 +117,10 @@ def test_e621_download_from_a_mirror(tmp_path):
         f.write('fox,5,100,""\ncanine,5,200,""\nwolf,5,50,""\n')
     env = {"LORAKIT_CACHE": str(tmp_path / "cache"), "LORAKIT_E621_EXPORTS": mirror.as_uri()}
     # a fixed date: the export is looked up in the week before it, never from the wall clock
-    report = run_json("tag", "lists", "update", "--vocab", "e621", "--date", "2026-11-24", env=env)
+    report = cli_json("tag", "lists", "update", "--vocab", "e621", "--date", "2026-11-24", env=env)
     assert report["implications"] == 1 and report["tags"] == 3
     env["LORAKIT_E621_EXPORTS"] = (tmp_path / "offline").as_uri()
-    proc = run("tag", "lists", "update", "--vocab", "e621", "--date", day, env=env, check=2)
+    proc = cli("tag", "lists", "update", "--vocab", "e621", "--date", day, env=env, check=2)
     assert "--from" in proc.stderr
 
 
@@ -167,45 +167,45 @@ def test_edit_operations_and_filters(tmp_path):
     root = dataset(tmp_path, {"10_kit/a.png": "kit, smile, white background, long_hair",
                               "10_kit/b.png": "kit, frown",
                               "5_bob/c.png": "bob, smile, grey background"})
-    run("tag", "edit", root, "--remove", "*_background", "--replace", "long hair=very long hair",
+    cli("tag", "edit", root, "--remove", "*_background", "--replace", "long hair=very long hair",
         "--add", "solo", "--at", "1", "--where", "smile")
     assert caption(root, "10_kit/a.png") == "kit, solo, smile, very_long_hair"
     assert caption(root, "10_kit/b.png") == "kit, frown"  # no smile: untouched
     assert caption(root, "5_bob/c.png") == "bob, solo, smile"
-    run("tag", "edit", root, "--front", "smile", "--folder", "kit")
+    cli("tag", "edit", root, "--front", "smile", "--folder", "kit")
     assert caption(root, "10_kit/a.png") == "smile, kit, solo, very_long_hair"
     assert caption(root, "5_bob/c.png") == "bob, solo, smile"
-    run("tag", "undo", root)
+    cli("tag", "undo", root)
     assert caption(root, "10_kit/a.png") == "kit, solo, smile, very_long_hair"
-    run("tag", "edit", root, "--replace", "nonsense", check=2)
+    cli("tag", "edit", root, "--replace", "nonsense", check=2)
 
 
 def test_edit_add_creates_missing_captions_and_undo_removes_them(tmp_path):
     root = dataset(tmp_path, {"a.png": None, "b.png": "x"})
-    run("tag", "edit", root, "--add", "kitchan", "--at", "0")
+    cli("tag", "edit", root, "--add", "kitchan", "--at", "0")
     assert caption(root, "a.png") == "kitchan" and caption(root, "b.png") == "kitchan, x"
-    run("tag", "undo", root)
+    cli("tag", "undo", root)
     assert not (root / "a.txt").exists() and caption(root, "b.png") == "x"
 
 
 def test_translate_danbooru_to_e621(tmp_path):
     root = dataset(tmp_path, {"10_kit/a.png": "kit, 1girl, from side, thighhighs, outdoors, smile"})
-    run("tag", "translate", root, "--to", "e621", env={"LORAKIT_CACHE": str(tmp_path / "none")})
+    cli("tag", "translate", root, "--to", "e621", env={"LORAKIT_CACHE": str(tmp_path / "none")})
     assert caption(root, "10_kit/a.png") == "kit, female, side view, thigh highs, outside, smile"
-    run("tag", "translate", root, "--to", "danbooru", env={"LORAKIT_CACHE": str(tmp_path / "none")})
+    cli("tag", "translate", root, "--to", "danbooru", env={"LORAKIT_CACHE": str(tmp_path / "none")})
     assert caption(root, "10_kit/a.png") == "kit, 1girl, from side, thighhighs, outdoors, smile"
 
 
 @needs_shared
 def test_translate_reports_tags_without_equivalent(tmp_path):
     env = {"LORAKIT_CACHE": str(tmp_path / "cache")}
-    run("tag", "lists", "update", "--vocab", "e621",
+    cli("tag", "lists", "update", "--vocab", "e621",
         *[a for f in sorted((SHARED / "e621").glob("*.csv.gz")) for a in ("--from", f)], env=env)
     root = dataset(tmp_path, {"a.png": "1girl, zzz not a tag, smile"})
-    report = run_json("tag", "translate", root, "--to", "e621", env=env)
+    report = cli_json("tag", "translate", root, "--to", "e621", env=env)
     unknown = next(v for k, v in report["sections"].items() if "no e621 equivalent" in k)
     assert unknown == [{"tag": "zzz not a tag", "captions": 1}]
-    run("tag", "translate", root, "--to", "e621", "--drop-unknown", env=env)
+    cli("tag", "translate", root, "--to", "e621", "--drop-unknown", env=env)
     assert caption(root, "a.png") == "female, smile"
 
 
@@ -215,7 +215,7 @@ def test_stats_and_strict(tmp_path):
                               "10_kit/b.png": "smile, " + many,
                               "10_kit/c.png": None,
                               "10_kit/d.png": "kit, 1girls, smile"})
-    report = run_json("tag", "stats", root, "--class", "1girl")
+    report = cli_json("tag", "stats", root, "--class", "1girl")
     items = by_path(report)
     assert "implied" in items["10_kit/a.png"]["message"]
     assert "no instance token 'kit'" in items["10_kit/b.png"]["message"]
@@ -224,9 +224,9 @@ def test_stats_and_strict(tmp_path):
     assert "alias spelling '1girls'" in items["10_kit/d.png"]["message"]
     assert report["frequency"]["smile"] == 2
     assert report["frequency_by_folder"]["10_kit"]["kit"] == 2
-    run("tag", "stats", root, "--strict", check=1)
+    cli("tag", "stats", root, "--strict", check=1)
     clean = dataset(tmp_path / "2", {"10_kit/a.png": "kit, 1girl, smile"})
-    run("tag", "stats", clean, "--strict", "--class", "1girl")
+    cli("tag", "stats", clean, "--strict", "--class", "1girl")
 
 
 def test_balance_command(tmp_path):
@@ -239,21 +239,21 @@ def test_balance_command(tmp_path):
     reg.mkdir(parents=True)
     for i in range(100):
         (reg / f"{i}.png").write_bytes(b"")
-    report = run_json("tag", "balance", root, "--reg", tmp_path / "reg")
+    report = cli_json("tag", "balance", root, "--reg", tmp_path / "reg")
     got = {o["path"]: o["repeats"] for o in report["items"]}
     assert got == {"5_A": 10, "B": 12, "10_C": 16, "1_person": 15}  # 1538 training images / 100
     assert sorted(p.name for p in root.iterdir()) == ["10_C", "5_A", "B"]  # not renamed
-    run("tag", "balance", root, "--toml", tmp_path / "dataset.toml")
+    cli("tag", "balance", root, "--toml", tmp_path / "dataset.toml")
     toml = (tmp_path / "dataset.toml").read_text()
     assert "num_repeats = 12" in toml and 'class_tokens = "B"' in toml
-    run("tag", "balance", root, "--apply")
+    cli("tag", "balance", root, "--apply")
     assert sorted(p.name for p in root.iterdir()) == ["10_A", "12_B", "16_C"]
 
 
 def test_named_lists_remove_meta_and_quality_tags(tmp_path):
     root = dataset(tmp_path, {"a.png": "masterpiece, 1girl, absurdres, smile, signature"})
-    report = run_json("tag", "stats", root)
+    report = cli_json("tag", "stats", root)
     assert "meta/quality tags: masterpiece, absurdres, signature" in by_path(report)["a.png"]["message"]
-    run("tag", "edit", root, "--remove", "@meta", "--remove", "@quality")
+    cli("tag", "edit", root, "--remove", "@meta", "--remove", "@quality")
     assert caption(root, "a.png") == "1girl, smile"
-    run("tag", "edit", root, "--remove", "@nonsense", check=2)
+    cli("tag", "edit", root, "--remove", "@nonsense", check=2)
