@@ -22,6 +22,17 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
            "HF_HUB_DISABLE_TELEMETRY": "1"}
 os.environ.update(OFFLINE)
 
+# cli() runs commands in this process, and their workers are forked from it. OpenCV's thread pool,
+# once started here (the clean and scan tests call it directly), is not fork-safe: a forked worker's
+# cv2.setNumThreads(1) (lorakit.parallel._init_worker) waits forever on the parent's pool. One
+# thread here is what every worker runs with anyway, and no pool is ever started to fork.
+try:
+    import cv2
+
+    cv2.setNumThreads(1)
+except ImportError:
+    pass
+
 
 def run(program: str, *args, check: int | None = 0, env: dict | None = None
         ) -> subprocess.CompletedProcess:

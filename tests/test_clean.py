@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from conftest import by_path, run, run_json
+from conftest import by_path, cli, cli_json
 from make_sample import character, poison
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
@@ -102,7 +102,7 @@ def _folder(tmp_path):
 
 def test_clean_command_only_flagged(tmp_path):
     src = _folder(tmp_path)
-    items = by_path(run_json("curate", "clean", src, tmp_path / "out", "--only-flagged",
+    items = by_path(cli_json("curate", "clean", src, tmp_path / "out", "--only-flagged",
                              "--strength", "0.25"))
     assert items["clean.png"]["status"] == "copied"
     assert items["glazed.png"]["status"] == "written"
@@ -118,8 +118,8 @@ def test_clean_command_upscale_and_both_methods_keep_the_size(tmp_path):
     src = _folder(tmp_path)
     torch.save({"params": srvgg()}, tmp_path / "tiny.pth")
     for method in ("upscale", "both"):
-        report = run_json("curate", "clean", src, tmp_path / method, "--method", method,
+        report = cli_json("curate", "clean", src, tmp_path / method, "--method", method,
                           "--model", tmp_path / "tiny.pth", "--strength", "0.1")
         assert report["counts"] == {"written": 2}
         assert Image.open(tmp_path / method / "glazed.png").size == (200, 240)
-    run("curate", "clean", src, tmp_path / "x", "--method", "magic", check=2)
+    cli("curate", "clean", src, tmp_path / "x", "--method", "magic", check=2)

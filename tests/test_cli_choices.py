@@ -2,7 +2,7 @@
 never a traceback."""
 
 import pytest
-from conftest import ROOT, run
+from conftest import ROOT, cli
 from PIL import Image
 
 TAGGER = ROOT / "examples" / "demo-tagger" / "danbooru"
@@ -34,6 +34,6 @@ def test_a_typo_in_a_choice_is_refused_by_name(tmp_path, command):
     Image.new("RGB", (64, 64)).save(tmp_path / "src" / "1_x" / "a.png")
     (tmp_path / "src" / "1_x" / "a.txt").write_text("x, red\n")
     args = [a.format(src=tmp_path / "src", out=tmp_path / "out") for a in command[1:]]
-    proc = run(command[0], *args, check=2)
+    proc = cli(command[0], *args, check=2)
     text = " ".join(proc.stderr.split())
     assert "Traceback" not in text and (command[-1] in text or "one of" in text), proc.stderr

@@ -1,7 +1,7 @@
 """convert, flatten and resize: the pure functions and the commands."""
 
 import numpy as np
-from conftest import by_path, run, run_json
+from conftest import by_path, cli, cli_json
 from make_sample import character
 from PIL import Image
 
@@ -11,7 +11,7 @@ from lorakit.curate.resize import downscale, fit_within
 
 
 def test_convert_the_whole_sample(tmp_path, sample):
-    report = run_json("curate", "convert", sample, tmp_path / "png")
+    report = cli_json("curate", "convert", sample, tmp_path / "png")
     assert report["counts"] == {"written": 10}
     outputs = sorted((tmp_path / "png" / "10_kitchan").glob("*.png"))
     assert len(outputs) == 10
@@ -24,17 +24,17 @@ def test_convert_the_whole_sample(tmp_path, sample):
 
 
 def test_jpeg_output_needs_a_background_for_transparency(tmp_path, sample):
-    items = by_path(run_json("curate", "convert", sample, tmp_path / "jpg", "--format", "jpg", check=1))
+    items = by_path(cli_json("curate", "convert", sample, tmp_path / "jpg", "--format", "jpg", check=1))
     failed = [p for p, i in items.items() if i["status"] == "failed"]
     assert failed == ["10_kitchan/02_transparent.png"]
     assert "--background" in items[failed[0]]["message"]
-    run("curate", "convert", sample, tmp_path / "jpg2", "--format", "jpg", "--background", "white")
+    cli("curate", "convert", sample, tmp_path / "jpg2", "--format", "jpg", "--background", "white")
     out = Image.open(tmp_path / "jpg2" / "10_kitchan" / "02_transparent.jpg")
     assert out.format == "JPEG" and out.getpixel((2, 2)) == (255, 255, 255)
 
 
 def test_webp_output(tmp_path, sample):
-    run("curate", "convert", sample, tmp_path / "webp", "--format", "webp", "--quality", "80")
+    cli("curate", "convert", sample, tmp_path / "webp", "--format", "webp", "--quality", "80")
     assert Image.open(tmp_path / "webp" / "10_kitchan" / "06_tiny.webp").format == "WEBP"
 
 
@@ -70,7 +70,7 @@ def _transparent_folder(tmp_path, n=6):
 
 def test_flatten_cycle_is_deterministic_and_balanced_and_tags(tmp_path):
     src = _transparent_folder(tmp_path)
-    report = run_json("curate", "flatten", src, tmp_path / "a", "--background", "cycle",
+    report = cli_json("curate", "flatten", src, tmp_path / "a", "--background", "cycle",
                       "--colors", "white,black,#00ff00", "--tag-background")
     items = by_path(report)
     backgrounds = [items[f"t{i}.png"]["background"] for i in range(6)]
@@ -81,16 +81,16 @@ def test_flatten_cycle_is_deterministic_and_balanced_and_tags(tmp_path):
     assert (tmp_path / "a" / "t0.txt").read_text(encoding="utf-8") == "kitchan, 1girl, white background\n"
     assert (tmp_path / "a" / "t1.txt").read_text(encoding="utf-8") == "black background\n"
     assert not (tmp_path / "a" / "opaque.txt").exists()
-    again = by_path(run_json("curate", "flatten", src, tmp_path / "b", "--background", "cycle",
+    again = by_path(cli_json("curate", "flatten", src, tmp_path / "b", "--background", "cycle",
                              "--colors", "white,black,#00ff00", "--jobs", "1"))
     assert [again[f"t{i}.png"]["background"] for i in range(6)] == backgrounds
 
 
 def test_flatten_single_colour(tmp_path):
     src = _transparent_folder(tmp_path, 2)
-    run("curate", "flatten", src, tmp_path / "out", "--background", "#102030")
+    cli("curate", "flatten", src, tmp_path / "out", "--background", "#102030")
     assert Image.open(tmp_path / "out" / "t1.png").getpixel((0, 0)) == (16, 32, 48)
-    run("curate", "flatten", src, tmp_path / "bad", "--background", "chartreuse-ish", check=2)
+    cli("curate", "flatten", src, tmp_path / "bad", "--background", "chartreuse-ish", check=2)
 
 
 def test_resize_math():
@@ -106,7 +106,7 @@ def test_resize_command(tmp_path):
     character((3600, 2400)).save(src / "huge.jpg", quality=85)
     character((400, 300)).save(src / "small.png")
     character((800, 900)).save(src / "fine.png")
-    report = run_json("curate", "resize", src, tmp_path / "out", "--max-side", "3000",
+    report = cli_json("curate", "resize", src, tmp_path / "out", "--max-side", "3000",
                       "--min-side", "512")
     items = by_path(report)
     assert Image.open(tmp_path / "out" / "huge.jpg").size == (3000, 2000)

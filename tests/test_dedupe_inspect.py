@@ -1,7 +1,7 @@
 """curate dedupe and curate inspect."""
 
 import numpy as np
-from conftest import bomb_png, by_path, run, run_json, tree_digest, truncated_png
+from conftest import bomb_png, by_path, cli, cli_json, tree_digest, truncated_png
 from make_sample import character
 from PIL import Image, ImageOps
 
@@ -42,7 +42,7 @@ def test_a_recolour_is_not_a_duplicate():
 def test_dedupe_reports_and_keeps_the_largest(tmp_path):
     src = _dupes(tmp_path)
     before = tree_digest(src)
-    report = run_json("curate", "dedupe", src)
+    report = cli_json("curate", "dedupe", src)
     assert report["groups"] == [["original.png", "mirrored.webp", "b/small copy.jpg"]]  # largest first
     items = by_path(report)
     assert items["original.png"]["status"] == "kept"
@@ -53,16 +53,16 @@ def test_dedupe_reports_and_keeps_the_largest(tmp_path):
 
 def test_dedupe_moves_only_when_asked(tmp_path):
     src = _dupes(tmp_path)
-    dry = run_json("curate", "dedupe", src, "--move-to", tmp_path / "dupes", "--dry-run")
+    dry = cli_json("curate", "dedupe", src, "--move-to", tmp_path / "dupes", "--dry-run")
     assert by_path(dry)["mirrored.webp"]["status"] == "planned"
     assert not (tmp_path / "dupes").exists()
-    moved = run_json("curate", "dedupe", src, "--move-to", tmp_path / "dupes")
+    moved = cli_json("curate", "dedupe", src, "--move-to", tmp_path / "dupes")
     assert by_path(moved)["mirrored.webp"]["status"] == "moved"
     assert (tmp_path / "dupes" / "mirrored.webp").exists()
     assert (tmp_path / "dupes" / "mirrored.txt").read_text(encoding="utf-8") == "kitchan\n"
     assert (tmp_path / "dupes" / "b" / "small copy.jpg").exists()
     assert not (src / "mirrored.webp").exists() and (src / "original.png").exists()
-    assert run_json("curate", "dedupe", src)["groups"] == []
+    assert cli_json("curate", "dedupe", src)["groups"] == []
 
 
 def test_inspect_a_raw_folder(tmp_path, sample):
@@ -71,7 +71,7 @@ def test_inspect_a_raw_folder(tmp_path, sample):
     (folder / "zero.jpg").write_bytes(b"")
     bomb_png(folder / "bomb.png")
     character((256, 320), hue=8).save(folder / "copy of 09.jpg", quality=90)
-    report = run_json("curate", "inspect", sample, check=1)
+    report = cli_json("curate", "inspect", sample, check=1)
     problems = report["problems"]
     assert sorted(problems["corrupt or unreadable"]) == ["10_kitchan/bomb.png", "10_kitchan/cut.png",
                                                           "10_kitchan/zero.jpg"]
@@ -87,5 +87,5 @@ def test_inspect_a_raw_folder(tmp_path, sample):
     formats = {(r["format"], r["mode"]): r["images"] for r in report["sections"]["formats"]}
     assert formats[("JPEG", "CMYK")] == 1 and formats[("PNG", "I;16")] == 1
     assert report["size"]["long_side"]["max"] == 3600
-    text = run("curate", "inspect", sample, check=1).stdout
+    text = cli("curate", "inspect", sample, check=1).stdout
     assert "curate flatten" in text and "too large" in text

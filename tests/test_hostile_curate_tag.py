@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import _chunk, bomb_png, run, tree_digest
+from conftest import _chunk, bomb_png, cli, tree_digest
 from make_demo_tagger import write_tagger
 from PIL import Image
 
@@ -108,16 +108,16 @@ def test_one_bad_file_fails_alone_in_every_curate_command(tmp_path, command):
     def args(src: Path, dst: Path) -> list:
         return [command, src, *(dst if a == "DST" else a for a in CURATE[command]), "--jobs", "2"]
 
-    clean = run("curate", *args(good_folder(tmp_path / "clean"), tmp_path / "clean-out"), "--json")
+    clean = cli("curate", *args(good_folder(tmp_path / "clean"), tmp_path / "clean-out"), "--json")
     src = hostile_folder(tmp_path / "src")
     before, around = tree_digest(src), outside(tmp_path, tmp_path / "out")
-    proc = run("curate", *args(src, tmp_path / "out"), check=1)
+    proc = cli("curate", *args(src, tmp_path / "out"), check=1)
     assert_bad_files_named(proc.stderr)
     assert tree_digest(src) == before and outside(tmp_path, tmp_path / "out") == around
     if "DST" in CURATE[command]:  # the good images' outputs, byte for byte as without the bad files
         assert hashes(tmp_path / "out") == hashes(tmp_path / "clean-out")
     else:  # read-only: the good images' results as without the bad files
-        report = json.loads(run("curate", *args(src, tmp_path / "out"), "--json", check=1).stdout)
+        report = json.loads(cli("curate", *args(src, tmp_path / "out"), "--json", check=1).stdout)
         items = {i["path"]: i for i in report["items"]}
         assert {Path(p).name for p, i in items.items() if i["status"] == "failed"} == set(BAD)
         assert all(items[i["path"]] == i for i in json.loads(clean.stdout)["items"])
@@ -132,10 +132,10 @@ def tagger(tmp_path_factory) -> Path:
 
 def test_one_bad_file_fails_alone_in_tag_auto(tmp_path, tagger):
     clean = good_folder(tmp_path / "clean")
-    run("tag", "auto", clean, "--model-dir", tagger)
+    cli("tag", "auto", clean, "--model-dir", tagger)
     src = hostile_folder(tmp_path / "src")
     around = outside(tmp_path, src)
-    proc = run("tag", "auto", src, "--model-dir", tagger, check=1)
+    proc = cli("tag", "auto", src, "--model-dir", tagger, check=1)
     assert_bad_files_named(proc.stderr)
     captions = {k: v for k, v in hashes(src / "10_kit").items() if k.endswith(".txt")}
     assert captions == {k: v for k, v in hashes(clean / "10_kit").items() if k.endswith(".txt")}
@@ -162,7 +162,7 @@ def test_a_malformed_safetensors_upscaler_is_one_error_line(tmp_path, damage):
         model.write_bytes(model.read_bytes()[:-100])  # a download cut short
     src = good_folder(tmp_path / "src")
     before = tree_digest(src)
-    proc = run("curate", "upscale", src, tmp_path / "out", "--model", model, check=2)
+    proc = cli("curate", "upscale", src, tmp_path / "out", "--model", model, check=2)
     assert "not a readable .safetensors file" in _one_error(proc, str(model))
     assert tree_digest(src) == before and not list((tmp_path / "out").rglob("*.png"))
 
@@ -174,12 +174,12 @@ def test_a_binary_or_mislabelled_tagger_csv_is_refused(tmp_path, tagger):
     shutil.copytree(tagger, model_dir)
     tags = model_dir / "selected_tags.csv"
     tags.write_bytes(BINARY)
-    assert "not a UTF-8 CSV" in _one_error(run("tag", "auto", src, "--model-dir", model_dir, check=2), str(tags))
+    assert "not a UTF-8 CSV" in _one_error(cli("tag", "auto", src, "--model-dir", model_dir, check=2), str(tags))
     # a category that is not a number: read as 0 (general), rating tags would land in captions
     rows = (tagger / "selected_tags.csv").read_text().splitlines()
     rows[2] = rows[2].replace(",9,", ",rating,")
     tags.write_text("\n".join(rows) + "\n")
-    line = _one_error(run("tag", "auto", src, "--model-dir", model_dir, check=2), f"{tags} line 3")
+    line = _one_error(cli("tag", "auto", src, "--model-dir", model_dir, check=2), f"{tags} line 3")
     assert "'rating', not a number" in line
     assert tree_digest(src) == before  # no caption, no sidecar, no backup written
 
@@ -190,7 +190,7 @@ def test_a_binary_boxes_or_names_file_is_refused(tmp_path, option):
     before = tree_digest(src)
     listed = tmp_path / "listed.csv"
     listed.write_bytes(BINARY)
-    proc = run("curate", "crop" if option == "--boxes" else "flip", src, tmp_path / "out", option, listed, check=2)
+    proc = cli("curate", "crop" if option == "--boxes" else "flip", src, tmp_path / "out", option, listed, check=2)
     assert "not a UTF-8 text file" in _one_error(proc, str(listed))
     assert tree_digest(src) == before and not (tmp_path / "out").exists()
 
@@ -200,14 +200,14 @@ def test_split_refuses_tiles_smaller_than_the_minimum(tmp_path):
     folder.mkdir(parents=True)
     Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "small.png")
     Image.new("RGB", (256, 32), (30, 30, 200)).save(folder / "strip.png")
-    proc = run("curate", "split", tmp_path / "src", tmp_path / "out", "--tiles", "8x1", check=1)
+    proc = cli("curate", "split", tmp_path / "src", tmp_path / "out", "--tiles", "8x1", check=1)
     assert error_lines(proc.stderr) == {
         "small.png": "not split: 64x64 px in 8 tiles would leave 8x64 px tiles, smaller than 16 px; ask for fewer tiles"}
     out = tmp_path / "out" / "10_kit"
     assert sorted(p.name for p in out.glob("*.png")) == ["strip-2.png", "strip-3.png", "strip-4.png", "strip-5.png",
                                                          "strip-6.png", "strip-7.png", "strip-8.png", "strip.png"]
     assert {Image.open(p).size for p in out.glob("*.png")} == {(32, 32)}
-    proc = run("curate", "split", tmp_path / "src", tmp_path / "fine", "--tiles", "100x100", check=1)
+    proc = cli("curate", "split", tmp_path / "src", tmp_path / "fine", "--tiles", "100x100", check=1)
     assert set(error_lines(proc.stderr)) == {"small.png", "strip.png"} and "0x1 px tiles" in proc.stderr
     assert not list((tmp_path / "fine").rglob("*.png"))
 
@@ -230,13 +230,13 @@ def test_a_bad_relations_file_keeps_the_stored_relations(tmp_path, bad):
     env = {"LORAKIT_CACHE": str(tmp_path / "cache")}
     good = tmp_path / "tag_implications-good.csv"
     good.write_text(GOOD_IMPLICATIONS)
-    run("tag", "lists", "update", "--vocab", "e621", "--from", good, env=env)
+    cli("tag", "lists", "update", "--vocab", "e621", "--from", good, env=env)
     stored = hashes(tmp_path / "cache")
     assert any(name.endswith("e621.json.gz") for name in stored)
     path = tmp_path / bad
     path.write_bytes(BAD_EXPORTS[bad])
     for files in ([path], [good, path]) if "empty" not in bad else ([path],):
-        proc = run("tag", "lists", "update", "--vocab", "e621", *(a for f in files for a in ("--from", f)),
+        proc = cli("tag", "lists", "update", "--vocab", "e621", *(a for f in files for a in ("--from", f)),
                    env=env, check=2)
         _one_error(proc, str(path) if "empty" not in bad else bad)
         assert "0 aliases" not in proc.stdout and hashes(tmp_path / "cache") == stored
@@ -262,10 +262,10 @@ def test_an_update_from_some_files_keeps_the_kinds_not_given(tmp_path):
              "tags-1.csv": "id,name,category,post_count\n1,fox,5,100\n2,canine,5,90\n"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    run("tag", "lists", "update", "--vocab", "e621", *(a for n in files for a in ("--from", tmp_path / n)), env=env)
+    cli("tag", "lists", "update", "--vocab", "e621", *(a for n in files for a in ("--from", tmp_path / n)), env=env)
     newer = tmp_path / "tag_implications-2.csv"
     newer.write_text(GOOD_IMPLICATIONS + "2,wolf,canine,,active\n")
-    proc = run("tag", "lists", "update", "--vocab", "e621", "--from", newer, env=env)
+    proc = cli("tag", "lists", "update", "--vocab", "e621", "--from", newer, env=env)
     assert "kept from the lists stored before" in proc.stdout and "no images found" not in proc.stdout
     stored = Relations.load(tmp_path / "cache" / "tags" / "e621.json.gz")
     assert stored.aliases == {"vulpine": "fox"} and set(stored.categories) == {"fox", "canine"}

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import by_path, run_json
+from conftest import by_path, cli_json
 from make_sample import character, poison
 from PIL import Image, ImageFilter
 
@@ -66,7 +66,7 @@ def test_scan_command(tmp_path):
     poison(character((300, 300)), 5).save(src / "glazed.png")
     character((60, 60)).save(src / "tiny.png")
     (src / "broken.png").write_bytes(b"\x89PNG nope")
-    report = run_json("curate", "scan", src, check=1)
+    report = cli_json("curate", "scan", src, check=1)
     items = by_path(report)
     assert items["clean.png"]["status"] == "ok" and items["clean.png"]["score"] < 1
     assert items["glazed.png"]["status"] == "suspicious" and items["glazed.png"]["score"] > 3

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import by_path, run, run_json
+from conftest import by_path, cli, cli_json
 from make_sample import character
 from PIL import Image
 from safetensors.torch import save_file
@@ -349,7 +349,7 @@ def test_named_model_downloads_into_the_cache(tmp_path):
     src.mkdir()
     character((20, 24)).save(src / "small.png")
     env = {"LORAKIT_CACHE": str(tmp_path / "cache"), "LORAKIT_UPSCALE_MIRROR": mirror.as_uri()}
-    run("curate", "upscale", src, tmp_path / "out", "--model", "realesr-animevideov3", env=env)
+    cli("curate", "upscale", src, tmp_path / "out", "--model", "realesr-animevideov3", env=env)
     assert (tmp_path / "cache" / "upscalers" / "realesr-animevideov3.pth").is_file()
     assert Image.open(tmp_path / "out" / "small.png").size == (80, 96)
 
@@ -360,12 +360,12 @@ def test_offline_error_says_what_to_fetch_and_where(tmp_path):
     character((20, 24)).save(src / "small.png")
     env = {"LORAKIT_CACHE": str(tmp_path / "cache"),
            "LORAKIT_UPSCALE_MIRROR": (tmp_path / "nowhere").as_uri()}
-    proc = run("curate", "upscale", src, tmp_path / "out", "--model", "RealESRGAN_x4plus", env=env, check=2)
+    proc = cli("curate", "upscale", src, tmp_path / "out", "--model", "RealESRGAN_x4plus", env=env, check=2)
     message = " ".join(proc.stderr.split())
     assert "RealESRGAN_x4plus.pth" in message
     assert str(tmp_path / "cache" / "upscalers" / "RealESRGAN_x4plus.pth") in message.replace(" ", "") \
         or "cache/upscalers/RealESRGAN_x4plus.pth" in message.replace(" ", "")
-    proc = run("curate", "upscale", src, tmp_path / "out", "--model", "no-such-model", env=env, check=2)
+    proc = cli("curate", "upscale", src, tmp_path / "out", "--model", "no-such-model", env=env, check=2)
     assert "Known models" in proc.stderr
 
 
@@ -376,15 +376,15 @@ def test_upscale_command_options(tmp_path):
     character((24, 30)).save(src / "small.png")
     character((24, 30), background=None).save(src / "clear.png")
     character((200, 220)).save(src / "big.jpg")
-    report = run_json("curate", "upscale", src, tmp_path / "out", "--model", tmp_path / "4x-Tiny.pth",
+    report = cli_json("curate", "upscale", src, tmp_path / "out", "--model", tmp_path / "4x-Tiny.pth",
                       "--only-below", "100", "--tile", "16")
     items = by_path(report)
     assert items["big.jpg"]["status"] == "copied"
     assert (tmp_path / "out" / "big.jpg").read_bytes() == (src / "big.jpg").read_bytes()
     assert Image.open(tmp_path / "out" / "small.png").size == (96, 120)
     assert Image.open(tmp_path / "out" / "clear.png").mode == "RGBA"
-    run("curate", "upscale", src, tmp_path / "s2", "--model", tmp_path / "4x-Tiny.pth", "--scale", "2")
+    cli("curate", "upscale", src, tmp_path / "s2", "--model", tmp_path / "4x-Tiny.pth", "--scale", "2")
     assert Image.open(tmp_path / "s2" / "small.png").size == (48, 60)
-    run("curate", "upscale", src, tmp_path / "d", "--model", tmp_path / "4x-Tiny.pth",
+    cli("curate", "upscale", src, tmp_path / "d", "--model", tmp_path / "4x-Tiny.pth",
         "--downscale-first", "0.5", "--scale", "1")
     assert Image.open(tmp_path / "d" / "big.jpg").size == (200, 220)
