@@ -191,7 +191,10 @@ def generate(captioner: Captioner, images: list, prompts: list[str], generation:
 
 
 def as_sentence(text: str) -> str:
-    """One line, ending as a sentence ends: BLIP writes "a girl sitting on a bench", which the
-    trainer would read as two tags (train/caption_lines.is_sentence) and shuffle."""
+    """One line, starting and ending as a sentence does: BLIP writes "a girl sitting on a bench",
+    which the trainer would read as a tag (train/caption_lines.is_sentence) and shuffle."""
     line = " ".join(_CONTROL.sub(" ", text).split())
-    return line + "." if line and line[-1] not in ".!?…\"')" else line
+    if not line:
+        return line
+    line = line[0].upper() + line[1:]  # "a girl..." -> "A girl...": a sentence, not a tag line
+    return line + "." if line[-1] not in ".!?…\"')" else line

@@ -21,7 +21,7 @@ from lorakit.train.data import Item, load_items, subsets
 from lorakit.train.subset_options import CaptionOptions, caption_for_step, item_caption
 from lorakit.train.validate import validate
 
-LINES = ("kit, red, smile", "a cat, sitting on a red chair.", "kit looking out of the window at night")
+LINES = ("kit, red, smile", "A cat, sitting on a red chair.", "Kit looking out of the window at night.")
 RECIPE = (("{tags}", 0.4), ("{sentence}", 0.3), ("{tags}. {sentence}", 0.3))
 
 
@@ -31,8 +31,13 @@ def _item(lines=LINES, **options) -> Item:
 
 
 def test_the_classifier_tells_sentences_from_tags():
-    assert is_sentence("a cat, sitting on a red chair.") and is_sentence("What a day!")
-    assert is_sentence("a photo of a red cat")  # a piece of five words: prose, not a booru tag
+    assert is_sentence("A cat, sitting on a red chair.") and is_sentence("What a day!")
+    assert is_sentence("a photo of a red cat on a chair by the window")  # a piece of 10 words: prose
+    assert is_sentence("A girl with red hair, blue eyes and a white dress, standing in a field, smiling.")
+    # real tags: lower case, many end in ! or ., some have 5-9 words
+    assert not is_sentence("honoka, 1girl, solo, smile, orange hair, blue eyes, love live!")
+    assert not is_sentence("1boy, mario, super mario bros.") and not is_sentence("jojo no kimyou na bouken, 1boy")
+    assert not is_sentence("Kit Chan, 1girl, smile, orange hair, k-on!")  # a capitalised trigger: still tags
     assert not is_sentence("1girl, long hair, looking at viewer, hand on another's shoulder")
     assert not is_sentence("1girl, surprised, !")  # "!" is a booru tag, not the end of a sentence
     assert not is_sentence("1girl, speech bubble, ...") and is_sentence("She smiles, waving.")
@@ -68,7 +73,7 @@ def test_wildcards_pick_an_option_per_step_and_double_braces_are_literal():
 
 
 def test_a_sentence_is_never_shuffled_or_cut_at_its_commas():
-    sentence = "a cat, sitting on a red chair, in the morning sun."
+    sentence = "A cat, sitting on a red chair, in the morning sun."
     options = CaptionOptions(shuffle=True, keep_tokens=0, tag_dropout_rate=0.5, prefix="kit,")
     assert {caption_for_step(sentence, options, random.Random(step), 0) for step in range(30)} == {f"kit, {sentence}"}
     # the keep separator of a prefix is removed as tag processing would remove it
@@ -98,8 +103,8 @@ def test_the_recipe_follows_its_weights_over_the_templates_an_image_can_fill():
     assert item_caption(_item(LINES[:1], recipe=(("{sentence}", 1.0),)), 3, random.Random(0), 0) == LINES[0]
     item = _item(recipe=RECIPE, shuffle=True, prefix="sks")
     texts = [item_caption(item, 3, random.Random(e), e) for e in range(200)]
-    assert all(t.startswith("sks ") for t in texts if not t.startswith(("a cat", "kit looking")))
-    assert any(t.endswith(" a cat, sitting on a red chair.") and ". " in t for t in texts)  # {tags}. {sentence}
+    assert all(t.startswith("sks ") for t in texts if not t.startswith(("A cat", "Kit looking")))
+    assert any(t.endswith(" A cat, sitting on a red chair.") and ". " in t for t in texts)  # {tags}. {sentence}
     trig = _item(recipe=(("{trigger}, {sentence}", 1.0),))
     assert item_caption(trig, 3, random.Random(0), 0) in {f"kit, {s}" for s in LINES[1:]}
 
@@ -114,7 +119,7 @@ def _dataset(tmp_path: Path, captions: dict[str, str]) -> Path:
 
 
 def _config(tmp_path: Path, data: str = "", more: str = "") -> Path:
-    root = _dataset(tmp_path, {"a": "\n".join(LINES) + "\n", "b": "kit, blue\n\na dog, asleep on the floor.\n",
+    root = _dataset(tmp_path, {"a": "\n".join(LINES) + "\n", "b": "kit, blue\n\nA dog, asleep on the floor.\n",
                                "long": ", ".join(f"tag{i}" for i in range(60)) + "\n"})
     path = tmp_path / "lora.toml"
     path.write_text(f'[data]\nimage_root = "{root}"\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = 64\n'
@@ -126,7 +131,7 @@ def test_the_options_load_validate_and_refuse_what_cannot_work(tmp_path):
     path = _config(tmp_path, 'enable_wildcard = true\ncaption_recipe = [{template = "{tags}", weight = 0.4}, '
                              '{template = "{sentence}", weight = 0.6}]')
     items = {i.image.stem: i for i in load_items(load(path))}
-    assert items["a"].lines == LINES and items["b"].lines == ("kit, blue", "a dog, asleep on the floor.")
+    assert items["a"].lines == LINES and items["b"].lines == ("kit, blue", "A dog, asleep on the floor.")
     assert items["a"].captions.recipe == (("{tags}", 0.4), ("{sentence}", 0.6)) and items["a"].captions.wildcard
     assert load_items(load(_config(tmp_path / "plain")))[0].lines == ()  # line 1 only, as before
     for bad, said in (('[{template = "{tags} {mood}"}]', "names {mood}, which no caption has"),
@@ -170,6 +175,25 @@ def test_kohya_import_maps_enable_wildcard(tmp_path):
     (tmp_path / "off.toml").write_text('enable_wildcard = false\n')
     tree, _, rows = convert(tmp_path / "off.toml")
     assert "enable_wildcard" not in tree.get("data", {}) and rows[0][2].startswith("off")
+    for odd in ('"on"', "2", "[true]"):  # kohya would read each as on: refused, not imported as off
+        (tmp_path / "odd.toml").write_text(f"enable_wildcard = {odd}\n")
+        with pytest.raises(UserError, match="not true or false"):
+            convert(tmp_path / "odd.toml")
+
+
+def test_hostile_names_weights_and_separators(tmp_path):
+    from lorakit.train.caption_lines import recipe_problem
+    from lorakit.train.config import RecipeTemplate
+
+    # a file name that is not UTF-8 (its byte kept as a surrogate) still picks its line
+    assert epoch_line(("a, b", "C d."), Path("10_x/img\udcff.png"), 0, 1) in ("a, b", "C d.")
+    huge = [RecipeTemplate("{tags}", 1e308), RecipeTemplate("{trigger}", 1e308)]
+    assert "add up" in recipe_problem(huge)
+    assert "at most" in recipe_problem([RecipeTemplate("{tags}")] * 101)
+    # a keep separator that is a word leaves the sentence's own words alone
+    options = CaptionOptions(shuffle=True, keep_tokens_separator="the", prefix="kit the")
+    sentence = "She sits on the chair by the window."
+    assert caption_for_step(sentence, options, random.Random(0), 0) == "kit, She sits on the chair by the window."
 
 
 def test_plan_shows_the_texts_of_the_first_steps_with_their_tokens(tmp_path):
@@ -194,7 +218,7 @@ def test_plan_shows_the_texts_of_the_first_steps_with_their_tokens(tmp_path):
     assert "captions of the first 2 steps of epoch 1" in shown and "tokens" in shown
     recipe = train_json("plan", path, "--set", 'data.caption_recipe=[{template = "<{trigger}> {sentence}"}]',
                         "--captions", "5")["captions"]
-    assert {r["text"] for r in recipe if r["image"] == "3_kit/b.png"} == {"<kit> a dog, asleep on the floor."}
+    assert {r["text"] for r in recipe if r["image"] == "3_kit/b.png"} == {"<kit> A dog, asleep on the floor."}
 
 
 def test_the_review_page_says_what_trains_of_the_further_lines(tmp_path):
@@ -238,7 +262,7 @@ def test_the_saved_tag_frequency_counts_tags_not_sentence_clauses(tmp_path):
     for folder in json.loads(meta["ss_tag_frequency"]).values():
         counted.update(folder)
     assert counted["kit"] >= 2 and counted["blue"] == 1
-    assert not any("asleep" in tag or "dog" in tag for tag in counted)  # "a dog, asleep on the floor." is a sentence
+    assert not any("asleep" in tag or "dog" in tag for tag in counted)  # "A dog, asleep on the floor." is a sentence
 
 
 def test_plan_warns_when_further_lines_do_not_train(tmp_path):

@@ -95,7 +95,7 @@ def test_every_family_writes_line_two_and_keeps_line_one(tmp_path, models, recei
     for n in range(3):
         data = (folder / f"{n}.txt").read_bytes()
         sentence = items[f"5_kit chan/{n}.txt"]["sentence"]
-        assert sentence and "\n" not in sentence and sentence[-1] in ".!?\"')"  # ends as a sentence
+        assert sentence and "\n" not in sentence and sentence[-1] in ".!?\"')" and not sentence[0].islower()  # reads as a sentence
         old = before.get(f"{n}.txt")
         if old is None:  # no caption: an empty line 1, the sentence on line 2
             assert data == b"\n" + sentence.encode() + b"\n"

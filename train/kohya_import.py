@@ -23,7 +23,7 @@ from lorakit.errors import UserError
 from lorakit.report import FAILED, WRITTEN, Outcome, Report, Section
 from lorakit.train.kohya_args import command_line, optimizer_table, parse
 from lorakit.train.kohya_gui import dropped_by_noise_type, family, off, zero, zero_rate
-from lorakit.train.kohya_keys import KEYS, To, truthy
+from lorakit.train.kohya_keys import KEYS, To
 from lorakit.train.kohya_meaning import ESSENTIAL, meaning
 from lorakit.train.kohya_network import GUI_FIELDS, drop, fit, network, put
 
@@ -32,7 +32,18 @@ HANDLED = {"lr_warmup_steps", "lr_warmup", "network_module", "LoRA_type", "netwo
 KINDS = ("off", "dropped", "not mapped")
 # sd-scripts' caption options that are read since the multi-line captions (train/caption_lines.py),
 # beside KEYS: the same rows, kept here until that table takes them in
-CAPTION_KEYS = {"enable_wildcard": To("data.enable_wildcard", truthy)}  # a row's "where" starts with one of these, or is where it went
+def _switch(value) -> bool:
+    """A kohya on/off value as sd-scripts would read it, or refused: kohya passes a config's value
+    through as it is, so "on" or 2 turn wildcards on there; lorakit does not guess."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "false", "0", "no", ""):
+        return text in ("true", "1", "yes")
+    raise UserError(f"enable_wildcard = {value!r}: not true or false; set it to one of them and import again")
+
+
+CAPTION_KEYS = {"enable_wildcard": To("data.enable_wildcard", _switch)}  # a row's "where" starts with one of these, or is where it went
 
 
 def _flatten(data: dict) -> dict[str, Any]:

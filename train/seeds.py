@@ -16,7 +16,9 @@ import random
 def derive(seed: int, stream: str, *indices: int) -> int:
     """A 63-bit seed for `stream` at `indices` (step, micro-batch, epoch, image...) of run `seed`."""
     text = "|".join([str(int(seed)), stream, *(str(int(i)) for i in indices)])
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+    # surrogateescape: a stream may hold a file name that is not UTF-8 (its bytes kept as surrogates)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                          "little") >> 1
 
 
 def rng(seed: int, stream: str, *indices: int) -> random.Random:

@@ -169,7 +169,7 @@ def _recipe_caption(template: str, parts: Parts, o: CaptionOptions, rng: random.
         tags = with_affixes(parts.tags, o.prefix, o.suffix)
         values["tags"] = _tag_line(resolve_wildcards(tags, rng) if o.wildcard else tags, o, rng)
         return template.format(**values)
-    return _joined(with_affixes(template.format(**values), o.prefix, o.suffix), o)
+    return _sentence_affixes(template.format(**values), o)
 
 
 def _dropped(o: CaptionOptions, rng: random.Random, epoch: int) -> bool:
@@ -186,21 +186,31 @@ def caption_for_step(text: str, options: CaptionOptions, rng: random.Random, epo
     separator) with tag dropout. A sentence line is never cut at its commas (caption_lines)."""
     o = options
     sentence = is_sentence(text)  # the line's own words decide: a prefix of tags does not make it tags
-    text = with_affixes(text, o.prefix, o.suffix)
+    text = _sentence_affixes(text, o) if sentence else with_affixes(text, o.prefix, o.suffix)
     if _dropped(o, rng, epoch):
         return ""
     if o.wildcard:
         text = resolve_wildcards(text, rng)
-    return _joined(text, o) if sentence else _tag_line(text, o, rng)
+    return text if sentence else _tag_line(text, o, rng)
 
 
-def _joined(text: str, o: CaptionOptions) -> str:
-    """Verbatim, but for the keep separator, which goes wherever tag processing would remove it
-    (a prefix "1girl, miku |||" still reads "1girl, miku, " before a sentence)."""
+def _sentence_affixes(text: str, o: CaptionOptions) -> str:
+    """A sentence with the prefix and suffix, the keep separator taken out of them where tag
+    processing would remove it (a prefix "1girl, miku |||" reads "1girl, miku, " before the
+    sentence); the sentence itself is never touched, whatever words the separator matches."""
     sep = o.keep_tokens_separator
-    if not (o.shuffle or o.tag_dropout_rate) or not sep or sep not in text:
-        return text
-    return ", ".join(p.strip().strip(",").strip() for p in text.split(sep) if p.strip().strip(","))
+    if not (o.shuffle or o.tag_dropout_rate) or not sep or sep not in o.prefix + o.suffix:
+        return with_affixes(text, o.prefix, o.suffix)
+
+    def clean(affix: str) -> str:
+        return ", ".join(p.strip().strip(",").strip() for p in affix.split(sep) if p.strip().strip(","))
+
+    prefix, suffix = clean(o.prefix), clean(o.suffix)
+    if prefix:
+        text = f"{prefix}, {text}" if sep in o.prefix else f"{prefix} {text}"
+    if suffix:
+        text = f"{text}, {suffix}" if sep in o.suffix else f"{text} {suffix}"
+    return text
 
 
 def _tag_line(text: str, o: CaptionOptions, rng: random.Random) -> str:
