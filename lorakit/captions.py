@@ -116,28 +116,28 @@ def sentence_lines(data: bytes | None, own_file: bool) -> list[str]:
 
 
 def with_sentence(data: bytes | None, sentence: str, mode: str, own_file: bool) -> bytes:
-    """`data` with `sentence` put in: as line 2 (`overwrite`) or after the last line (`merge`,
-    unless it is there already), line 1 and its BOM kept byte for byte; in a sentence file of
-    its own (`own_file`), line 1 is the first sentence. The file's line ending (CRLF or LF) is
-    kept, and it ends with one. A caption that does not exist gets an empty line 1."""
+    """`data` with `sentence` put in, every other byte as it was: `overwrite` replaces line 2 (in
+    a sentence file of its own, `own_file`, line 1), `merge` appends it as a last line unless a
+    line already holds it. Line 1 and its BOM are never touched; a new line ends as line 1 does
+    (CRLF or LF). A caption that does not exist gets an empty line 1 (a sentence file: the
+    sentence alone)."""
     new = sentence.encode("utf-8")
-    if own_file:
-        head, body, eol = b"", data or b"", b"\r\n" if data and b"\r\n" in data else b"\n"
-        if body.startswith(BOM):
-            head, body = BOM, body[len(BOM):]
-    else:
-        if data is None:
-            return b"\n" + new + b"\n"
-        _, _, rest = split_caption(data)
-        head = data[:len(data) - len(rest)]  # the BOM and line 1, as they are
-        eol = b"\r\n" if rest.startswith(b"\r\n") else b"\n"
-        body = rest[len(eol):] if rest else b""
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in body.split(b"\n")]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if mode == "overwrite":
-        lines[:1] = [new]
-    elif new.strip() not in {line.strip() for line in lines}:
-        lines.append(new)
-    joined = eol.join(lines) + eol
-    return head + joined if own_file else head + eol + joined
+    if data is None:
+        return new + b"\n" if own_file else b"\n" + new + b"\n"
+    _, _, rest = split_caption(data)
+    head = data[:len(data) - len(rest)]  # the BOM and line 1, as they are
+    eol = b"\r\n" if rest.startswith(b"\r\n") else b"\n"
+    if mode == "merge":
+        lines = data.split(b"\n") if own_file else rest.split(b"\n")[1:]
+        if new.strip() in {line.strip() for line in lines}:
+            return data
+        return data + (b"" if data.endswith(b"\n") else eol) + new + eol
+    if own_file:  # overwrite: line 1 of a sentence file is its sentence
+        bom = BOM if data.startswith(BOM) else b""
+        return bom + new + (rest or eol)
+    body = rest[len(eol):] if rest else b""
+    end = body.find(b"\n")
+    if end < 0:  # no line 2, or a last line 2 with no line ending
+        return head + eol + new + eol
+    ending = b"\r\n" if body[:end + 1].endswith(b"\r\n") else b"\n"
+    return head + eol + new + ending + body[end + 1:]

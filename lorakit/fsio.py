@@ -57,6 +57,20 @@ def own_folder(root: Path | str, *parts: str | Path) -> Path:
     return path
 
 
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """A small file lorakit reads for itself (a journal, a model's config.json): never through a
+    link, never a FIFO or device (which would block or never end), at most `limit` bytes; else
+    OSError, with a reason."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than {limit}")
+        return f.read(limit + 1)[:limit]
+
+
 def cache_dir(*parts: str) -> Path:
     """lorakit's cache: $LORAKIT_CACHE, else $XDG_CACHE_HOME/lorakit, else ~/.cache/lorakit."""
     root = os.environ.get("LORAKIT_CACHE") or os.path.join(

@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from lorakit.errors import UserError
-from lorakit.locks import folder_lock
+from lorakit.fsio import own_folder
+from lorakit.locks import LOCK, folder_lock
 
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (lorakit/locks.py); shares run unguarded there
+    fcntl = None
+
+_SPEC = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$")  # ASCII digits: "１/２" is a typo, not a share
 MOST = 100_000  # shares; a larger N is a typo, not a cluster
 
 
@@ -55,7 +61,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name)
     if value is None or value == "":
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise UserError(f"the environment's {name}={value!r} is not a number")
     return int(value)
 
@@ -92,12 +98,48 @@ def local_device_index(env: Mapping[str, str] | None = None) -> int:
 @contextmanager
 def shard_lock(root: Path, command: str, share: Shard) -> Iterator[None]:
     """The dataset's lock for a command run on one share: the whole folder's, or, for a share,
-    the folder's lock held together with the other shares plus this share's own (so two
-    processes given the same K/N are refused as two commands are)."""
+    the folder's lock held together with the other shares of the same count, plus this share's
+    own (so two processes given the same K/N are refused as two commands are). Shares of another
+    count are refused: 1/2 and 2/3 hold overlapping images, and would edit them both."""
     if share.whole:
         with folder_lock(root, command):
             yield
         return
-    with folder_lock(root, command, shared=True), \
+    with folder_lock(root, command, shared=True), _same_count(root, share), \
             folder_lock(root, f"{command} {share}", name=f"lock-{share.label()}"):
         yield
+
+
+@contextmanager
+def _same_count(root: Path, share: Shard) -> Iterator[None]:
+    """Hold `lock-shares` shared for as long as this share runs, with the count it runs in
+    recorded beside it. Whether another count is running is decided under `lock-shares-gate`:
+    when no process holds `lock-shares`, this one records its count; else the recorded count
+    must be this one's."""
+    if fcntl is None:
+        yield
+        return
+    gate = "lock-shares-gate"
+    with folder_lock(root, f"shares of {share.count}", wait=30, name=gate):
+        path = own_folder(root, LOCK.parent) / "lock-shares"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody runs shares: ours is the count
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(share.count).encode(), 0)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except BlockingIOError:
+                recorded = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                if recorded != str(share.count):
+                    raise UserError(f"{root} is being processed in {recorded or 'other'} shares: a share of "
+                                    f"{share.count} would overlap theirs; use --shard K/{recorded} or wait for "
+                                    "them to finish") from None
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        yield
+    finally:
+        os.close(fd)

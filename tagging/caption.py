@@ -23,16 +23,18 @@ from pathlib import Path
 from lorakit.captions import CAPTION_SUFFIXES, SENTENCE_MODES, parse_tags, sentence_lines, with_sentence
 from lorakit.discovery import check_source
 from lorakit.errors import UserError
-from lorakit.fsio import own_folder, sync_folder, write_text, write_texts
+from lorakit.fsio import own_folder, read_regular, sync_folder, write_text, write_texts
 from lorakit.images import DEFAULT_MAX_PIXELS
 from lorakit.parallel import make_progress
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 from lorakit.shards import Shard, shard_lock
-from lorakit.tagging.backups import Backup, mark_failed
+from lorakit.tagging.backups import Backup, digest, mark_failed
 from lorakit.tagging.prompts import check_template, fill, folder_words
 from lorakit.tagging.rewrite import CHANGED, CREATED, UTF16, _read_chunk, targets
 
 JOURNAL = ".lorakit"
+MOST_PROMPT = 20_000  # characters: a prompt is a few lines and a caption's tags
+JOURNAL_LIMIT = 256 << 20  # a journal lists names and digests: more was not written by lorakit
 
 
 @dataclass
@@ -93,6 +95,12 @@ def _jobs(root: Path, opts: SentenceOptions, report: Report) -> list[Job]:
             report.outcomes.append(Outcome(name, FAILED, f"its tags are in {name}: write the sentence to "
                                            "line 2 (no --to-extension) or to the other caption file"))
             continue
+        if own and (not t.exists or CAPTION_SUFFIXES.index(own) < CAPTION_SUFFIXES.index(Path(t.caption).suffix)):
+            # the sentence file would become the caption trainers and lorakit read for the image
+            why = "it has no caption with tags" if not t.exists else f"{name} would be read before its tags in {t.name}"
+            report.outcomes.append(Outcome(name, FAILED, f"{why}: a sentence file there would be read as its tags "
+                                           "(run tag auto first, or write the sentence to line 2)"))
+            continue
         if own and isinstance(data, OSError) and data.errno == 2:  # ENOENT: a new sentence file
             data = None
         bad = next((d for d in (tags_bytes, data) if isinstance(d, OSError)), None)
@@ -115,12 +123,16 @@ def _run_key(captioner, opts: SentenceOptions, template: str, generation: dict) 
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _done_before(path: Path, key: str) -> set[str]:
+def _done_before(path: Path, key: str) -> dict[str, str]:
+    """What the stopped run with the same settings wrote: {image: digest of its caption as it
+    left it}. Read as a plain file of bounded size (never through a link or from a FIFO); one
+    that cannot be read, or is not lorakit's, counts as no journal."""
     try:
-        journal = json.loads(path.read_text(encoding="utf-8"))
-        return set(journal["done"]) if journal.get("key") == key else set()
+        journal = json.loads(read_regular(path, JOURNAL_LIMIT))
+        done = journal["done"] if journal.get("key") == key else {}
+        return {str(k): str(v) for k, v in done.items()} if isinstance(done, dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return set()
+        return {}
 
 
 def caption(root: Path, opts: SentenceOptions) -> Report:
@@ -159,17 +171,25 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
         generation["max_new_tokens"] = opts.max_new_tokens
     journal = _journal_path(root, opts.share)
     key = _run_key(captioner, opts, template, generation)
-    done = _done_before(journal, key) if not opts.dry_run else set()
-    if done:
-        resumed = [j for j in jobs if j.image in done]
+    done = _done_before(journal, key) if not opts.dry_run else {}
+    # done, and its caption still as the stopped run left it (not undone, not edited since)
+    resumed = [j for j in jobs if j.image in done and done[j.image] == digest(j.data or b"")]
+    if resumed:
         for job in resumed:
             report.outcomes.append(Outcome(job.name, OK, "done by the run that was stopped: skipped"))
-        jobs = [j for j in jobs if j.image not in done]
+        skipped = {j.image for j in resumed}
+        jobs = [j for j in jobs if j.image not in skipped]
         report.notes.append(f"went on from a stopped run: {len(resumed)} images it had done were skipped")
+    done = {j.image: done[j.image] for j in resumed}
     for job in jobs:
         values = {"tags": ", ".join(job.tags) if with_tags else "", "folder": folder_words(job.image),
                   "trigger": opts.trigger if opts.trigger is not None else _trigger(job.image)}
         job.prompt = fill(template, values)
+    too_long = [j for j in jobs if len(j.prompt) > MOST_PROMPT]
+    for job in too_long:  # a line 1 of megabytes would take the model minutes, and memory, per image
+        report.outcomes.append(Outcome(job.name, FAILED, f"its prompt is {len(job.prompt):,} characters (its tags: "
+                                                         f"{len(', '.join(job.tags)):,}); at most {MOST_PROMPT:,}"))
+    jobs = [j for j in jobs if len(j.prompt) <= MOST_PROMPT]
     batch = opts.batch_size or (8 if captioner.device.type == "cuda" else 1)
     report.data.update(model=captioner.name, family=captioner.spec.family, device=str(captioner.device),
                        precision=captioner.precision, batch=batch, with_tags=with_tags,
@@ -261,11 +281,12 @@ class _Writer:
     16), or after five minutes: the backup file is rewritten whole each time, so batches that grow
     keep the bytes written over a run in proportion to its size."""
 
-    def __init__(self, root: Path, opts: SentenceOptions, report: Report, journal: Path, key: str, done: set[str]):
+    def __init__(self, root: Path, opts: SentenceOptions, report: Report, journal: Path, key: str,
+                 done: dict[str, str]):
         command = "caption" if opts.share.whole else f"caption-share{opts.share.label()}"
         self.root, self.opts, self.report, self.journal, self.key = root, opts, report, journal, key
         self.backup = Backup(root, command)
-        self.done = set(done)
+        self.done = dict(done)  # image -> digest of its caption as this run left it
         self.pending: list[tuple[Job, bytes]] = []
         self.rows: list[tuple[Job, str]] = []
         self.written, self.last = 0, time.monotonic()
@@ -279,7 +300,7 @@ class _Writer:
         if new == job.data:
             self.report.outcomes.append(Outcome(job.name, OK, "unchanged (the sentence is there already)",
                                                 {"sentence": sentence, "prompt": job.prompt}))
-            self.done.add(job.image)
+            self.done[job.image] = digest(job.data or b"")
             return
         self.rows.append((job, sentence))
         if self.opts.dry_run:
@@ -309,7 +330,7 @@ class _Writer:
                 self.backup.forget({outcomes[path].path for path in failed})
                 self.backup.commit()
             sync_folder(self.root)
-            self.done |= {job.image for job, _ in self.pending if job.file not in failed}
+            self.done.update({job.image: digest(new) for job, new in self.pending if job.file not in failed})
             self.written += len(self.pending) - len(failed)
             self.pending = []
             self.last = time.monotonic()
@@ -320,7 +341,7 @@ class _Writer:
                                          f"`tag undo {self.report.src}` restores them")
         elif self.done:
             own_folder(self.root, Path(JOURNAL))
-            write_text(self.journal, json.dumps({"key": self.key, "done": sorted(self.done)}))
+            write_text(self.journal, json.dumps({"key": self.key, "done": self.done}))
 
     def rows_by(self, job: Job) -> str:
         return next(s for j, s in reversed(self.rows) if j is job)

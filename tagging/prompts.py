@@ -30,6 +30,10 @@ def _unescaped(text: str) -> str:
 def check_template(template: str, captioner, with_tags: bool | None, trigger: str | None = None) -> bool:
     """Whether the tags go into the prompts; refuses what this captioner cannot take."""
     template = _escaped(template)
+    stray = _FIELD.sub("", template)
+    if "{" in stray or "}" in stray:
+        raise UserError("the prompt has a brace that is not a placeholder ({tags}, {trigger}, {folder}); write "
+                        "{{ or }} for a literal brace")
     unknown = sorted({f for f in _FIELD.findall(template) if f not in PLACEHOLDERS})
     if unknown:
         raise UserError(f"the prompt names {', '.join('{' + u + '}' for u in unknown)}: the placeholders are "
@@ -48,6 +52,8 @@ def check_template(template: str, captioner, with_tags: bool | None, trigger: st
         if family.tasks and _unescaped(template) not in family.tasks:
             raise UserError(f"{name} only takes one of its task tokens as its prompt: {', '.join(family.tasks)}")
         return False
+    if not template.strip():
+        raise UserError(f"{name} takes an instruction: the prompt is empty")
     if with_tags and "{tags}" not in template:
         raise UserError("--with-tags: the prompt has no {tags} to put them in")
     return with_tags is not False and "{tags}" in template
@@ -59,9 +65,12 @@ def fill(template: str, values: dict[str, str]) -> str:
         fields = _FIELD.findall(line)
         if any(not values.get(f) for f in fields):
             continue
-        for f in fields:
-            line = line.replace("{" + f + "}", values[f])
-        lines.append(_unescaped(line))
+        # one pass: a value holding "{folder}" (a tag, a folder name) is text, never filled in turn
+        out, at = [], 0
+        for match in _FIELD.finditer(line):
+            out += [_unescaped(line[at:match.start()]), values[match.group(1)]]
+            at = match.end()
+        lines.append("".join(out) + _unescaped(line[at:]))
     return "\n".join(lines).strip()
 
 

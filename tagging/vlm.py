@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import UserError
+from lorakit.fsio import read_regular
 from lorakit.hub import unreachable
 from lorakit.shards import local_device_index
 from lorakit.tagging.captioners import CAPTIONERS, DEFAULT_CAPTIONER, FAMILIES, INSTRUCTION, CaptionerSpec, Family
@@ -77,7 +78,7 @@ def model_files(name: str | None, model_dir: Path | None) -> tuple[str, Path, Ca
 
 def family_of(folder: Path) -> str:
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(read_regular(folder / "config.json", 16 << 20))
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: no readable config.json ({getattr(exc, 'strerror', None) or exc}); "
                         "pass a folder saved by transformers' save_pretrained") from None
@@ -125,11 +126,16 @@ def load(name: str | None, model_dir: Path | None, precision: str | None) -> Cap
                  "device_map": {"": device.index or 0}}
         dtype = torch.float16
     try:
-        model = getattr(transformers, family.model_class).from_pretrained(folder, dtype=dtype, **extra)
+        model, info = getattr(transformers, family.model_class).from_pretrained(
+            folder, dtype=dtype, output_loading_info=True, **extra)
         parts = _parts(folder, family)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"{folder}: transformers cannot load it as {family.model_class} "
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    missing = info.get("missing_keys") or []
+    if len(missing) > 0.1 * max(1, len(model.state_dict())):  # its weights are another model's: noise
+        raise UserError(f"{folder}: {len(missing)} of the {family.model_class} weights are not in the files "
+                        f"(e.g. {sorted(missing)[0]}): its config.json names another model than its weights")
     if chosen == "int8" and device.type == "cpu":  # dynamic int8 weights for every linear layer
         with warnings.catch_warnings():  # torch's notices that this API moves to torchao: not the user's
             warnings.simplefilter("ignore")

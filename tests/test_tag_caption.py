@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -240,6 +242,12 @@ def test_a_stopped_run_keeps_its_work_and_goes_on(tmp_path, models, monkeypatch)
     assert written == [0, 1]
     assert (ds / ".lorakit" / "caption-run.json").is_file()
     monkeypatch.setattr(vlm, "generate", real)
+    undone = ds.parent / "undone"  # on a copy: the stopped run undone, its journal still there
+    shutil.copytree(ds, undone)
+    tag("undo", undone)
+    again = tag_json("caption", undone, "--model-dir", models["blip"], "--max-new-tokens", "3", "--mode", "overwrite")
+    assert not again["notes"] or not any("stopped run" in n for n in again["notes"])
+    assert {i["status"] for i in again["items"]} <= {"changed", "created"}  # none skipped as done
     report = tag_json("caption", ds, "--model-dir", models["blip"], "--max-new-tokens", "3", "--mode", "overwrite")
     messages = {i["path"]: i.get("message", i["status"]) for i in report["items"]}
     assert messages["5_kit chan/0.txt"].startswith("done by the run that was stopped")
@@ -320,3 +328,91 @@ def test_stats_counts_sentence_lines_and_their_tokens(tmp_path):
     assert report["sentences"] == {"images": 1, "lines": 2, "tokens_min": tokens[0], "tokens_median": tokens[1],
                                    "tokens_max": tokens[1], "over_tokens": {"75": 1, "150": 0, "225": 0}}
     assert {i["path"]: i.get("sentences") for i in report["items"]}["5_kit chan/0.png"] == 2
+
+
+def test_shares_of_another_count_are_refused_while_shares_run(tmp_path):
+    from lorakit.errors import UserError
+    from lorakit.shards import shard_lock
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    with shard_lock(root, "tag caption", Shard(0, 2)):
+        with shard_lock(root, "tag auto", Shard(1, 2)):  # the other share of the same split: together
+            pass
+        for other in (Shard(1, 3), Shard()):  # 2/3 overlaps 1/2's images; a whole-folder command too
+            with pytest.raises(UserError, match="shares|in use"):
+                with shard_lock(root, "tag auto", other):
+                    pass
+        with pytest.raises(UserError, match="in use"):  # the same share twice
+            with shard_lock(root, "tag auto", Shard(0, 2)):
+                pass
+    with shard_lock(root, "tag auto", Shard(1, 3)):  # all shares gone: a new count may start
+        pass
+    with pytest.raises(UserError):
+        shard("１/２", env={})
+
+
+def test_sentences_keep_every_other_byte():
+    from lorakit.captions import with_sentence as put
+
+    assert put(b"kit, a\nold crlf\r\nalt\n\n\n", "New.", "merge", False) == b"kit, a\nold crlf\r\nalt\n\n\nNew.\n"
+    assert put(b"kit, b\r\nold\nalt  \n", "New.", "merge", False) == b"kit, b\r\nold\nalt  \nNew.\r\n"
+    assert put(b"kit, b\nNew.\n", "New.", "merge", False) == b"kit, b\nNew.\n"
+    assert put(b"\xef\xbb\xbfa, \xff\r\nold\r\nthird\n", "New.", "overwrite", False) == \
+        b"\xef\xbb\xbfa, \xff\r\nNew.\r\nthird\n"
+    assert put(b"Old.\nsecond\n", "New.", "overwrite", True) == b"New.\nsecond\n"
+    assert put(None, "New.", "merge", False) == b"\nNew.\n" and put(None, "New.", "merge", True) == b"New.\n"
+
+
+def test_hostile_journals_folders_and_prompts(tmp_path, models):
+    ds = dataset(tmp_path, 3)
+    folder = ds / "5_kit chan"
+    # a stopped run's journal whose captions were undone since: those are captioned again, not skipped
+    tag("caption", ds, "--model-dir", models["blip"], "--max-new-tokens", "3", "--mode", "overwrite")
+    journal = ds / ".lorakit" / "caption-run.json"
+    assert not journal.exists()  # a run that completes leaves none
+    # a FIFO journal and a FIFO config.json neither hang nor crash
+    os.mkfifo(journal)
+    assert tag("caption", ds, "--model-dir", models["blip"], "--max-new-tokens", "3", check=None).returncode in (0, 1)
+    journal.unlink()
+    bad = tmp_path / "fifo-model"
+    bad.mkdir()
+    os.mkfifo(bad / "config.json")
+    out = tag("caption", ds, "--model-dir", bad, "--mode", "overwrite", check=None)
+    assert out.returncode != 0 and "not a regular file" in out.stdout + out.stderr
+    # a config naming another family than its weights: refused, nothing written
+    mixed = tmp_path / "mixed"
+    shutil.copytree(models["llava"], mixed)
+    config = json.loads((mixed / "config.json").read_text())
+    (mixed / "config.json").write_text(json.dumps({**config, "model_type": "blip"}))
+    before = hashes(ds)
+    out = tag("caption", ds, "--model-dir", mixed, "--mode", "overwrite", check=None)
+    assert out.returncode != 0 and "names another model than its weights" in out.stdout + out.stderr
+    assert hashes(ds) == before
+    # a line 1 of megabytes fails alone; braces that are not placeholders are refused
+    (folder / "1.txt").write_text("kit, " + "x" * 30_000 + "\n")
+    report = tag_json("caption", ds, "--model-dir", models["llava"], "--max-new-tokens", "3", "--mode", "overwrite",
+                      check=1)
+    assert {i["path"]: i["status"] for i in report["items"]}["5_kit chan/1.txt"] == "failed"
+    for text in ("{tags.__class__}", "{tags!r}", "{ tags }", ""):
+        prompt = tmp_path / "p.txt"
+        prompt.write_text(text)
+        out = tag("caption", ds, "--model-dir", models["llava"], "--prompt", prompt, "--mode", "overwrite", check=None)
+        assert out.returncode != 0 and ("brace" in out.stderr or "empty" in out.stderr), (text, out.stderr)
+
+
+def test_a_sentence_file_never_becomes_a_caption(tmp_path, models):
+    ds = dataset(tmp_path, 3)
+    folder = ds / "5_kit chan"
+    (folder / "1.txt").unlink()
+    (folder / "1.caption").write_text("kit chan, tags here\n")
+    report = tag_json("caption", ds, "--model-dir", models["blip"], "--max-new-tokens", "3", "--to-extension", ".txt",
+                      check=1)
+    statuses = {i["path"]: i["status"] for i in report["items"]}
+    assert statuses == {"5_kit chan/0.txt": "failed", "5_kit chan/1.txt": "failed", "5_kit chan/2.txt": "failed"}
+    assert not (folder / "1.txt").exists() and not (folder / "2.txt").exists()
+    report = tag_json("caption", ds, "--model-dir", models["blip"], "--max-new-tokens", "3", "--to-extension",
+                      ".caption", check=1)
+    statuses = {i["path"]: i["status"] for i in report["items"]}
+    assert statuses["5_kit chan/0.caption"] == "created" and statuses["5_kit chan/2.caption"] == "failed"
+    assert not (folder / "2.caption").exists()
