@@ -57,11 +57,13 @@ def own_folder(root: Path | str, *parts: str | Path) -> Path:
     return path
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
-    """A small file lorakit reads for itself (a journal, a model's config.json): never through a
-    link, never a FIFO or device (which would block or never end), at most `limit` bytes; else
-    OSError, with a reason."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+def read_regular(path: Path | str, limit: int, follow: bool = False) -> bytes:
+    """A small file lorakit reads for itself (a journal, a model's config.json): never a FIFO or
+    device (which would block or never end), at most `limit` bytes; else OSError, with a reason.
+    Through a link only with `follow` (the Hugging Face cache links every file of a snapshot to
+    its blob); what the link leads to must still be a regular file."""
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))
     with open(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -169,6 +169,8 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
     generation = dict(captioner.spec.generation)
     if opts.max_new_tokens is not None:
         generation["max_new_tokens"] = opts.max_new_tokens
+        if generation.get("min_length", 0) > opts.max_new_tokens:  # BLIP's 5: shorter asked for, shorter made
+            generation["min_length"] = opts.max_new_tokens
     journal = _journal_path(root, opts.share)
     key = _run_key(captioner, opts, template, generation)
     done = _done_before(journal, key) if not opts.dry_run else {}
@@ -335,13 +337,21 @@ class _Writer:
             self.pending = []
             self.last = time.monotonic()
         if final:
-            self.journal.unlink(missing_ok=True)  # complete: a new run starts afresh
+            try:
+                self.journal.unlink(missing_ok=True)  # complete: a new run starts afresh
+            except OSError as e:
+                self.report.notes.append(f"{self.journal}: cannot remove it ({e.strerror or e}): remove it by hand")
             if self.backup.changed or self.backup.created:
                 self.report.notes.append(f"previous captions kept in {self.backup.path.relative_to(self.root)}; "
                                          f"`tag undo {self.report.src}` restores them")
         elif self.done:
-            own_folder(self.root, Path(JOURNAL))
-            write_text(self.journal, json.dumps({"key": self.key, "done": self.done}))
+            try:  # without it a second run redoes work, and loses nothing: a failure is a note
+                own_folder(self.root, Path(JOURNAL))
+                write_text(self.journal, json.dumps({"key": self.key, "done": self.done}))
+            except OSError as e:
+                if not any(n.startswith(f"{self.journal}:") for n in self.report.notes):
+                    self.report.notes.append(f"{self.journal}: cannot write it ({e.strerror or e}); a second run "
+                                             "would caption again what this one did")
 
     def rows_by(self, job: Job) -> str:
         return next(s for j, s in reversed(self.rows) if j is job)

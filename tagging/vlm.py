@@ -78,7 +78,7 @@ def model_files(name: str | None, model_dir: Path | None) -> tuple[str, Path, Ca
 
 def family_of(folder: Path) -> str:
     try:
-        config = json.loads(read_regular(folder / "config.json", 16 << 20))
+        config = json.loads(read_regular(folder / "config.json", 16 << 20, follow=True))
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: no readable config.json ({getattr(exc, 'strerror', None) or exc}); "
                         "pass a folder saved by transformers' save_pretrained") from None
@@ -129,9 +129,9 @@ def load(name: str | None, model_dir: Path | None, precision: str | None) -> Cap
         model, info = getattr(transformers, family.model_class).from_pretrained(
             folder, dtype=dtype, output_loading_info=True, **extra)
         parts = _parts(folder, family)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{folder}: transformers cannot load it as {family.model_class} "
-                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001  (a folder of mismatched files fails in many ways inside transformers)
+        raise UserError(f"{folder}: transformers cannot load it as {family.model_class} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     missing = info.get("missing_keys") or []
     if len(missing) > 0.1 * max(1, len(model.state_dict())):  # its weights are another model's: noise
         raise UserError(f"{folder}: {len(missing)} of the {family.model_class} weights are not in the files "

@@ -416,3 +416,22 @@ def test_a_sentence_file_never_becomes_a_caption(tmp_path, models):
     statuses = {i["path"]: i["status"] for i in report["items"]}
     assert statuses["5_kit chan/0.caption"] == "created" and statuses["5_kit chan/2.caption"] == "failed"
     assert not (folder / "2.caption").exists()
+
+
+def test_a_named_captioner_loads_from_the_hub_cache(tmp_path, models, monkeypatch):
+    """The cache's snapshot holds links to blobs, as huggingface_hub lays it out."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--Salesforce--blip-image-captioning-large"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for n, file in enumerate(sorted(models["blip"].iterdir())):
+        blob = repo / "blobs" / f"{n:040x}"
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    ds = dataset(tmp_path, 1)
+    report = tag_json("caption", ds, "--model", "blip-large", "--max-new-tokens", "3")
+    assert report["model"] == "blip-large" and report["counts"] == {"changed": 1}

@@ -138,9 +138,9 @@ def recipe_problem(recipe: Sequence) -> str | None:
         if not names:
             return f"[{k}] template {entry.template!r} names no part ({', '.join('{' + n + '}' for n in PARTS)})"
     if len(recipe) > MOST_TEMPLATES:
-        return f"{len(recipe)} templates: a recipe is a few ({MOST_TEMPLATES} at most)"
+        return f": {len(recipe)} templates: a recipe is a few ({MOST_TEMPLATES} at most)"
     if not math.isfinite(sum(entry.weight for entry in recipe)):
-        return "the weights add up past what a number holds: weights are shares, such as 0.4 and 0.6"
+        return ": the weights add up past what a number holds: weights are shares, such as 0.4 and 0.6"
     return None
 
 
