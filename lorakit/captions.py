@@ -105,12 +105,12 @@ def caption_file(image: Path, prefer: str = CAPTION_SUFFIXES[0]) -> Path | None:
 SENTENCE_MODES = ("skip", "overwrite", "merge")
 
 
-def sentence_lines(data: bytes | None, own_file: bool) -> list[str]:
-    """The sentence lines of a caption's bytes: lines 2+ (line 1 holds the tags), or every line of
-    a sentence file of its own; blank ones left out."""
+def sentence_lines(data: bytes | str | None, own_file: bool) -> list[str]:
+    """The sentence lines of a caption's bytes (or text): lines 2+ (line 1 holds the tags), or
+    every line of a sentence file of its own; blank ones left out."""
     if not data:
         return []
-    text = data.decode("utf-8", "replace").lstrip("\ufeff")
+    text = (data.decode("utf-8", "replace") if isinstance(data, bytes) else data).lstrip("\ufeff")
     lines = text.split("\n") if own_file else text.split("\n")[1:]
     return [line.strip() for line in lines if line.strip()]
 

@@ -47,6 +47,11 @@ class Shard:
     def mine(self, rel: str) -> bool:
         return self.count == 1 or share_of(rel, self.count) == self.index
 
+    def describe(self, images: int) -> dict:
+        """For a report's data: which share, of how many, how many images, told by whom."""
+        return {"index": self.index + 1, "count": self.count, "images": images,
+                "from": "launcher" if self.launcher else "--shard"}
+
     def label(self) -> str:
         """For file names (backups, locks): "1of4"."""
         return f"{self.index + 1}of{self.count}"

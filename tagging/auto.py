@@ -191,8 +191,7 @@ def auto_tag(root: Path, opts: AutoOptions) -> Report:
         rels = [r for r in rels if opts.share.mine(r.as_posix())]
     report = Report("auto", str(root))
     if not opts.share.whole:
-        report.data["shard"] = {"index": opts.share.index + 1, "count": opts.share.count, "images": len(rels),
-                                "from": "launcher" if opts.share.launcher else "--shard"}
+        report.data["shard"] = opts.share.describe(len(rels))
     if not rels:
         return report
     spec = None

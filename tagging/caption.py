@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorakit.captions import CAPTION_SUFFIXES, SENTENCE_MODES, parse_tags, sentence_lines, with_sentence
+from lorakit.captions import CAPTION_SUFFIXES, SENTENCE_MODES, instance_token, parse_tags, sentence_lines, with_sentence
 from lorakit.discovery import check_source
 from lorakit.errors import UserError
 from lorakit.fsio import own_folder, read_regular, sync_folder, write_text, write_texts
 from lorakit.images import DEFAULT_MAX_PIXELS
+from lorakit.locks import LOCK
 from lorakit.parallel import make_progress
 from lorakit.report import FAILED, OK, PLANNED, Outcome, Report, Section
 from lorakit.shards import Shard, shard_lock
@@ -32,7 +33,7 @@ from lorakit.tagging.backups import Backup, digest, mark_failed
 from lorakit.tagging.prompts import check_template, fill, folder_words
 from lorakit.tagging.rewrite import CHANGED, CREATED, UTF16, _read_chunk, targets
 
-JOURNAL = ".lorakit"
+JOURNAL = LOCK.parent  # lorakit's own folder in the dataset
 MOST_PROMPT = 20_000  # characters: a prompt is a few lines and a caption's tags
 JOURNAL_LIMIT = 256 << 20  # a journal lists names and digests: more was not written by lorakit
 
@@ -151,16 +152,15 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
     own = opts.to_extension is not None
     jobs = _jobs(root, opts, report)
     if not opts.share.whole:
-        report.data["shard"] = {"index": opts.share.index + 1, "count": opts.share.count,
-                                "from": "launcher" if opts.share.launcher else "--shard"}
+        report.data["shard"] = opts.share.describe(len(jobs) + len(report.outcomes))  # with those failed already
     if opts.mode == "skip":
-        done = [j for j in jobs if sentence_lines(j.data, own)]
-        for job in done:
+        has = {j.image for j in jobs if sentence_lines(j.data, own)}
+        for job in (j for j in jobs if j.image in has):
             report.outcomes.append(Outcome(job.name, OK, "has a sentence: skipped"))
-        if done:
-            report.notes.append(f"{len(done)} captions have a sentence and were skipped (--mode overwrite replaces "
+        if has:
+            report.notes.append(f"{len(has)} captions have a sentence and were skipped (--mode overwrite replaces "
                                 "line 2, --mode merge adds a line)")
-        jobs = [j for j in jobs if not sentence_lines(j.data, own)]
+        jobs = [j for j in jobs if j.image not in has]
     if not jobs:
         return report
     captioner = vlm.load(opts.model, opts.model_dir, opts.precision)
@@ -199,7 +199,7 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
     writer = _Writer(root, opts, report, journal, key, done)
     started = time.perf_counter()
     try:
-        _generate_all(captioner, jobs, batch, generation, opts, writer)
+        _generate_all(captioner, root, jobs, batch, generation, opts, writer)
     except KeyboardInterrupt:
         writer.flush()
         raise UserError(f"stopped: {writer.written} sentences were written and are kept; run the same command "
@@ -217,8 +217,6 @@ def _caption(root: Path, opts: SentenceOptions, report: Report) -> Report:
 
 
 def _trigger(image: str) -> str:
-    from lorakit.captions import instance_token
-
     return instance_token(Path(image)) or ""
 
 
@@ -234,22 +232,24 @@ def _decode(job: Job, root: Path, max_side: int, max_pixels: int):
     return img
 
 
-def _generate_all(captioner, jobs: list[Job], batch: int, generation: dict, opts: SentenceOptions,
+def _generate_all(captioner, root: Path, jobs: list[Job], batch: int, generation: dict, opts: SentenceOptions,
                   writer: "_Writer") -> None:
     import torch
 
     from lorakit.tagging.vlm import generate
 
-    root = Path(writer.report.src)
     chunks = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
-    side = captioner.spec.max_side
+
+    def decoded(chunk: list[Job]) -> list:
+        return [_decode(j, root, captioner.spec.max_side, opts.max_pixels) for j in chunk]
+
     with make_progress(opts.console, opts.progress) as bar, ThreadPoolExecutor(1) as pool:
         task = bar.add_task(f"tag caption ({captioner.name})", total=len(jobs))
-        ahead = pool.submit(lambda c: [_decode(j, root, side, opts.max_pixels) for j in c], chunks[0])
+        ahead = pool.submit(decoded, chunks[0])
         for n, chunk in enumerate(chunks):  # the next batch decodes while this one generates
             images = ahead.result()
             if n + 1 < len(chunks):
-                ahead = pool.submit(lambda c: [_decode(j, root, side, opts.max_pixels) for j in c], chunks[n + 1])
+                ahead = pool.submit(decoded, chunks[n + 1])
             ready = [(j, im) for j, im in zip(chunk, images) if not isinstance(im, str)]
             for job, im in zip(chunk, images):
                 if isinstance(im, str):
@@ -289,7 +289,7 @@ class _Writer:
         self.root, self.opts, self.report, self.journal, self.key = root, opts, report, journal, key
         self.backup = Backup(root, command)
         self.done = dict(done)  # image -> digest of its caption as this run left it
-        self.pending: list[tuple[Job, bytes]] = []
+        self.pending: list[tuple[Job, bytes, str]] = []
         self.rows: list[tuple[Job, str]] = []
         self.written, self.last = 0, time.monotonic()
 
@@ -309,7 +309,7 @@ class _Writer:
             self.report.outcomes.append(Outcome(job.name, PLANNED, "would write",
                                                 {"sentence": sentence, "prompt": job.prompt}))
             return
-        self.pending.append((job, new))
+        self.pending.append((job, new, sentence))
         if len(self.pending) >= max(16, self.written // 8) or time.monotonic() - self.last > 300:
             self.flush()
 
@@ -317,22 +317,22 @@ class _Writer:
         if self.opts.dry_run:
             return
         if self.pending:
-            for job, new in self.pending:
+            for job, new, _ in self.pending:
                 self.backup.save(job.name, job.data, new)
             self.backup.commit()
             outcomes = {}
-            for job, new in self.pending:
+            for job, _, sentence in self.pending:
                 status = CHANGED if job.data is not None else CREATED
-                outcome = Outcome(job.name, status, "", {"sentence": self.rows_by(job), "prompt": job.prompt})
+                outcome = Outcome(job.name, status, "", {"sentence": sentence, "prompt": job.prompt})
                 self.report.outcomes.append(outcome)
                 outcomes[job.file] = outcome
-            failed = write_texts([(job.file, new) for job, new in self.pending])
+            failed = write_texts([(job.file, new) for job, new, _ in self.pending])
             mark_failed(outcomes, failed)
             if failed:
                 self.backup.forget({outcomes[path].path for path in failed})
                 self.backup.commit()
             sync_folder(self.root)
-            self.done.update({job.image: digest(new) for job, new in self.pending if job.file not in failed})
+            self.done.update({job.image: digest(new) for job, new, _ in self.pending if job.file not in failed})
             self.written += len(self.pending) - len(failed)
             self.pending = []
             self.last = time.monotonic()
@@ -346,13 +346,10 @@ class _Writer:
                                          f"`tag undo {self.report.src}` restores them")
         elif self.done:
             try:  # without it a second run redoes work, and loses nothing: a failure is a note
-                own_folder(self.root, Path(JOURNAL))
+                own_folder(self.root, JOURNAL)
                 write_text(self.journal, json.dumps({"key": self.key, "done": self.done}))
             except OSError as e:
                 if not any(n.startswith(f"{self.journal}:") for n in self.report.notes):
                     self.report.notes.append(f"{self.journal}: cannot write it ({e.strerror or e}); a second run "
                                              "would caption again what this one did")
-
-    def rows_by(self, job: Job) -> str:
-        return next(s for j, s in reversed(self.rows) if j is job)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorakit.captions import caption_files, instance_token, read_tags, sentence_lines
+from lorakit.captions import caption_files, instance_token, parse_tags, sentence_lines
 from lorakit.discovery import check_source, discover
 from lorakit.report import OK, Outcome, Report, Section
 from lorakit.tagging.lists import named
@@ -19,12 +19,16 @@ MAX_TAGS = 20  # the guide's limit per image
 PROBLEM = "problem"  # not a failure: `--strict` decides whether problems fail the command
 
 
-def caption_table(root: Path) -> pd.DataFrame:
-    """One row per (image, tag); images without tags appear once with tag None."""
+def caption_table(root: Path, further: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One row per (image, tag); images without tags appear once with tag None. `further`, when
+    given, gets each captioned image's lines after line 1 (from the same read)."""
     rows = []
     for rel in discover(root):
         found = caption_files(root / rel)
-        tags = read_tags(found[0]) if found else []
+        text = found[0].read_text(encoding="utf-8-sig", errors="replace") if found else ""
+        tags = parse_tags(text)
+        if further is not None and found:
+            further[rel.as_posix()] = sentence_lines(text, own_file=False)
         folder = rel.parts[0] if len(rel.parts) > 1 else "."
         base = {"image": rel.as_posix(), "folder": folder, "captioned": bool(found),
                 "instance": key(token) if (token := instance_token(rel)) else None}
@@ -37,7 +41,8 @@ def caption_table(root: Path) -> pd.DataFrame:
 def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: int = MAX_TAGS,
           top: int = 25) -> Report:
     root = check_source(root)
-    df = caption_table(root)
+    further: dict[str, list[str]] = {}
+    df = caption_table(root, further)
     report = Report("stats", str(root))
     if df.empty:
         return report
@@ -86,11 +91,11 @@ def stats(root: Path, rel: Relations, class_token: str | None = None, max_tags: 
     report.data["tags_per_image"] = {"mean": float(counts.mean()) if len(counts) else 0.0,
                                      "max": int(counts.max()) if len(counts) else 0}
     report.notes.append(f"relations: {rel.vocab}, {rel.source}")
-    _sentences(root, report)
+    _sentences(further, report)
     return report
 
 
-def _sentences(root: Path, report: Report) -> None:
+def _sentences(further_lines: dict[str, list[str]], report: Report) -> None:
     """Sentence lines (line 2 on, `tag caption`'s) and their CLIP token counts: a sentence past
     75 tokens is cut short by a trainer at data.max_token_length = 75. A further line that reads
     as tags to the trainer (train/caption_lines.is_sentence: it would be shuffled) is counted
@@ -100,9 +105,8 @@ def _sentences(root: Path, report: Report) -> None:
     found: dict[str, list[str]] = {}
     tag_lines = 0
     for outcome in report.outcomes:
-        files = caption_files(root / outcome.path)
-        if files:
-            further = sentence_lines(files[0].read_bytes(), own_file=False)
+        further = further_lines.get(outcome.path)
+        if further is not None:
             lines = [line for line in further if is_sentence(line)]
             tag_lines += len(further) - len(lines)
             outcome.details["sentences"] = len(lines)

@@ -97,8 +97,9 @@ class Parts:
 
     @classmethod
     def of(cls, lines: Sequence[str], token: str | None, image: Path, seed: int, epoch: int) -> "Parts":
-        sentences = [line for line in lines if is_sentence(line)]
-        tags = next((line for line in lines if not is_sentence(line)), None)
+        prose = [is_sentence(line) for line in lines]  # once a line: this runs at every step
+        sentences = [line for line, p in zip(lines, prose) if p]
+        tags = next((line for line, p in zip(lines, prose) if not p), None)
         sentence = epoch_line(sentences, image, seed, epoch) if sentences else None
         return cls(tags, sentence, token or None)
 

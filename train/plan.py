@@ -68,7 +68,7 @@ def plan(config: Config, captions: int = 0) -> Report:
             caption = caption_path(item.image, s.caption_extension)
             text = caption.read_text(encoding="utf-8-sig", errors="replace") if caption else ""
             tags = parse_tags(text)
-            untrained_lines += bool(text and not item.lines and sentence_lines(text.encode("utf-8"), own_file=False))
+            untrained_lines += bool(text and not item.lines and sentence_lines(text, own_file=False))
             uncaptioned += caption is None
             unread += caption is None and bool(other_captions(item.image, s.caption_extension))
             over_tagged += len(tags) > MAX_TAGS
